@@ -1,0 +1,213 @@
+"""Test media: small real MP4s made from a seed, and arbitrarily large videos that cost no memory.
+
+Why real files: the pipeline probes every video (duration, codecs, resolution) and cuts a thumbnail, so the
+sandbox must serve something PyAV can decode, and different seeds must give visibly different videos.
+
+Why padding: transfer code has to be tested with hundreds of MiB to GiB objects. A valid MP4 stays decodable
+when a top-level ``free`` box is appended after its last box (usertesting-api-facts.md §10), so a ~30 KB clip
+plus a ``free`` box of zeros gives a video of any exact size that is generated on the fly, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+RESOLUTIONS: tuple[tuple[int, int], ...] = ((320, 240), (480, 270), (640, 360))
+DURATIONS_S: tuple[int, ...] = (2, 3, 4, 5, 6)
+FPS = 10
+AUDIO_RATE = 22050
+MIN_PAD = 8  # the smallest possible box: 4-byte size + 4-byte type, no payload
+_MAX_SMALL_BOX = 0xFFFFFFFF
+DEFAULT_CHUNK = 1024 * 1024
+DEFAULT_PART_SIZE = 8 * 1024 * 1024  # S3's minimum part size is 5 MiB; 8 MiB keeps memory small and flat
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What a seed turns into: the properties a probe of the generated clip must report."""
+
+    seed: int
+    width: int
+    height: int
+    duration_s: int
+    fps: int = FPS
+
+    @classmethod
+    def for_seed(cls, seed: int) -> ClipSpec:
+        rng = random.Random(seed)
+        width, height = rng.choice(RESOLUTIONS)
+        return cls(seed=seed, width=width, height=height, duration_s=rng.choice(DURATIONS_S))
+
+
+def make_clip(spec: ClipSpec | int) -> bytes:
+    """Encode the clip for ``spec`` (or a seed): H.264 yuv420p video with a moving box, AAC mono audio.
+
+    Deterministic for a given seed and PyAV build. Tens of KB for the sizes in `RESOLUTIONS`.
+    """
+    import av
+
+    if isinstance(spec, int):
+        spec = ClipSpec.for_seed(spec)
+    rng = random.Random(spec.seed)
+    background = np.array([rng.randrange(40, 200) for _ in range(3)], dtype=np.uint8)
+    box_colour = np.array([255 - int(c) for c in background], dtype=np.uint8)
+    box = max(16, spec.height // 4)
+    tone_hz = 220 + rng.randrange(0, 660)
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        video: Any = container.add_stream("libx264", rate=spec.fps)
+        video.width, video.height, video.pix_fmt = spec.width, spec.height, "yuv420p"
+        # Fixed encoder settings (single thread, no scene-cut randomness) keep the output byte-identical.
+        video.options = {"preset": "veryfast", "crf": "30", "threads": "1"}
+        audio: Any = container.add_stream("aac", rate=AUDIO_RATE)
+        audio.layout = "mono"
+
+        frames = spec.duration_s * spec.fps
+        for index in range(frames):
+            image = np.empty((spec.height, spec.width, 3), dtype=np.uint8)
+            image[:] = background
+            x = int((spec.width - box) * index / max(1, frames - 1))
+            y = int((spec.height - box) * (0.5 + 0.4 * math.sin(index / 5)))
+            image[y : y + box, x : x + box] = box_colour
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+
+        samples_per_frame = 1024
+        total = spec.duration_s * AUDIO_RATE
+        for start in range(0, total, samples_per_frame):
+            count = min(samples_per_frame, total - start)
+            t = (np.arange(start, start + count) / AUDIO_RATE).astype(np.float32)
+            samples = (0.2 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32).reshape(1, -1)
+            aframe = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+            aframe.sample_rate = AUDIO_RATE
+            aframe.pts = start
+            for packet in audio.encode(aframe):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def free_box_header(box_size: int) -> bytes:
+    """Header of a top-level ``free`` box of ``box_size`` bytes in total (header included).
+
+    Boxes above 4 GiB - 1 use the 64-bit form: size field 1, type, then an 8-byte "largesize".
+    """
+    if box_size < MIN_PAD:
+        raise ValueError(f"a free box needs at least {MIN_PAD} bytes, got {box_size}")
+    if box_size <= _MAX_SMALL_BOX:
+        return struct.pack(">I4s", box_size, b"free")
+    if box_size < 16:  # pragma: no cover - unreachable: large boxes are always > 16 bytes
+        raise ValueError("a 64-bit free box needs at least 16 bytes")
+    return struct.pack(">I4sQ", 1, b"free", box_size)
+
+
+class PaddedVideo:
+    """A real clip followed by one ``free`` box, ``total_size`` bytes in all, produced on demand.
+
+    Nothing but the clip is held in memory: `iter_chunks` and `read_range` compute padding bytes as they
+    go, and `reader` gives a file-like object for code that wants ``read(n)``.
+    """
+
+    def __init__(self, clip: bytes, total_size: int) -> None:
+        pad = total_size - len(clip)
+        if pad != 0 and pad < MIN_PAD:
+            raise ValueError(
+                f"total size {total_size} must equal the clip size {len(clip)} or exceed it by >= {MIN_PAD}"
+            )
+        self.clip = clip
+        self.total_size = total_size
+        self._prefix = clip + (free_box_header(pad) if pad else b"")
+
+    def read_range(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the video (clamped to its size)."""
+        end = min(end, self.total_size)
+        if start >= end:
+            return b""
+        head = self._prefix[start:end]
+        zeros = (end - start) - len(head)
+        return head + bytes(zeros)
+
+    def iter_chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
+        """The whole video in chunks of ``chunk_size`` (the last may be shorter)."""
+        for start in range(0, self.total_size, chunk_size):
+            yield self.read_range(start, start + chunk_size)
+
+    def reader(self) -> io.RawIOBase:
+        """A read-only, seekable file-like view (for boto3 or PyAV)."""
+        return _PaddedReader(self)
+
+
+class _PaddedReader(io.RawIOBase):
+    def __init__(self, video: PaddedVideo) -> None:
+        self._video = video
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._video.total_size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._video.read_range(self._pos, self._pos + len(view))
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def upload_video(
+    client: Any,
+    bucket: str,
+    key: str,
+    video: bytes | PaddedVideo,
+    *,
+    part_size: int = DEFAULT_PART_SIZE,
+    content_type: str = "video/mp4",
+) -> int:
+    """Store ``video`` at ``bucket/key``; returns its size.
+
+    Small videos go up in one PUT. A `PaddedVideo` larger than one part goes up by multipart upload, one
+    part in memory at a time, and the upload is aborted if any part fails so no half-object remains.
+    """
+    if isinstance(video, bytes):
+        client.put_object(Bucket=bucket, Key=key, Body=video, ContentType=content_type)
+        return len(video)
+    if video.total_size <= part_size:
+        data = video.read_range(0, video.total_size)
+        client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        return video.total_size
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)["UploadId"]
+    try:
+        parts = []
+        for number, start in enumerate(range(0, video.total_size, part_size), start=1):
+            body = video.read_range(start, start + part_size)
+            etag = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)["ETag"]
+            parts.append({"PartNumber": number, "ETag": etag})
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+    except BaseException:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        raise
+    return video.total_size
