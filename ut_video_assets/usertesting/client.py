@@ -1,0 +1,296 @@
+"""Results API client: paging, video URLs, one shared request budget, an explicit retry policy.
+
+Every request first takes a slot from the shared `RequestBudget`, so retries never push the account past its
+limit. What is retried: network failures, 429 (after the shared back-off mark the server asked for) and 5xx,
+with capped exponential backoff and jitter, bounded in attempts and total time. A 401 re-mints the token once.
+Everything else (400, 404, malformed bodies) fails at once with an exception that says what and why.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import stamina
+
+from ut_video_assets.ids import InvalidIdError, normalize_uuid
+from ut_video_assets.ratelimit import RequestBudget
+from ut_video_assets.redact import redact_text
+from ut_video_assets.usertesting.auth import TokenSource
+from ut_video_assets.usertesting.errors import (
+    RETRYABLE,
+    ApiError,
+    AuthenticationError,
+    BadRequestError,
+    MalformedResponseError,
+    NotFoundError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+)
+from ut_video_assets.usertesting.models import SessionPage, SessionSummary, VideoUrl, parse_timestamp
+
+DEFAULT_BASE_URL = "https://api.use2.usertesting.com"
+MAX_PAGE_SIZE = 500
+MAX_OFFSET = 10_000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one API call. Defaults suit a 10-requests-per-minute API: a 429 costs a window."""
+
+    attempts: int = 6
+    total_seconds: float = 600.0
+    wait_initial: float = 1.0
+    wait_max: float = 60.0
+    wait_jitter: float = 1.0
+
+
+def retry_after_seconds(response: httpx.Response, default: float) -> float:
+    """Seconds to wait after a 429: ``Retry-After`` (seconds or HTTP date), else ``x-ratelimit-reset``
+    (seconds to the window's end; a value over a day is taken as an epoch timestamp), else ``default``."""
+    retry_after = response.headers.get("retry-after")
+    if retry_after:
+        try:
+            return max(float(retry_after), 0.0)
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(retry_after) if retry_after else None
+            if parsed is not None:
+                return max(float((parsed - datetime.now(UTC)).total_seconds()), 0.0)
+    reset = response.headers.get("x-ratelimit-reset")
+    if reset:
+        try:
+            value = float(reset)
+        except ValueError:
+            return default
+        return max(value - time.time(), 0.0) if value > 86_400 else max(value, 0.0)
+    return default
+
+
+class ResultsApiClient:
+    """Typed access to the UserTesting Results API (v2/v3).
+
+    ``max_wait`` on each method bounds how long to wait for a budget slot; when none frees up in time the
+    call raises `BudgetExhaustedError` without sending anything (the sensor uses this to skip a tick).
+    """
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        tokens: TokenSource,
+        budget: RequestBudget,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        policy: RetryPolicy | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self._http = http
+        self._tokens = tokens
+        self._budget = budget
+        self._base_url = base_url.rstrip("/")
+        self._policy = policy or RetryPolicy()
+        self._on_event = on_event or (lambda _event: None)
+
+    # --- endpoints -------------------------------------------------------------------------------------
+
+    def list_sessions(
+        self, test_id: str, *, limit: int = MAX_PAGE_SIZE, offset: int = 0, max_wait: float | None = None
+    ) -> SessionPage:
+        """One page of a test's completed sessions, newest first. Entries with invalid IDs are dropped and
+        reported in ``SessionPage.rejected``; a body without the documented shape raises."""
+        test_id = normalize_uuid(test_id, "test ID")
+        if not 1 <= limit <= MAX_PAGE_SIZE or not 0 <= offset <= MAX_OFFSET:
+            raise BadRequestError(f"limit must be 1-{MAX_PAGE_SIZE} and offset 0-{MAX_OFFSET}")
+        body = self._get_json(
+            "/api/v2/sessionResults",
+            params={"testId": test_id, "limit": limit, "offset": offset},
+            resource=f"test {test_id}",
+            max_wait=max_wait,
+        )
+        return _parse_page(body, test_id, limit, offset)
+
+    def iter_pages(
+        self, test_id: str, *, start_offset: int = 0, max_wait: float | None = None
+    ) -> Iterator[SessionPage]:
+        """Pages of 500 from ``start_offset`` until a short page, an empty page or the API's offset cap
+        (``totalCount`` is not trusted: the list grows at its head while we page)."""
+        offset = start_offset
+        while offset <= MAX_OFFSET:
+            page = self.list_sessions(test_id, limit=MAX_PAGE_SIZE, offset=offset, max_wait=max_wait)
+            yield page
+            received = len(page.sessions) + len(page.rejected)
+            if received < MAX_PAGE_SIZE:
+                return
+            offset += MAX_PAGE_SIZE
+
+    def get_video_url(self, session_id: str, *, max_wait: float | None = None) -> VideoUrl:
+        """A fresh pre-signed URL of the session's video (valid about an hour). Never store or log it."""
+        session_id = normalize_uuid(session_id, "session ID")
+        body = self._get_json(
+            f"/api/v2/sessionResults/{session_id}/videoDownloadUrl",
+            resource=f"session {session_id}",
+            max_wait=max_wait,
+        )
+        if not isinstance(body, dict):
+            raise MalformedResponseError(f"session {session_id}: video URL answer is not a JSON object")
+        url = body.get("videoUrl")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise MalformedResponseError(f"session {session_id}: the answer has no http(s) videoUrl")
+        try:
+            answered_for = normalize_uuid(body.get("sessionId"), "sessionId")
+        except InvalidIdError as exc:
+            raise MalformedResponseError(f"session {session_id}: {exc}") from None
+        if answered_for != session_id:
+            raise MalformedResponseError(f"asked for session {session_id}, the API answered for {answered_for}")
+        expires_at = parse_timestamp(body.get("expiresAt"), f"session {session_id} expiresAt")
+        return VideoUrl(session_id=session_id, url=url, expires_at=expires_at)
+
+    def get_session_details(self, session_id: str, *, max_wait: float | None = None) -> dict[str, Any]:
+        """The v3 session details (participant, tasks) as the API returns them."""
+        session_id = normalize_uuid(session_id, "session ID")
+        body = self._get_json(
+            f"/api/v3/sessionResults/{session_id}", resource=f"session {session_id}", max_wait=max_wait
+        )
+        if not isinstance(body, dict):
+            raise MalformedResponseError(f"session {session_id}: details are not a JSON object")
+        return body
+
+    def get_transcript(self, session_id: str, *, max_wait: float | None = None) -> str:
+        """The session's WebVTT transcript."""
+        session_id = normalize_uuid(session_id, "session ID")
+        response = self._request(
+            f"/api/v2/sessionResults/{session_id}/transcript", None, f"session {session_id}", max_wait
+        )
+        text = response.text
+        if not text.startswith("WEBVTT"):
+            raise MalformedResponseError(f"session {session_id}: the transcript is not WebVTT")
+        return text
+
+    # --- plumbing --------------------------------------------------------------------------------------
+
+    def _get_json(
+        self, path: str, *, params: dict[str, Any] | None = None, resource: str, max_wait: float | None
+    ) -> Any:
+        response = self._request(path, params, resource, max_wait)
+        try:
+            return response.json()
+        except ValueError:
+            kind = response.headers.get("content-type", "unknown").split(";")[0]
+            raise MalformedResponseError(f"{resource}: the API answered 200 with a non-JSON body ({kind})") from None
+
+    def _request(
+        self, path: str, params: dict[str, Any] | None, resource: str, max_wait: float | None
+    ) -> httpx.Response:
+        policy = self._policy
+        for attempt in stamina.retry_context(
+            on=self._retry_hook,
+            attempts=policy.attempts,
+            timeout=policy.total_seconds,
+            wait_initial=policy.wait_initial,
+            wait_max=policy.wait_max,
+            wait_jitter=policy.wait_jitter,
+        ):
+            with attempt:
+                return self._send_with_auth(path, params, resource, max_wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _retry_hook(self, exc: Exception) -> bool | float:
+        if isinstance(exc, RateLimitedError):
+            self._on_event("rate_limited")
+            # The shared back-off mark already makes every caller wait; sleep just a moment here so the
+            # budget decides when the next request goes.
+            return 0.05
+        if isinstance(exc, RETRYABLE):
+            self._on_event("retry")
+            return True
+        return False
+
+    def _send_with_auth(
+        self, path: str, params: dict[str, Any] | None, resource: str, max_wait: float | None
+    ) -> httpx.Response:
+        token = self._tokens.token()
+        response = self._send(path, params, token, resource, max_wait)
+        if response.status_code == 401 and self._tokens.invalidate(token):
+            self._on_event("token_reminted")
+            response = self._send(path, params, self._tokens.token(), resource, max_wait)
+        return self._check(response, resource)
+
+    def _send(
+        self, path: str, params: dict[str, Any] | None, token: str, resource: str, max_wait: float | None
+    ) -> httpx.Response:
+        self._budget.acquire(max_wait=max_wait)
+        try:
+            return self._http.get(
+                self._base_url + path,
+                params=params,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{resource}: request failed ({type(exc).__name__})", resource=resource) from None
+
+    def _check(self, response: httpx.Response, resource: str) -> httpx.Response:
+        status = response.status_code
+        if status == 200:
+            return response
+        detail = _error_detail(response)
+        if status == 429:
+            wait = retry_after_seconds(response, default=self._budget.window_seconds)
+            self._budget.back_off(wait)
+            raise RateLimitedError(
+                f"{resource}: rate limited, retry in {wait:.0f} s", retry_after=wait, resource=resource
+            )
+        if status == 401:
+            raise AuthenticationError(
+                f"{resource}: the API rejected the credentials (401{detail}) even after a fresh token; "
+                "check UT_ACCESS_TOKEN or UT_CLIENT_ID / UT_CLIENT_SECRET",
+                status=401,
+                resource=resource,
+            )
+        if status == 404:
+            raise NotFoundError(f"{resource}: not found (404{detail})", status=404, resource=resource)
+        if status == 400:
+            raise BadRequestError(f"{resource}: bad request (400{detail})", status=400, resource=resource)
+        if status >= 500:
+            raise ServerError(f"{resource}: server error ({status})", status=status, resource=resource)
+        raise ApiError(f"{resource}: unexpected HTTP {status}{detail}", status=status, resource=resource)
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """``: message`` from a JSON error body, short and redacted; empty when there is none."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(message, list):
+        message = "; ".join(str(m) for m in message)
+    return f": {redact_text(str(message))[:200]}" if message else ""
+
+
+def _parse_page(body: Any, test_id: str, limit: int, offset: int) -> SessionPage:
+    if not isinstance(body, dict) or not isinstance(body.get("sessions"), list):
+        raise MalformedResponseError(f"test {test_id}: the session list has no 'sessions' array")
+    pagination = body.get("meta", {}).get("pagination", {}) if isinstance(body.get("meta"), dict) else {}
+    total = pagination.get("totalCount") if isinstance(pagination, dict) else None
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        raise MalformedResponseError(f"test {test_id}: meta.pagination.totalCount is missing or not a count")
+    sessions: list[SessionSummary] = []
+    rejected: list[str] = []
+    for index, item in enumerate(body["sessions"]):
+        try:
+            sessions.append(SessionSummary.from_api(item, test_id))
+        except MalformedResponseError as exc:
+            rejected.append(f"entry {offset + index}: {exc}")
+    return SessionPage(
+        test_id=test_id,
+        sessions=tuple(sessions),
+        limit=limit,
+        offset=offset,
+        total_count=total,
+        rejected=tuple(rejected),
+    )
