@@ -1,0 +1,364 @@
+"""The destination object store: key layout, verified multipart uploads, records, verification.
+
+Layout (``prefix`` may be empty)::
+
+    {prefix}test_id={test}/session_id={session}/session.mp4     the video
+    {prefix}test_id={test}/session_id={session}/session.json    its catalog record (written after the video)
+    {prefix}catalog/video_catalog.parquet                       the catalog
+
+Writes are idempotent per session (the key is a function of the IDs) and all-or-nothing: the video arrives by a
+multipart upload that only becomes visible at ``CompleteMultipartUpload``, each part carries a SHA-256 S3
+checksum the store verifies, a failed upload is aborted (boto3's transfer manager does that), and the stored
+object is checked (size and recorded SHA-256) before the upload counts as done. Nothing here knows about Dagster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ut_video_assets.ids import normalize_uuid
+
+log = logging.getLogger(__name__)
+
+VIDEO_NAME = "session.mp4"
+RECORD_NAME = "session.json"
+CATALOG_KEY = "catalog/video_catalog.parquet"
+MiB = 1024 * 1024
+# boto3's default 8 MiB parts mean ~128 requests per GiB; 64 MiB keeps request overhead low while a 10,000-part
+# upload still holds 625 GiB. Grown automatically for larger files.
+DEFAULT_PART_SIZE = 64 * MiB
+MAX_PARTS = 10_000
+
+
+class StorageError(Exception):
+    """The store refused or failed a write or read; the message names the key, never credentials."""
+
+
+@dataclass(frozen=True)
+class StoredVideo:
+    """A video object in the destination store, as a downstream asset sees it (never the bytes)."""
+
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    etag: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    content_type: str = "video/mp4"
+    last_modified: datetime | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def session_id(self) -> str:
+        return self.metadata.get("session-id", "")
+
+    @property
+    def test_id(self) -> str:
+        return self.metadata.get("test-id", "")
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of re-reading a stored video and hashing it."""
+
+    ok: bool
+    reason: str
+    expected_sha256: str
+    actual_sha256: str | None
+    size: int | None
+
+
+class VideoStore:
+    """Typed access to the destination bucket. ``client`` is a boto3 S3 client."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_concurrency: int = 4,
+        server_side_encryption: str | None = None,
+        kms_key_id: str | None = None,
+    ) -> None:
+        if not bucket:
+            raise ValueError("the destination bucket name is empty")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        if prefix.startswith("/") or ".." in prefix.split("/"):
+            raise ValueError(f"the key prefix {prefix!r} must be relative and must not contain '..'")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_size = part_size
+        self.max_concurrency = max_concurrency
+        self.server_side_encryption = server_side_encryption
+        self.kms_key_id = kms_key_id
+
+    # --- layout --------------------------------------------------------------------------------------
+
+    def session_prefix(self, test_id: str, session_id: str) -> str:
+        test_id = normalize_uuid(test_id, "test ID")
+        session_id = normalize_uuid(session_id, "session ID")
+        return f"{self.prefix}test_id={test_id}/session_id={session_id}/"
+
+    def video_key(self, test_id: str, session_id: str) -> str:
+        return self.session_prefix(test_id, session_id) + VIDEO_NAME
+
+    def record_key(self, test_id: str, session_id: str) -> str:
+        return self.session_prefix(test_id, session_id) + RECORD_NAME
+
+    @property
+    def catalog_key(self) -> str:
+        return self.prefix + CATALOG_KEY
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    # --- writes --------------------------------------------------------------------------------------
+
+    def _encryption_args(self) -> dict[str, str]:
+        args: dict[str, str] = {}
+        if self.server_side_encryption:
+            args["ServerSideEncryption"] = self.server_side_encryption
+        if self.kms_key_id:
+            args["SSEKMSKeyId"] = self.kms_key_id
+        return args
+
+    def upload_video(
+        self,
+        path: Path,
+        *,
+        test_id: str,
+        session_id: str,
+        sha256: str,
+        original_filename: str,
+        extra_metadata: dict[str, str] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> StoredVideo:
+        """Upload a verified spool file to the session's key and return the stored object's record.
+
+        The object appears only once complete; afterwards its size and recorded SHA-256 are read back and a
+        mismatch deletes it again and raises `StorageError`.
+        """
+        key = self.video_key(test_id, session_id)
+        size = path.stat().st_size
+        self.abort_stale_uploads(key)
+        metadata = {
+            "session-id": normalize_uuid(session_id),
+            "test-id": normalize_uuid(test_id),
+            "ingestion-timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "original-filename": _ascii(original_filename),
+            "sha256": sha256,
+            **{k: _ascii(v) for k, v in (extra_metadata or {}).items()},
+        }
+        part_size = self.part_size
+        while size > part_size * MAX_PARTS:
+            part_size *= 2
+        config = TransferConfig(
+            multipart_threshold=min(part_size, 8 * MiB),
+            multipart_chunksize=part_size,
+            max_concurrency=self.max_concurrency,
+            use_threads=self.max_concurrency > 1,
+        )
+        extra = {
+            "ContentType": "video/mp4",
+            "Metadata": metadata,
+            "ChecksumAlgorithm": "SHA256",
+            **self._encryption_args(),
+        }
+        try:
+            self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra, Config=config, Callback=on_progress)
+        except (BotoCoreError, ClientError) as exc:
+            self.abort_stale_uploads(key)
+            raise StorageError(f"upload of {self.uri(key)} failed: {_describe(exc)}") from None
+        stored = self.head_video(test_id, session_id)
+        if stored is None or stored.size != size or stored.sha256 != sha256:
+            with contextlib.suppress(BotoCoreError, ClientError):
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            raise StorageError(f"{self.uri(key)} did not read back as written (size or checksum differs); removed")
+        return stored
+
+    def abort_stale_uploads(self, key: str, older_than: timedelta = timedelta(0)) -> int:
+        """Abort unfinished multipart uploads of ``key`` (left by a killed process); returns how many."""
+        aborted = 0
+        cutoff = datetime.now(UTC) - older_than
+        try:
+            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("could not list unfinished uploads of %s: %s", key, _describe(exc))
+            return 0
+        for upload in listing.get("Uploads", []):
+            initiated = upload.get("Initiated")
+            if upload.get("Key") != key or (isinstance(initiated, datetime) and initiated > cutoff):
+                continue
+            with contextlib.suppress(BotoCoreError, ClientError):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+                aborted += 1
+        if aborted:
+            log.info("aborted %d unfinished upload(s) of %s", aborted, key)
+        return aborted
+
+    def put_record(self, test_id: str, session_id: str, record: dict[str, Any]) -> str:
+        """Write the session's catalog record (JSON) next to its video; returns the key."""
+        key = self.record_key(test_id, session_id)
+        body = json.dumps(record, sort_keys=True, default=str).encode()
+        self._put(key, body, "application/json")
+        return key
+
+    def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
+        self._put(key, body, content_type)
+
+    def _put(self, key: str, body: bytes, content_type: str) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType=content_type,
+                ChecksumAlgorithm="SHA256",
+                **self._encryption_args(),
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"writing {self.uri(key)} failed: {_describe(exc)}") from None
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    def head_video(self, test_id: str, session_id: str) -> StoredVideo | None:
+        """The stored video's record, or None when there is no object at the session's key."""
+        key = self.video_key(test_id, session_id)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise StorageError(f"reading {self.uri(key)} failed: {_describe(exc)}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"reading {self.uri(key)} failed: {_describe(exc)}") from None
+        metadata = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
+        return StoredVideo(
+            bucket=self.bucket,
+            key=key,
+            size=int(head["ContentLength"]),
+            sha256=metadata.get("sha256", ""),
+            etag=str(head.get("ETag", "")).strip('"'),
+            metadata=metadata,
+            content_type=head.get("ContentType", ""),
+            last_modified=head.get("LastModified"),
+        )
+
+    def get_record(self, test_id: str, session_id: str) -> dict[str, Any] | None:
+        return self.get_json(self.record_key(test_id, session_id))
+
+    def get_json(self, key: str) -> dict[str, Any] | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise StorageError(f"reading {self.uri(key)} failed: {_describe(exc)}") from None
+        value = json.loads(body)
+        return value if isinstance(value, dict) else None
+
+    def verify_video(self, test_id: str, session_id: str, expected_sha256: str) -> VerifyResult:
+        """Stream the stored video back, hash it and compare with ``expected_sha256`` (constant memory)."""
+        key = self.video_key(test_id, session_id)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return VerifyResult(False, f"no object at {self.uri(key)}", expected_sha256, None, None)
+            raise StorageError(f"reading {self.uri(key)} failed: {_describe(exc)}") from None
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in response["Body"].iter_chunks(chunk_size=MiB):
+            digest.update(chunk)
+            size += len(chunk)
+        actual = digest.hexdigest()
+        if actual != expected_sha256:
+            return VerifyResult(
+                False,
+                f"SHA-256 of {self.uri(key)} is {actual}, expected {expected_sha256}",
+                expected_sha256,
+                actual,
+                size,
+            )
+        return VerifyResult(True, "checksum matches", expected_sha256, actual, size)
+
+    def iter_session_prefixes(self) -> Iterator[tuple[str, str, dict[str, int]]]:
+        """(test_id, session_id, {file name: size}) for each ``test_id=…/session_id=…/`` under the prefix."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        current: tuple[str, str] | None = None
+        files: dict[str, int] = {}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + "test_id="):
+            for obj in page.get("Contents", []):
+                parts = obj["Key"][len(self.prefix) :].split("/")
+                if len(parts) != 3 or not parts[0].startswith("test_id=") or not parts[1].startswith("session_id="):
+                    continue
+                ids = (parts[0][len("test_id=") :], parts[1][len("session_id=") :])
+                if ids != current:
+                    if current is not None:
+                        yield (*current, files)
+                    current, files = ids, {}
+                files[parts[2]] = int(obj["Size"])
+        if current is not None:
+            yield (*current, files)
+
+    def load_records(self, max_workers: int = 16) -> tuple[list[dict[str, Any]], dict[tuple[str, str], int]]:
+        """All catalog records, and the size of every stored video keyed by (test_id, session_id)."""
+        videos: dict[tuple[str, str], int] = {}
+        record_keys: list[str] = []
+        for test_id, session_id, files in self.iter_session_prefixes():
+            if VIDEO_NAME in files:
+                videos[(test_id, session_id)] = files[VIDEO_NAME]
+                if RECORD_NAME in files:
+                    record_keys.append(f"{self.prefix}test_id={test_id}/session_id={session_id}/{RECORD_NAME}")
+        with ThreadPoolExecutor(max_workers=max_workers) as pool:
+            records = [r for r in pool.map(self.get_json, record_keys) if r is not None]
+        return records, videos
+
+    def object_exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return False
+            raise StorageError(f"reading {self.uri(key)} failed: {_describe(exc)}") from None
+        return True
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'error')} ({_status(exc)}): {str(error.get('Message', ''))[:200]}"
+    return type(exc).__name__
+
+
+def _ascii(value: str) -> str:
+    """S3 user metadata travels in HTTP headers: keep it printable ASCII."""
+    return "".join(c if 32 <= ord(c) < 127 else "_" for c in str(value))[:512]
+
+
+def record_to_json(record: object) -> dict[str, Any]:
+    """A dataclass as a JSON-ready dict."""
+    return asdict(record)  # type: ignore[call-overload, no-any-return]
