@@ -1,0 +1,107 @@
+"""What a video file is: container, duration, resolution, codecs, and a thumbnail.
+
+Read with PyAV (FFmpeg's libraries, bundled in its wheel). Used on the spool file before upload, so an HTML
+error page or a truncated file saved as ``.mp4`` is caught before it becomes an object, and again by the
+decodability check on the stored object.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class NotAVideoError(Exception):
+    """The file is not a decodable video with at least one video stream."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    container: str
+    duration_seconds: float | None
+    width: int | None
+    height: int | None
+    video_codec: str | None
+    audio_codec: str | None
+    frames_decoded: int
+
+    @property
+    def resolution(self) -> str:
+        return f"{self.width}x{self.height}" if self.width and self.height else "unknown"
+
+
+def probe(source: str | Path, *, decode_frames: int = 1, options: dict[str, str] | None = None) -> MediaInfo:
+    """Open ``source`` (a path or URL), check it has a video stream and decode ``decode_frames`` frames.
+
+    Raises `NotAVideoError` with FFmpeg's reason when the container cannot be opened or nothing decodes.
+    """
+    import av
+
+    try:
+        container = av.open(str(source), options=options or {})
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise NotAVideoError(f"not a readable video container: {_ffmpeg_reason(exc)}") from None
+    with container:
+        if not container.streams.video:
+            raise NotAVideoError("the container has no video stream")
+        video = container.streams.video[0]
+        audio = container.streams.audio[0] if container.streams.audio else None
+        frames = 0
+        try:
+            for _frame in container.decode(video):
+                frames += 1
+                if frames >= decode_frames:
+                    break
+        except (av.FFmpegError, ValueError) as exc:
+            raise NotAVideoError(f"the video stream does not decode: {_ffmpeg_reason(exc)}") from None
+        if frames == 0 and decode_frames > 0:
+            raise NotAVideoError("the video stream has no decodable frame")
+        return MediaInfo(
+            container=str(container.format.name),
+            duration_seconds=_duration(container, video),
+            width=int(video.codec_context.width) or None,
+            height=int(video.codec_context.height) or None,
+            video_codec=str(video.codec_context.name),
+            audio_codec=str(audio.codec_context.name) if audio is not None else None,
+            frames_decoded=frames,
+        )
+
+
+def thumbnail_jpeg(source: str | Path, *, at_fraction: float = 0.25, max_width: int = 320, quality: int = 70) -> bytes:
+    """A small JPEG of the frame about ``at_fraction`` into the video (first frame for short ones)."""
+    import av
+
+    with av.open(str(source)) as container:
+        video = container.streams.video[0]
+        duration = _duration(container, video)
+        if duration and duration > 1 and video.time_base:
+            target = int(duration * at_fraction / float(video.time_base))
+            try:
+                container.seek(target, stream=video, backward=True, any_frame=False)
+            except av.FFmpegError:
+                container.seek(0)
+        for frame in container.decode(video):
+            image = frame.to_image()  # type: ignore[no-untyped-call]
+            break
+        else:
+            raise NotAVideoError("no frame to make a thumbnail from")
+    if image.width > max_width:
+        image = image.resize((max_width, max(1, round(image.height * max_width / image.width))))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality, optimize=True)
+    return buffer.getvalue()
+
+
+def _duration(container: Any, stream: Any) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return round(float(stream.duration * stream.time_base), 3)
+    if container.duration is not None:
+        return round(float(container.duration) / 1_000_000, 3)
+    return None
+
+
+def _ffmpeg_reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "strerror", None) or exc)
+    return text.split(": '")[0][:200]  # FFmpeg appends the path or URL; keep only the reason
