@@ -1,0 +1,178 @@
+"""Every setting of the pipeline in one place, validated, with errors that name the environment variable.
+
+The Dagster layer reads these variables through ``dagster.EnvVar`` (so secrets never appear in the UI) and
+hands the values to the functions here; the CLI and the demo read ``os.environ`` directly. Both get the same
+checks and the same messages.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ut_video_assets.ids import InvalidIdError, normalize_uuid
+from ut_video_assets.usertesting.auth import DEFAULT_TOKEN_SCOPE, DEFAULT_TOKEN_URL
+from ut_video_assets.usertesting.client import DEFAULT_BASE_URL
+
+DEFAULT_RATE_LIMIT_PER_MINUTE = 10
+DEFAULT_MAX_CONCURRENT_DOWNLOADS = 4
+DOWNLOAD_POOL = "ut_video_downloads"
+"""Dagster concurrency pool (and run-queue tag) that caps simultaneous downloads across all runs."""
+DOWNLOAD_TAG = "ut_video_assets/download"
+
+
+class SettingsError(ValueError):
+    """A missing or malformed setting; the message names the environment variable."""
+
+
+def _require(value: str | None, name: str) -> str:
+    if value is None or not str(value).strip():
+        raise SettingsError(f"{name} is not set")
+    return str(value).strip()
+
+
+def parse_url(value: str | None, name: str) -> str:
+    text = _require(value, name)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"{name} must be an http(s) URL, got {text[:80]!r}")
+    return text.rstrip("/")
+
+
+def parse_test_ids(value: str | None, name: str = "UT_TEST_IDS") -> tuple[str, ...]:
+    """Comma-separated test UUIDs, de-duplicated, order kept."""
+    text = _require(value, name)
+    ids: list[str] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        try:
+            test_id = normalize_uuid(item, "test ID")
+        except InvalidIdError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+        if test_id not in ids:
+            ids.append(test_id)
+    if not ids:
+        raise SettingsError(f"{name} lists no test ID")
+    return tuple(ids)
+
+
+def parse_positive_int(value: str | int | None, name: str, default: int) -> int:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {str(value)[:40]!r}") from None
+    if number < 1:
+        raise SettingsError(f"{name} must be at least 1, got {number}")
+    return number
+
+
+def parse_positive_float(value: str | float | None, name: str, default: float) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {str(value)[:40]!r}") from None
+    if number <= 0:
+        raise SettingsError(f"{name} must be positive, got {number}")
+    return number
+
+
+def parse_prefix(value: str | None, name: str = "UT_VIDEO_PREFIX") -> str:
+    prefix = (value or "").strip()
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    if prefix.startswith("/") or ".." in prefix.split("/") or any(ord(c) < 32 for c in prefix):
+        raise SettingsError(f"{name} must be a relative key prefix without '..', got {prefix[:80]!r}")
+    return prefix
+
+
+def parse_bucket(value: str | None, name: str = "UT_VIDEO_BUCKET") -> str:
+    bucket = _require(value, name)
+    if not 3 <= len(bucket) <= 63 or not all(c.isalnum() or c in ".-" for c in bucket) or bucket != bucket.lower():
+        raise SettingsError(f"{name} is not a valid S3 bucket name: {bucket[:80]!r}")
+    return bucket
+
+
+@dataclass(frozen=True)
+class ApiCredentials:
+    """Either a fixed access token or client credentials; never printed."""
+
+    access_token: str | None
+    client_id: str | None
+    client_secret: str | None
+    token_url: str
+    token_scope: str
+
+    def __repr__(self) -> str:
+        kind = "access token" if self.access_token else f"client {self.client_id}"
+        return f"ApiCredentials({kind}, secret=<redacted>)"
+
+
+def parse_credentials(
+    access_token: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+    token_url: str | None,
+    token_scope: str | None,
+) -> ApiCredentials:
+    token = (access_token or "").strip() or None
+    cid = (client_id or "").strip() or None
+    secret = (client_secret or "").strip() or None
+    if token is None and (cid is None or secret is None):
+        missing = [n for n, v in (("UT_CLIENT_ID", cid), ("UT_CLIENT_SECRET", secret)) if v is None]
+        raise SettingsError(f"set UT_ACCESS_TOKEN, or UT_CLIENT_ID and UT_CLIENT_SECRET ({', '.join(missing)} missing)")
+    return ApiCredentials(
+        access_token=token,
+        client_id=cid,
+        client_secret=secret,
+        token_url=parse_url(token_url or DEFAULT_TOKEN_URL, "UT_TOKEN_URL"),
+        token_scope=(token_scope or DEFAULT_TOKEN_SCOPE).strip(),
+    )
+
+
+def state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where host-local state lives: ``$DAGSTER_HOME/ut_video_assets`` (or the system temp folder)."""
+    env = os.environ if env is None else env
+    home = env.get("DAGSTER_HOME")
+    base = Path(home) if home else Path(tempfile.gettempdir())
+    return base / "ut_video_assets"
+
+
+def default_budget_path(env: Mapping[str, str] | None = None) -> Path:
+    return state_dir(env) / "request_budget.sqlite"
+
+
+def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    configured = env.get("UT_SPOOL_DIR", "").strip()
+    return Path(configured) if configured else state_dir(env) / "spool"
+
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_CONCURRENT_DOWNLOADS",
+    "DEFAULT_RATE_LIMIT_PER_MINUTE",
+    "DOWNLOAD_POOL",
+    "DOWNLOAD_TAG",
+    "ApiCredentials",
+    "SettingsError",
+    "default_budget_path",
+    "default_spool_dir",
+    "parse_bucket",
+    "parse_credentials",
+    "parse_positive_float",
+    "parse_positive_int",
+    "parse_prefix",
+    "parse_test_ids",
+    "parse_url",
+    "state_dir",
+]
