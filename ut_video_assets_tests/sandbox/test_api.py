@@ -164,7 +164,7 @@ def test_limit_and_offset_edges_are_accepted(sandbox: Sandbox, api: Api) -> None
 def test_non_uuid_test_id_is_400_and_unknown_test_is_404(sandbox: Sandbox, api: Api) -> None:
     bad = api.list("12345")
     nest_error(bad, 400)
-    with pytest.raises(Exception, match="uuid|format|Invalid"):
+    with pytest.raises(Exception, match=r"uuid|format|Invalid"):
         validate_request(bad.request)  # the call itself breaks the document: the sandbox rejects it, too
     nest_error(api.get(LIST), 400)  # testId is required
     assert nest_error(api.list(str(uuid.uuid4())), 404)["message"] == "Test not found."
