@@ -218,13 +218,16 @@ class Scenario:
             if test not in self.test_plan_ids:
                 raise KeyError(test)
             now = datetime.now(UTC)
+            # A session that completes now heads its test's list: it started after every listed session.
+            latest = max((s.start_time for s in self._sessions.values() if s.test_id == test), default=now)
+            start = max(now - timedelta(seconds=rng.randrange(60, 600)), latest + timedelta(milliseconds=1))
             return Session(
                 session_id=_seeded_uuid(rng),
                 test_id=test,
                 audience_id=_seeded_uuid(rng),
                 status="COMPLETE",
-                start_time=now - timedelta(seconds=rng.randrange(60, 600)),
-                finish_time=now,
+                start_time=start,
+                finish_time=max(now, start),
                 has_video=has_video,
                 video_seed=rng.getrandbits(31),
                 video_size=video_size,
