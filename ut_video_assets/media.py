@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 class NotAVideoError(Exception):
@@ -32,15 +32,17 @@ class MediaInfo:
         return f"{self.width}x{self.height}" if self.width and self.height else "unknown"
 
 
-def probe(source: str | Path, *, decode_frames: int = 1, options: dict[str, str] | None = None) -> MediaInfo:
-    """Open ``source`` (a path or URL), check it has a video stream and decode ``decode_frames`` frames.
+def probe(
+    source: str | Path | IO[bytes], *, decode_frames: int = 1, options: dict[str, str] | None = None
+) -> MediaInfo:
+    """Open ``source`` (a path, URL or seekable binary file), check it has a video stream, decode frames.
 
     Raises `NotAVideoError` with FFmpeg's reason when the container cannot be opened or nothing decodes.
     """
     import av
 
     try:
-        container = av.open(str(source), options=options or {})
+        container = av.open(str(source) if isinstance(source, (str, Path)) else source, mode="r", options=options or {})
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise NotAVideoError(f"not a readable video container: {_ffmpeg_reason(exc)}") from None
     with container:

@@ -1,0 +1,252 @@
+"""Assets: the session as UserTesting knows it, its video in your bucket, and the catalog of all videos."""
+
+import base64
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from ut_video_assets.catalog import COLUMN_DESCRIPTIONS, COLUMNS, build_catalog, summarize, to_parquet_bytes
+from ut_video_assets.defs.io_manager import DownloadedVideo, SessionVideoIOManager, stored_metadata
+from ut_video_assets.defs.partitions import session_partitions
+from ut_video_assets.defs.registry import SESSION_ASSET_KEY, SessionRecord, lookup_session
+from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
+from ut_video_assets.media import MediaInfo, NotAVideoError, probe, thumbnail_jpeg
+from ut_video_assets.progress import ProgressReporter
+from ut_video_assets.settings import DOWNLOAD_POOL, SettingsError
+from ut_video_assets.spool import remove_orphan_spool_files
+from ut_video_assets.storage import StorageError
+from ut_video_assets.transfer import DownloadResult, TransferError, download_video
+from ut_video_assets.usertesting import (
+    ApiError,
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    VideoUrl,
+)
+
+GROUP = "usertesting"
+_ = SessionVideoIOManager  # the IO manager this module's asset is written for (bound in definitions.py)
+
+usertesting_session = dg.AssetSpec(
+    SESSION_ASSET_KEY,
+    description=(
+        "A completed UserTesting session, as listed by the Results API. Recorded (observed) by "
+        "`completed_sessions_sensor` when it discovers the session, with its test ID and start/finish times."
+    ),
+    partitions_def=session_partitions,
+    group_name=GROUP,
+    kinds={"api"},
+    metadata={"source": "UserTesting Results API v2 GET /api/v2/sessionResults"},
+)
+
+
+class SessionVideoConfig(dg.Config):
+    force_download: bool = False
+    """Download and store the video again even when a verified copy is already stored."""
+
+
+@dg.asset(
+    partitions_def=session_partitions,
+    deps=[usertesting_session],
+    io_manager_key="video_io_manager",
+    pool=DOWNLOAD_POOL,
+    group_name=GROUP,
+    kinds={"s3", "video"},
+    owners=["team:research-ops"],
+    tags={"pii": "true"},
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL),
+)
+def session_video(
+    context: dg.AssetExecutionContext,
+    config: SessionVideoConfig,
+    api: UserTestingApiResource,
+    storage: VideoStorageResource,
+    downloads: DownloadSettingsResource,
+) -> dg.Output[Any]:
+    """The session's screen/camera recording (MP4), copied from UserTesting into our bucket and verified.
+
+    Stored at `{prefix}test_id={test}/session_id={session}/session.mp4` with its SHA-256 (computed while
+    downloading) in the object's metadata. The pre-signed source URL is requested just in time and never
+    stored or logged. A session whose video is already stored is not downloaded again unless the run config
+    sets `force_download: true`.
+    """
+    session_id = context.partition_key
+    try:
+        session = _discovered_session(context, session_id)
+        store = storage.store()
+        if not config.force_download:
+            existing = store.head_video(session.test_id, session_id)
+            if existing is not None and existing.sha256 and store.get_record(session.test_id, session_id):
+                context.log.info(f"session {session_id}: already stored at {existing.uri}; not downloading again")
+                return dg.Output(existing, metadata={**stored_metadata(existing), "download_skipped": True})
+        download = _download(context, session_id, api, downloads)
+    except SettingsError as exc:
+        raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
+    except StorageError as exc:
+        raise dg.Failure(f"session {session_id}: {exc}") from None
+    media = _probe_or_fail(session_id, download)
+    video = DownloadedVideo(
+        test_id=session.test_id,
+        download=download,
+        media=media,
+        start_time=session.start_time,
+        finish_time=session.finish_time,
+    )
+    return dg.Output(video, metadata=_download_metadata(session, download, media))
+
+
+def _discovered_session(context: dg.AssetExecutionContext, session_id: str) -> SessionRecord:
+    session = lookup_session(context.instance, session_id)
+    if session is None:
+        raise dg.Failure(
+            f"session {session_id} was never discovered by completed_sessions_sensor, so its test is unknown; "
+            "add its test to UT_TEST_IDS and let the sensor find it",
+            allow_retries=False,
+        )
+    return session
+
+
+def _download(
+    context: dg.AssetExecutionContext,
+    session_id: str,
+    api: UserTestingApiResource,
+    downloads: DownloadSettingsResource,
+) -> DownloadResult:
+    spool_dir = downloads.spool_path()
+    remove_orphan_spool_files(spool_dir)
+    spool = spool_dir / f"{session_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
+
+    def fresh_url() -> VideoUrl:
+        url = api.client.get_video_url(session_id)
+        context.log.info(f"session {session_id}: got a video URL valid until {url.expires_at:%H:%M:%S} UTC")
+        return url
+
+    try:
+        with downloads.http_client() as http:
+            return download_video(
+                http,
+                session_id,
+                fresh_url,
+                spool,
+                policy=downloads.policy(),
+                on_progress=ProgressReporter(context.log.info),
+            )
+    except NotFoundError:
+        raise dg.Failure(
+            f"session {session_id} has no video (the Results API answered 404: no video, no such session, "
+            "or no permission)",
+            allow_retries=False,
+        ) from None
+    except AuthenticationError as exc:
+        raise dg.Failure(f"credentials rejected: {exc}", allow_retries=False) from None
+    except BadRequestError as exc:
+        raise dg.Failure(f"the Results API rejected the request: {exc}", allow_retries=False) from None
+    except ApiError as exc:
+        raise dg.Failure(f"Results API unavailable after retries: {exc}") from None
+    except TransferError as exc:
+        permanent = exc.reason in {"not_video", "not_found", "forbidden", "bad_url"}
+        raise dg.Failure(f"download failed ({exc.reason}): {exc}", allow_retries=not permanent) from None
+
+
+def _probe_or_fail(session_id: str, download: DownloadResult) -> MediaInfo:
+    try:
+        return probe(download.path, decode_frames=3)
+    except NotAVideoError as exc:
+        Path(download.path).unlink(missing_ok=True)
+        raise dg.Failure(
+            f"session {session_id}: the downloaded file is not a playable video: {exc}", allow_retries=False
+        ) from None
+
+
+def _download_metadata(session: SessionRecord, download: DownloadResult, media: MediaInfo) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "test_id": session.test_id,
+        "duration_seconds": dg.MetadataValue.float(media.duration_seconds or 0.0),
+        "resolution": media.resolution,
+        "video_codec": media.video_codec or "",
+        "audio_codec": media.audio_codec or "none",
+        "container": media.container,
+        "session_start_time": session.start_time.isoformat() if session.start_time else "",
+        "url_requests": download.url_requests,
+        "url_refreshes": download.url_refreshes,
+        "resumes": download.resumes,
+        "retries": download.retries,
+        "source_md5_verified": download.source_md5_verified,
+        "download_seconds": dg.MetadataValue.float(round(download.seconds, 3)),
+        "download_mib_per_second": dg.MetadataValue.float(
+            round(download.size / 1048576 / download.seconds, 1) if download.seconds > 0 else 0.0
+        ),
+    }
+    try:
+        jpeg = thumbnail_jpeg(download.path)
+        metadata["thumbnail"] = dg.MetadataValue.md(
+            f"![thumbnail of session {download.session_id}](data:image/jpeg;base64,{base64.b64encode(jpeg).decode()})"
+        )
+    except (NotAVideoError, OSError, ValueError) as exc:
+        metadata["thumbnail"] = dg.MetadataValue.text(f"no thumbnail: {exc}")
+    return metadata
+
+
+@dg.asset(
+    deps=[session_video],
+    group_name=GROUP,
+    kinds={"pandas", "parquet", "s3"},
+    owners=["team:research-ops"],
+    metadata={
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(name, str(dtype), description=doc) for name, (dtype, doc) in COLUMNS.items()]
+        )
+    },
+)
+def video_catalog(context: dg.AssetExecutionContext, storage: VideoStorageResource) -> dg.MaterializeResult:
+    """One row per stored session video: where it is, how big, its checksum and what the file is.
+
+    Written as Parquet to `{prefix}catalog/video_catalog.parquet` (DuckDB and Athena read it as is). Built
+    from the small records stored next to each video, never from the videos. Refreshed by
+    `video_catalog_refresh_sensor` shortly after new videos land, once for many partitions.
+    """
+    store = storage.store()
+    records, videos = store.load_records()
+    present = [r for r in records if (r.get("test_id"), r.get("session_id")) in videos]
+    frame = build_catalog(present)
+    store.put_bytes(store.catalog_key, to_parquet_bytes(frame), "application/vnd.apache.parquet")
+    summary = summarize(frame)
+    context.log.info(
+        f"catalog: {summary.rows} videos, {summary.total_bytes / 1048576:,.1f} MiB at {store.uri(store.catalog_key)}"
+    )
+    preview = frame.head(20)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": summary.rows,
+            "storage_path": dg.MetadataValue.path(store.uri(store.catalog_key)),
+            "total_size_mib": dg.MetadataValue.float(round(summary.total_bytes / 1048576, 2)),
+            "total_duration_minutes": dg.MetadataValue.float(round(summary.total_duration_seconds / 60, 2)),
+            "tests": summary.tests,
+            "videos_without_record": len(videos) - len(present),
+            "preview": dg.MetadataValue.md(_markdown_table(preview)),
+            "column_descriptions": dg.MetadataValue.json(COLUMN_DESCRIPTIONS),
+        }
+    )
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    columns = [
+        "session_id",
+        "test_id",
+        "size_bytes",
+        "duration_seconds",
+        "width",
+        "height",
+        "video_codec",
+        "start_time",
+    ]
+    if not len(frame):
+        return "_no videos stored yet_"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in frame[columns].itertuples(index=False):
+        lines.append("| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""The S3 IO manager for ``session_video``: spool file in, verified object (and its record) out.
+
+``handle_output`` receives a `DownloadedVideo` (a spool file that passed every check) and stores it under
+``test_id=…/session_id=…/session.mp4`` with its metadata, then the catalog record next to it, and removes the
+spool file whatever happens. When the asset found the video already stored it hands over the `StoredVideo`
+and nothing is written. ``load_input`` gives downstream assets the `StoredVideo` record, never the bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from ut_video_assets.defs.registry import lookup_session
+from ut_video_assets.defs.resources import VideoStorageResource
+from ut_video_assets.media import MediaInfo
+from ut_video_assets.storage import StoredVideo, VideoStore
+from ut_video_assets.transfer import DownloadResult
+
+
+@dataclass(frozen=True)
+class DownloadedVideo:
+    """What ``session_video`` hands its IO manager: a verified spool file and what is known about it."""
+
+    test_id: str
+    download: DownloadResult
+    media: MediaInfo
+    start_time: datetime | None
+    finish_time: datetime | None
+
+    def catalog_record(self, stored: StoredVideo) -> dict[str, Any]:
+        return {
+            "session_id": self.download.session_id,
+            "test_id": self.test_id,
+            "storage_path": stored.uri,
+            "size_bytes": stored.size,
+            "checksum_sha256": stored.sha256,
+            "ingestion_timestamp": stored.metadata.get("ingestion-timestamp") or datetime.now(UTC).isoformat(),
+            "original_filename": self.download.original_filename,
+            "duration_seconds": self.media.duration_seconds,
+            "width": self.media.width,
+            "height": self.media.height,
+            "video_codec": self.media.video_codec,
+            "audio_codec": self.media.audio_codec,
+            "start_time": self.start_time.isoformat() if self.start_time else None,
+            "finish_time": self.finish_time.isoformat() if self.finish_time else None,
+            "source_etag": self.download.source_etag,
+            "url_refreshes": self.download.url_refreshes,
+            "resumes": self.download.resumes,
+        }
+
+
+def stored_metadata(stored: StoredVideo) -> dict[str, Any]:
+    return {
+        "storage_path": dg.MetadataValue.path(stored.uri),
+        "size_bytes": dg.MetadataValue.int(stored.size),
+        "size_mib": dg.MetadataValue.float(round(stored.size / 1048576, 2)),
+        "sha256": dg.MetadataValue.text(stored.sha256),
+        "s3_etag": dg.MetadataValue.text(stored.etag),
+        "ingestion_timestamp": dg.MetadataValue.text(stored.metadata.get("ingestion-timestamp", "")),
+    }
+
+
+class SessionVideoIOManager(dg.ConfigurableIOManager):
+    """Stores session videos in S3 (multipart, checksummed, all-or-nothing) and loads their records."""
+
+    storage: VideoStorageResource
+
+    def handle_output(self, context: dg.OutputContext, obj: DownloadedVideo | StoredVideo) -> None:
+        if isinstance(obj, StoredVideo):
+            context.add_output_metadata(stored_metadata(obj))
+            return
+        store = self.storage.store()
+        spool = obj.download.path
+        try:
+            stored = self._upload(context, store, obj)
+        finally:
+            Path(spool).unlink(missing_ok=True)
+        context.add_output_metadata(stored_metadata(stored))
+
+    def _upload(self, context: dg.OutputContext, store: VideoStore, video: DownloadedVideo) -> StoredVideo:
+        download = video.download
+        context.log.info(f"session {download.session_id}: uploading {download.size / 1048576:,.1f} MiB to S3")
+        stored = store.upload_video(
+            download.path,
+            test_id=video.test_id,
+            session_id=download.session_id,
+            sha256=download.sha256,
+            original_filename=download.original_filename,
+            extra_metadata={
+                k: v.isoformat() for k, v in (("start-time", video.start_time), ("finish-time", video.finish_time)) if v
+            },
+        )
+        store.put_record(video.test_id, download.session_id, video.catalog_record(stored))
+        context.log.info(f"session {download.session_id}: stored at {stored.uri}")
+        return stored
+
+    def load_input(self, context: dg.InputContext) -> StoredVideo:
+        session_id = context.asset_partition_key
+        record = lookup_session(context.instance, session_id)
+        if record is None:
+            raise dg.Failure(f"session {session_id} was never discovered, so its test (and storage path) is unknown")
+        store = self.storage.store()
+        stored = store.head_video(record.test_id, session_id)
+        if stored is None:
+            key = store.video_key(record.test_id, session_id)
+            raise dg.Failure(f"session {session_id} has no stored video at {store.uri(key)}")
+        return stored

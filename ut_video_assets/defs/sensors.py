@@ -1,0 +1,111 @@
+"""Sensors: find newly completed sessions; refresh the catalog after new videos land."""
+
+import os
+import time
+
+import dagster as dg
+
+from ut_video_assets.defs.assets import session_video, video_catalog
+from ut_video_assets.defs.partitions import session_partitions
+from ut_video_assets.defs.registry import session_observation
+from ut_video_assets.defs.resources import UserTestingApiResource
+from ut_video_assets.discovery import DiscoveryCursor, discover_new_sessions
+from ut_video_assets.settings import DOWNLOAD_TAG, parse_positive_int
+
+DISCOVERY_INTERVAL_SECONDS = parse_positive_int(
+    os.environ.get("UT_SENSOR_INTERVAL_SECONDS"), "UT_SENSOR_INTERVAL_SECONDS", 60
+)
+# Keep a tick well inside Dagster's 60 s sensor timeout, whatever the API does.
+TICK_TIME_LIMIT_SECONDS = 40.0
+PARTITIONS_NAME = "session_ids"
+TICK_BUDGET_WAIT_SECONDS = 5.0
+
+session_video_job = dg.define_asset_job(
+    "session_video_job",
+    selection=dg.AssetSelection.assets(session_video),
+    tags={DOWNLOAD_TAG: "true"},
+    description="Download one session's video into the bucket and run its checks (one run per partition).",
+)
+
+video_catalog_job = dg.define_asset_job(
+    "video_catalog_job",
+    selection=dg.AssetSelection.assets(video_catalog),
+    description="Rebuild the Parquet catalog of stored videos and check it.",
+)
+
+
+@dg.sensor(
+    name="completed_sessions_sensor",
+    job=session_video_job,
+    minimum_interval_seconds=DISCOVERY_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Pages the Results API for newly completed sessions of every test in UT_TEST_IDS, adds them as "
+    "session_ids partitions and requests one session_video run each.",
+)
+def completed_sessions_sensor(
+    context: dg.SensorEvaluationContext, api: UserTestingApiResource
+) -> dg.SensorResult | dg.SkipReason:
+    test_ids = api.watched_test_ids()
+    known = set(context.instance.get_dynamic_partitions(PARTITIONS_NAME))
+    result = discover_new_sessions(
+        api.client,
+        test_ids,
+        known.__contains__,
+        DiscoveryCursor.from_json(context.cursor),
+        budget_wait_seconds=TICK_BUDGET_WAIT_SECONDS,
+        time_limit_seconds=TICK_TIME_LIMIT_SECONDS,
+    )
+    for reason in result.rejected[:20]:
+        context.log.warning(f"ignored an invalid session entry: {reason}")
+    notes = "; ".join(result.unfinished)
+    if not result.new_sessions:
+        context.update_cursor(result.cursor.to_json())
+        if result.unfinished and result.requests == 0:
+            return dg.SkipReason(f"Results API budget spent; trying again next tick ({notes})")
+        return dg.SkipReason(f"no new completed sessions in {len(test_ids)} test(s)" + (f" ({notes})" if notes else ""))
+    keys = [session.session_id for session in result.new_sessions]
+    context.log.info(
+        f"discovered {len(keys)} new session(s) with {result.requests} API request(s){'; ' + notes if notes else ''}"
+    )
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=key, run_key=key) for key in keys],
+        dynamic_partitions_requests=[session_partitions.build_add_request(keys)],
+        asset_events=[session_observation(session) for session in result.new_sessions],
+        cursor=result.cursor.to_json(),
+    )
+
+
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dg.sensor(
+    name="video_catalog_refresh_sensor",
+    job=video_catalog_job,
+    minimum_interval_seconds=max(DISCOVERY_INTERVAL_SECONDS // 2, 5),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Rebuilds video_catalog once new session videos have landed: one catalog run for many "
+    "partitions, after the downloads in flight have finished (or at least every 10 minutes while they run).",
+)
+def video_catalog_refresh_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    instance = context.instance
+    latest = instance.fetch_materializations(session_video.key, limit=1).records
+    if not latest:
+        return dg.SkipReason("no session video stored yet")
+    latest_id = latest[0].storage_id
+    state = (context.cursor or "0:0").split(":")
+    handled_id, last_refresh = int(state[0]), float(state[1]) if len(state) > 1 else 0.0
+    if latest_id <= handled_id:
+        return dg.SkipReason("the catalog already includes every stored video")
+    if instance.get_runs(dg.RunsFilter(job_name=video_catalog_job.name, statuses=_ACTIVE), limit=1):
+        return dg.SkipReason("a catalog run is already queued or running")
+    downloads_active = instance.get_runs(dg.RunsFilter(tags={DOWNLOAD_TAG: "true"}, statuses=_ACTIVE), limit=1)
+    now = time.time()
+    if downloads_active and now - last_refresh < 600:
+        return dg.SkipReason("waiting for the downloads in flight before refreshing the catalog")
+    context.update_cursor(f"{latest_id}:{now}")
+    return dg.RunRequest(run_key=f"catalog-after-{latest_id}")
