@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+import uuid
+
+from ut_video_assets.ratelimit import SqliteBudget
 from ut_video_assets.sandbox.scenario import SandboxConfig
 from ut_video_assets.sandbox.server import Sandbox
-from ut_video_assets.sandbox.store import EmbeddedStore, StoreEndpoint
+from ut_video_assets.sandbox.store import EmbeddedStore, StoreEndpoint, ensure_bucket
+from ut_video_assets.storage import VideoStore
+from ut_video_assets.usertesting import ClientCredentialsTokens, ResultsApiClient, RetryPolicy, make_http_client
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -49,3 +53,33 @@ def sandbox(sandbox_server: Sandbox) -> Iterator[Sandbox]:
     sandbox_server.set_rate_limit(SANDBOX_TEST_RATE_LIMIT, 60)
     yield sandbox_server
     sandbox_server.reset()
+
+
+# --- The pipeline's own pieces wired to the stand-ins ------------------------------------------------------
+
+FAST_RETRIES = RetryPolicy(attempts=5, total_seconds=30, wait_initial=0.05, wait_max=0.2, wait_jitter=0.05)
+
+
+@pytest.fixture
+def budget(tmp_path: pytest.TempPathFactory) -> Iterator[SqliteBudget]:
+    """A fresh host-local request budget, generous unless a test builds its own."""
+    bucket = SqliteBudget(tmp_path / "budget.sqlite", limit=1000, window_seconds=60)  # type: ignore[operator]
+    yield bucket
+    bucket.close()
+
+
+@pytest.fixture
+def api_client(sandbox: Sandbox, budget: SqliteBudget) -> Iterator[ResultsApiClient]:
+    """The real client, minting tokens from the sandbox's token endpoint, with quick retries."""
+    with make_http_client() as http:
+        tokens = ClientCredentialsTokens(http, sandbox.token_url, sandbox.client_id, sandbox.client_secret)
+        yield ResultsApiClient(http, tokens, budget, base_url=sandbox.base_url, policy=FAST_RETRIES)
+
+
+@pytest.fixture
+def video_store(store: StoreEndpoint) -> VideoStore:
+    """A destination bucket of its own for each test, with a prefix so the layout is exercised."""
+    client = store.client()
+    bucket = f"dest-{uuid.uuid4().hex[:12]}"
+    ensure_bucket(client, bucket)
+    return VideoStore(client, bucket, "videos/", part_size=5 * 1024 * 1024)

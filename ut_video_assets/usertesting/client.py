@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import stamina
 
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
-from ut_video_assets.ratelimit import RequestBudget
 from ut_video_assets.redact import redact_text
 from ut_video_assets.usertesting.auth import TokenSource
 from ut_video_assets.usertesting.errors import (
@@ -34,6 +33,9 @@ from ut_video_assets.usertesting.errors import (
     TransportError,
 )
 from ut_video_assets.usertesting.models import SessionPage, SessionSummary, VideoUrl, parse_timestamp
+
+if TYPE_CHECKING:  # ratelimit imports this package's errors
+    from ut_video_assets.ratelimit import RequestBudget
 
 DEFAULT_BASE_URL = "https://api.use2.usertesting.com"
 MAX_PAGE_SIZE = 500
