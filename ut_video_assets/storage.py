@@ -26,10 +26,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ut_video_assets.ids import normalize_uuid
+from ut_video_assets.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +188,7 @@ class VideoStore:
         }
         try:
             self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra, Config=config, Callback=on_progress)
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
             self.abort_stale_uploads(key)
             raise StorageError(f"upload of {self.uri(key)} failed: {_describe(exc)}") from None
         stored = self.head_video(test_id, session_id)
@@ -352,6 +354,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         return f"{error.get('Code', 'error')} ({_status(exc)}): {str(error.get('Message', ''))[:200]}"
+    if isinstance(exc, S3UploadFailedError):
+        return redact_text(str(exc))[:300]
     return type(exc).__name__
 
 

@@ -1,0 +1,124 @@
+"""The destination store against the real S3-compatible server: layout, metadata, atomicity, verification."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ut_video_assets.ids import InvalidIdError
+from ut_video_assets.sandbox.store import StoreEndpoint, free_port
+from ut_video_assets.storage import StorageError, VideoStore, open_stored_video
+
+MiB = 1024 * 1024
+TEST_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+
+
+def spool_file(tmp_path: Path, size: int) -> tuple[Path, str]:
+    path = tmp_path / "video.part"
+    data = b"\x00\x00\x00\x18ftypmp42" + os.urandom(size - 12)
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+def test_layout_metadata_and_checksum(video_store: VideoStore, tmp_path: Path) -> None:
+    session_id = str(uuid.uuid4())
+    path, sha = spool_file(tmp_path, 12 * MiB)
+    stored = video_store.upload_video(
+        path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="session.mp4"
+    )
+    assert stored.key == f"videos/test_id={TEST_ID}/session_id={session_id}/session.mp4"
+    assert stored.uri == f"s3://{video_store.bucket}/{stored.key}"
+    assert stored.size == 12 * MiB and stored.sha256 == sha
+    assert stored.content_type == "video/mp4"
+    assert stored.metadata["session-id"] == session_id and stored.metadata["test-id"] == TEST_ID
+    assert stored.metadata["original-filename"] == "session.mp4"
+    assert stored.metadata["ingestion-timestamp"].endswith("+00:00")
+    head = video_store.client.head_object(Bucket=video_store.bucket, Key=stored.key, ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"].endswith("-3")  # three 5 MiB parts, each verified by the store
+    assert stored.etag.endswith("-3")
+
+
+def test_verify_detects_an_overwritten_object(video_store: VideoStore, tmp_path: Path) -> None:
+    session_id = str(uuid.uuid4())
+    path, sha = spool_file(tmp_path, MiB)
+    stored = video_store.upload_video(path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="s.mp4")
+    assert video_store.verify_video(TEST_ID, session_id, sha).ok
+    video_store.client.put_object(Bucket=video_store.bucket, Key=stored.key, Body=b"<html>oops</html>")
+    result = video_store.verify_video(TEST_ID, session_id, sha)
+    assert not result.ok and "expected" in result.reason and result.size == 17
+    video_store.client.delete_object(Bucket=video_store.bucket, Key=stored.key)
+    missing = video_store.verify_video(TEST_ID, session_id, sha)
+    assert not missing.ok and "no object" in missing.reason
+
+
+def test_failed_upload_leaves_nothing_behind(video_store: VideoStore, tmp_path: Path) -> None:
+    session_id = str(uuid.uuid4())
+    path, sha = spool_file(tmp_path, 11 * MiB)
+    sent = 0
+
+    def fail_midway(count: int) -> None:
+        nonlocal sent
+        sent += count
+        if sent > 6 * MiB:
+            raise OSError("disk vanished")
+
+    with pytest.raises(OSError, match="disk vanished"):
+        video_store.upload_video(
+            path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="s.mp4", on_progress=fail_midway
+        )
+    key = video_store.video_key(TEST_ID, session_id)
+    assert video_store.head_video(TEST_ID, session_id) is None
+    assert video_store.client.list_multipart_uploads(Bucket=video_store.bucket, Prefix=key).get("Uploads", []) == []
+
+
+def test_stale_multipart_uploads_are_aborted_before_a_new_upload(video_store: VideoStore, tmp_path: Path) -> None:
+    session_id = str(uuid.uuid4())
+    key = video_store.video_key(TEST_ID, session_id)
+    orphan = video_store.client.create_multipart_upload(Bucket=video_store.bucket, Key=key)["UploadId"]
+    path, sha = spool_file(tmp_path, MiB)
+    video_store.upload_video(path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="s.mp4")
+    uploads = video_store.client.list_multipart_uploads(Bucket=video_store.bucket, Prefix=key).get("Uploads", [])
+    assert orphan not in [u["UploadId"] for u in uploads]
+
+
+def test_a_dead_store_is_a_clear_error(store: StoreEndpoint, tmp_path: Path) -> None:
+    dead = StoreEndpoint(f"http://127.0.0.1:{free_port()}", store.access_key, store.secret_key)
+    client = dead.client(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1})
+    path, sha = spool_file(tmp_path, MiB)
+    with pytest.raises(StorageError, match="upload of s3://dest/.*failed: EndpointConnectionError") as info:
+        VideoStore(client, "dest").upload_video(
+            path, test_id=TEST_ID, session_id=str(uuid.uuid4()), sha256=sha, original_filename="s.mp4"
+        )
+    assert store.secret_key not in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "a" * 300, "3fa85f64-5717-4562-b3fc-2c963f66afa6/..", "", "x\ny"])
+def test_keys_are_only_built_from_uuids(video_store: VideoStore, bad: str) -> None:
+    with pytest.raises(InvalidIdError):
+        video_store.video_key(TEST_ID, bad)
+    with pytest.raises(InvalidIdError):
+        video_store.video_key(bad, TEST_ID)
+
+
+def test_records_listing_and_ranged_reader(video_store: VideoStore, tmp_path: Path) -> None:
+    sessions = [str(uuid.uuid4()) for _ in range(3)]
+    for session_id in sessions:
+        path, sha = spool_file(tmp_path, 256 * 1024)
+        video_store.upload_video(path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="s.mp4")
+        video_store.put_record(TEST_ID, session_id, {"session_id": session_id, "test_id": TEST_ID})
+    video_store.client.put_object(Bucket=video_store.bucket, Key="videos/test_id=x/stray.txt", Body=b"")
+    records, videos = video_store.load_records()
+    assert sorted(r["session_id"] for r in records) == sorted(sessions)
+    assert set(videos) == {(TEST_ID, s) for s in sessions}
+    stored = video_store.head_video(TEST_ID, sessions[0])
+    assert stored is not None
+    with open_stored_video(video_store, stored) as reader:
+        reader.seek(stored.size - 10)
+        tail = reader.read()
+        reader.seek(0)
+        head = reader.read(12)
+    assert len(tail) == 10 and head[4:8] == b"ftyp"
