@@ -6,11 +6,10 @@ Everything runs for real on loopback: the SeaweedFS process, the sandbox HTTP se
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
-
-import uuid
 
 from ut_video_assets.ratelimit import SqliteBudget
 from ut_video_assets.sandbox.scenario import SandboxConfig

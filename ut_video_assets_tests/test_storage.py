@@ -45,7 +45,9 @@ def test_layout_metadata_and_checksum(video_store: VideoStore, tmp_path: Path) -
 def test_verify_detects_an_overwritten_object(video_store: VideoStore, tmp_path: Path) -> None:
     session_id = str(uuid.uuid4())
     path, sha = spool_file(tmp_path, MiB)
-    stored = video_store.upload_video(path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="s.mp4")
+    stored = video_store.upload_video(
+        path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="s.mp4"
+    )
     assert video_store.verify_video(TEST_ID, session_id, sha).ok
     video_store.client.put_object(Bucket=video_store.bucket, Key=stored.key, Body=b"<html>oops</html>")
     result = video_store.verify_video(TEST_ID, session_id, sha)
@@ -89,7 +91,7 @@ def test_a_dead_store_is_a_clear_error(store: StoreEndpoint, tmp_path: Path) -> 
     dead = StoreEndpoint(f"http://127.0.0.1:{free_port()}", store.access_key, store.secret_key)
     client = dead.client(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1})
     path, sha = spool_file(tmp_path, MiB)
-    with pytest.raises(StorageError, match="upload of s3://dest/.*failed: EndpointConnectionError") as info:
+    with pytest.raises(StorageError, match=r"upload of s3://dest/.*failed: EndpointConnectionError") as info:
         VideoStore(client, "dest").upload_video(
             path, test_id=TEST_ID, session_id=str(uuid.uuid4()), sha256=sha, original_filename="s.mp4"
         )

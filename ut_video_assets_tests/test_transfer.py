@@ -208,9 +208,7 @@ def test_persistent_store_errors_fail_cleanly(
     assert "X-Amz" not in str(info.value)
 
 
-def test_memory_stays_flat_for_a_large_video(
-    sandbox: Sandbox, api_client: ResultsApiClient, tmp_path: Path
-) -> None:
+def test_memory_stays_flat_for_a_large_video(sandbox: Sandbox, api_client: ResultsApiClient, tmp_path: Path) -> None:
     session = sandbox.complete_session(sandbox.test_ids[0], video_size=96 * MiB)
     tracemalloc.start()
     try:

@@ -166,7 +166,7 @@ def test_persistent_5xx_fails_without_a_retry_storm(sandbox: Sandbox, api_client
 @pytest.mark.parametrize("kind", ["malformed_json", "html_body"])
 def test_malformed_answers_are_rejected(sandbox: Sandbox, api_client: ResultsApiClient, kind: str) -> None:
     sandbox.add_fault(kind=kind, endpoint="list", times=None)
-    with pytest.raises(MalformedResponseError, match="non-JSON|sessions"):
+    with pytest.raises(MalformedResponseError, match=r"non-JSON|sessions"):
         api_client.list_sessions(sandbox.test_ids[0])
 
 
