@@ -1,0 +1,279 @@
+"""``ut-video-assets``: run the local stand-ins, the demo and the dev stack; check the configuration.
+
+    ut-video-assets store          the embedded S3 store, until Ctrl-C
+    ut-video-assets sandbox        store + Results API sandbox, until Ctrl-C
+    ut-video-assets demo           store + sandbox + dagster-daemon; ingests a small scenario and exits
+    ut-video-assets dev            store + sandbox + dagster dev (UI), sessions keep completing, until Ctrl-C
+    ut-video-assets check-config   validate this environment's pipeline settings (exit 2 on error)
+
+The stand-ins' credentials are printed on purpose: they exist only on this host. ``check-config`` never
+prints a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ut_video_assets.settings import (
+    DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+    DEFAULT_RATE_LIMIT_PER_MINUTE,
+    SettingsError,
+    parse_bucket,
+    parse_credentials,
+    parse_positive_float,
+    parse_positive_int,
+    parse_prefix,
+    parse_test_ids,
+    parse_url,
+)
+from ut_video_assets.usertesting import DEFAULT_BASE_URL
+
+if TYPE_CHECKING:
+    from ut_video_assets.sandbox.stack import StackOptions
+
+EXIT_CONFIG_ERROR = 2
+
+
+def check_config(env: Mapping[str, str]) -> list[str]:
+    """Validate every pipeline setting in ``env``; returns human-readable lines, raises `SettingsError`."""
+
+    def get(name: str) -> str | None:
+        return env.get(name)
+
+    base_url = parse_url(get("UT_API_BASE_URL") or DEFAULT_BASE_URL, "UT_API_BASE_URL")
+    credentials = parse_credentials(
+        get("UT_ACCESS_TOKEN"), get("UT_CLIENT_ID"), get("UT_CLIENT_SECRET"), get("UT_TOKEN_URL"), get("UT_TOKEN_SCOPE")
+    )
+    test_ids = parse_test_ids(get("UT_TEST_IDS"), "UT_TEST_IDS")
+    bucket = parse_bucket(get("UT_VIDEO_BUCKET"), "UT_VIDEO_BUCKET")
+    prefix = parse_prefix(get("UT_VIDEO_PREFIX"), "UT_VIDEO_PREFIX")
+    limit = parse_positive_int(
+        get("UT_RATE_LIMIT_PER_MINUTE"), "UT_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE
+    )
+    window = parse_positive_float(get("UT_RATE_LIMIT_WINDOW_SECONDS"), "UT_RATE_LIMIT_WINDOW_SECONDS", 60.0)
+    interval = parse_positive_int(get("UT_SENSOR_INTERVAL_SECONDS"), "UT_SENSOR_INTERVAL_SECONDS", 60)
+    downloads = parse_positive_int(
+        get("UT_MAX_CONCURRENT_DOWNLOADS"), "UT_MAX_CONCURRENT_DOWNLOADS", DEFAULT_MAX_CONCURRENT_DOWNLOADS
+    )
+    parse_positive_int(get("UT_S3_PART_SIZE_MIB"), "UT_S3_PART_SIZE_MIB", 64)
+    parse_positive_int(get("UT_S3_UPLOAD_CONCURRENCY"), "UT_S3_UPLOAD_CONCURRENCY", 4)
+    parse_positive_float(get("UT_DOWNLOAD_READ_TIMEOUT_SECONDS"), "UT_DOWNLOAD_READ_TIMEOUT_SECONDS", 30.0)
+    sse = (get("UT_S3_SSE") or "").strip() or None
+    if sse not in (None, "AES256", "aws:kms", "aws:kms:dsse"):
+        raise SettingsError(f"UT_S3_SSE must be AES256, aws:kms or aws:kms:dsse, got {sse!r}")
+    auth = "access token" if credentials.access_token else f"client credentials ({credentials.token_url})"
+    endpoint = get("AWS_ENDPOINT_URL") or "AWS default endpoint"
+    return [
+        f"Results API:  {base_url}, {auth}",
+        f"Tests:        {len(test_ids)} ({', '.join(test_ids)})",
+        f"Destination:  s3://{bucket}/{prefix} via {endpoint}",
+        f"Rate limit:   {limit} requests per {window:g} s; discovery every {interval} s; "
+        f"at most {downloads} downloads at once",
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------------------
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        lines = check_config(os.environ)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print("configuration OK")
+    for line in lines:
+        print(f"  {line}")
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from ut_video_assets.sandbox.store import EmbeddedStore, ensure_bucket
+
+    data_dir = Path(args.data_dir) if args.data_dir else _state_dir(args) / "store"
+    with EmbeddedStore(data_dir, access_key=args.access_key, secret_key=args.secret_key) as endpoint:
+        if args.bucket:
+            ensure_bucket(endpoint.client(), args.bucket)
+        print(f"S3 store: {endpoint.endpoint_url} (data in {data_dir}, log {data_dir / 'weed.log'})")
+        print("Environment for boto3 / the aws CLI / the pipeline:")
+        for key, value in endpoint.env().items():
+            print(f"  export {key}={value}")
+        if args.bucket:
+            print(f"  export UT_VIDEO_BUCKET={args.bucket}")
+        print("Press Ctrl-C to stop.", flush=True)
+        _wait_for_signal()
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from ut_video_assets.sandbox.scenario import SandboxConfig
+    from ut_video_assets.sandbox.server import serve
+    from ut_video_assets.sandbox.store import EmbeddedStore, ensure_bucket
+
+    state = _state_dir(args) / "sandbox-by-hand"
+    config = SandboxConfig(
+        seed=args.seed,
+        tests=args.tests,
+        sessions_per_test=args.sessions,
+        rate_limit=args.rate_limit,
+        rate_window_seconds=args.rate_window,
+        complete_every_seconds=args.complete_every,
+    )
+    with EmbeddedStore(state / "store") as endpoint:
+        ensure_bucket(endpoint.client(), args.bucket)
+        print(f"S3 store: {endpoint.endpoint_url}; destination bucket: export UT_VIDEO_BUCKET={args.bucket}")
+        serve(config, endpoint, state / "sandbox")
+    return 0
+
+
+def _stack_options(args: argparse.Namespace, *, fresh: bool, name: str) -> StackOptions:
+    from ut_video_assets.sandbox.stack import StackOptions
+
+    downloads = parse_positive_int(
+        os.environ.get("UT_MAX_CONCURRENT_DOWNLOADS"), "UT_MAX_CONCURRENT_DOWNLOADS", DEFAULT_MAX_CONCURRENT_DOWNLOADS
+    )
+    return StackOptions(
+        state_dir=_state_dir(args) / name,
+        sensor_interval_seconds=args.sensor_interval,
+        max_concurrent_downloads=downloads,
+        fresh=fresh,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ut_video_assets.sandbox.stack import StackError, demo_scenario, run_demo
+
+    try:
+        options = _stack_options(args, fresh=True, name="demo")
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    try:
+        return run_demo(
+            options=options,
+            scenario=demo_scenario(args.rate_limit, args.rate_window),
+            timeout=args.timeout,
+            echo=_echo,
+            keep_running=args.keep_running,
+        )
+    except StackError as exc:
+        print(f"DEMO FAILED: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted; everything the demo started has been stopped.", file=sys.stderr)
+        return 130
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from ut_video_assets.sandbox.stack import StackError, dev_scenario, run_dev
+
+    try:
+        options = _stack_options(args, fresh=args.fresh, name="dev")
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    try:
+        return run_dev(options=options, scenario=dev_scenario(args.complete_every), port=args.port, echo=_echo)
+    except StackError as exc:
+        print(f"dev stack failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from ut_video_assets.sandbox.stack import default_state_dir
+
+    return Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ut-video-assets", description="UserTesting session videos into S3, with Dagster."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(func=func)
+        return command
+
+    def state_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--state-dir", help="local state directory (default: $UT_STATE_DIR or .state/ at the repository root)"
+        )
+
+    add("check-config", cmd_check_config, "validate the pipeline settings in this environment (exit 2 on error)")
+
+    store = add("store", cmd_store, "run the embedded S3 store until Ctrl-C, printing endpoint and credentials")
+    state_option(store)
+    store.add_argument("--data-dir", help="the store's data directory (default: <state dir>/store)")
+    store.add_argument("--bucket", help="create this bucket")
+    store.add_argument("--access-key", help="access key (default: random)")
+    store.add_argument("--secret-key", help="secret key (default: random)")
+
+    sandbox = add("sandbox", cmd_sandbox, "run the store and the Results API sandbox until Ctrl-C")
+    state_option(sandbox)
+    sandbox.add_argument("--seed", type=int, default=1)
+    sandbox.add_argument("--tests", type=int, default=2)
+    sandbox.add_argument("--sessions", type=int, default=5, help="completed sessions per test")
+    sandbox.add_argument("--rate-limit", type=int, default=10, help="requests per window (default 10)")
+    sandbox.add_argument("--rate-window", type=float, default=60.0, help="window in seconds (default 60)")
+    sandbox.add_argument("--complete-every", type=float, default=None, help="complete a new session every N s")
+    sandbox.add_argument("--bucket", default="ut-session-videos", help="destination bucket to create")
+
+    demo = add("demo", cmd_demo, "ingest a small scenario end to end with dagster-daemon, then exit")
+    state_option(demo)
+    demo.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    demo.add_argument("--sensor-interval", type=int, default=5, help="discovery interval in seconds (default 5)")
+    demo.add_argument("--rate-limit", type=int, default=10, help="sandbox requests per window (default 10)")
+    demo.add_argument("--rate-window", type=float, default=60.0, help="sandbox window in seconds (default 60)")
+    demo.add_argument("--keep-running", action="store_true", help="keep the stack up after success until Ctrl-C")
+
+    dev = add("dev", cmd_dev, "run the stack with the Dagster UI until Ctrl-C")
+    state_option(dev)
+    dev.add_argument("--port", type=int, default=None, help="UI port on 127.0.0.1 (default: a free one)")
+    dev.add_argument("--sensor-interval", type=int, default=5, help="discovery interval in seconds (default 5)")
+    dev.add_argument("--complete-every", type=float, default=45.0, help="a new session completes every N s")
+    dev.add_argument("--fresh", action="store_true", help="delete the dev state (runs, videos) first")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
