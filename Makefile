@@ -1,0 +1,46 @@
+# One entry per habit; developers and CI run the same commands. Needs only make, python3 (3.11) and pip.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# The stamp records that the venv holds what pyproject.toml asks for; it is redone when pyproject.toml changes.
+STAMP := $(VENV)/.installed-stamp
+# Prefer python3.11 (the supported version) when it is on PATH.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+
+.PHONY: help venv test lint demo dev clean
+
+help:
+	@echo "make test    lint, format check, type check, then every test (what CI runs)"
+	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make demo    ingest a small scenario end to end (store + API sandbox + dagster-daemon)"
+	@echo "make dev     the same stack with the Dagster UI, until Ctrl-C"
+	@echo "make clean   delete local state (.state/)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+demo: $(STAMP)
+	$(BIN)/ut-video-assets demo
+
+dev: $(STAMP)
+	$(BIN)/ut-video-assets dev
+
+clean:
+	rm -rf .state
