@@ -1,0 +1,81 @@
+"""Fixtures for the Dagster layer: the real `build_defs()` wired to the sandbox and the store by env vars."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from ut_video_assets.definitions import build_defs
+from ut_video_assets.defs.sensors import completed_sessions_sensor
+from ut_video_assets.sandbox.server import Sandbox
+from ut_video_assets.sandbox.store import StoreEndpoint, ensure_bucket
+from ut_video_assets.storage import VideoStore
+
+
+@dataclass
+class Pipeline:
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+    store: VideoStore
+    sandbox: Sandbox
+    spool_dir: Path
+
+    def tick(self, cursor: str | None = None) -> Any:
+        """One evaluation of the discovery sensor, applied the way the daemon applies it."""
+        resources = {"api": (self.defs.resources or {})["api"]}
+        with dg.build_sensor_context(instance=self.instance, cursor=cursor, resources=resources) as context:
+            result = completed_sessions_sensor(context)
+        if isinstance(result, dg.SensorResult):
+            for request in result.dynamic_partitions_requests or []:
+                assert isinstance(request, dg.AddDynamicPartitionsRequest)
+                self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            for event in result.asset_events:
+                self.instance.report_runless_asset_event(event)
+        return result
+
+    def materialize(self, session_id: str, *, force: bool = False) -> dg.ExecuteInProcessResult:
+        run_config = {"ops": {"session_video": {"config": {"force_download": True}}}} if force else None
+        return self.defs.resolve_job_def("session_video_job").execute_in_process(
+            instance=self.instance, partition_key=session_id, run_config=run_config, raise_on_error=False
+        )
+
+    def run_checks(self, asset: dg.AssetKey, partition_key: str | None = None) -> dg.ExecuteInProcessResult:
+        """Run only the checks of ``asset`` (as "Execute checks" in the UI does)."""
+        checks = dg.AssetSelection.checks_for_assets(asset).resolve_checks(self.defs.resolve_asset_graph())
+        job = self.defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection=set(checks))
+        return job.execute_in_process(instance=self.instance, partition_key=partition_key, raise_on_error=False)
+
+    def run_job(self, name: str, **kwargs: Any) -> dg.ExecuteInProcessResult:
+        return self.defs.resolve_job_def(name).execute_in_process(
+            instance=self.instance, raise_on_error=False, **kwargs
+        )
+
+
+@pytest.fixture
+def pipeline(
+    sandbox: Sandbox, store: StoreEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Pipeline]:
+    bucket = f"videos-{uuid.uuid4().hex[:10]}"
+    client = store.client()
+    ensure_bucket(client, bucket)
+    spool = tmp_path / "spool"
+    env = {
+        **sandbox.env(),
+        **store.env(),
+        "UT_VIDEO_BUCKET": bucket,
+        "UT_VIDEO_PREFIX": "ut/",
+        "UT_BUDGET_PATH": str(tmp_path / "budget.sqlite"),
+        "UT_SPOOL_DIR": str(spool),
+        "UT_DOWNLOAD_READ_TIMEOUT_SECONDS": "2",
+        "UT_S3_PART_SIZE_MIB": "5",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with dg.instance_for_test() as instance:
+        yield Pipeline(build_defs(), instance, VideoStore(client, bucket, "ut/"), sandbox, spool)

@@ -1,0 +1,208 @@
+"""End to end through Dagster: sensor tick → partitions → session_video in S3 → checks → catalog."""
+
+import hashlib
+import io
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from ut_video_assets.catalog import COLUMNS
+from ut_video_assets.definitions import build_defs
+from ut_video_assets.defs.partitions import session_partitions
+from ut_video_assets.sandbox.scenario import Session
+from ut_video_assets.storage import StoredVideo
+from ut_video_assets_tests.defs.conftest import Pipeline
+
+SESSION_VIDEO = dg.AssetKey("session_video")
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def with_video(pipeline: Pipeline, test_index: int = 0) -> Session:
+    return next(s for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[test_index]) if s.has_video)
+
+
+def video_url_calls(pipeline: Pipeline) -> int:
+    return int(pipeline.sandbox.stats()["requests"].get("video_url", 0))
+
+
+def test_sensor_adds_partitions_records_tests_and_requests_runs(pipeline: Pipeline) -> None:
+    result = pipeline.tick()
+    assert isinstance(result, dg.SensorResult)
+    expected = {s.session_id: s.test_id for t in pipeline.sandbox.test_ids for s in pipeline.sandbox.sessions(t)}
+    assert {r.partition_key for r in result.run_requests or []} == set(expected)
+    assert all(r.run_key == r.partition_key for r in result.run_requests or [])
+    assert set(pipeline.instance.get_dynamic_partitions("session_ids")) == set(expected)
+    observations = {e.partition: e.metadata["test_id"].value for e in result.asset_events}  # type: ignore[union-attr]
+    assert observations == expected
+    assert pipeline.sandbox.stats()["requests"] == {"list": 2}
+
+    again = pipeline.tick(result.cursor)
+    assert isinstance(again, dg.SkipReason) and "no new completed sessions" in (again.skip_message or "")
+
+    newcomer = pipeline.sandbox.complete_session(pipeline.sandbox.test_ids[0])
+    third = pipeline.tick(result.cursor)
+    assert isinstance(third, dg.SensorResult)
+    assert [r.partition_key for r in third.run_requests or []] == [newcomer.session_id]
+
+
+def test_sensor_skips_with_a_reason_when_the_budget_is_spent(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UT_RATE_LIMIT_PER_MINUTE", "1")
+    monkeypatch.setenv("UT_RATE_LIMIT_WINDOW_SECONDS", "600")
+    pipeline.defs = build_defs()
+    first = pipeline.tick()
+    assert isinstance(first, dg.SensorResult)  # the one request allowed covered the first test
+    assert {r.partition_key for r in first.run_requests or []} == {
+        s.session_id for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0])
+    }
+    second = pipeline.tick(first.cursor)
+    assert isinstance(second, dg.SkipReason)
+    assert "budget spent" in (second.skip_message or "")
+
+
+def test_materializes_a_session_with_checks_metadata_and_no_spool_left(pipeline: Pipeline) -> None:
+    pipeline.tick()
+    session = with_video(pipeline)
+    result = pipeline.materialize(session.session_id)
+    assert result.success
+    assert check_results(result) == {"session_video_checksum": True, "session_video_playable": True}
+
+    stored = pipeline.store.head_video(session.test_id, session.session_id)
+    assert stored is not None
+    expected_sha = hashlib.sha256(pipeline.sandbox.video_bytes(session)).hexdigest()
+    assert stored.sha256 == expected_sha
+    assert stored.key == f"ut/test_id={session.test_id}/session_id={session.session_id}/session.mp4"
+
+    materialization = result.asset_materializations_for_node("session_video")[0]
+    metadata = materialization.metadata
+    assert materialization.partition == session.session_id
+    assert metadata["storage_path"].value == stored.uri
+    assert metadata["sha256"].value == expected_sha
+    assert metadata["size_bytes"].value == stored.size
+    assert metadata["test_id"].value == session.test_id
+    assert metadata["video_codec"].value == "h264" and metadata["audio_codec"].value == "aac"
+    assert float(metadata["duration_seconds"].value) > 1  # type: ignore[arg-type]
+    assert "data:image/jpeg;base64," in str(metadata["thumbnail"].value)
+    assert metadata["url_requests"].value == 1
+    assert list(pipeline.spool_dir.glob("*")) == []
+    record = pipeline.store.get_record(session.test_id, session.session_id)
+    assert record is not None and record["checksum_sha256"] == expected_sha
+
+    # the check results are stored per partition
+    history = pipeline.instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(SESSION_VIDEO, "session_video_checksum"), limit=5
+    )
+    assert [(h.partition, h.status.value) for h in history] == [(session.session_id, "SUCCEEDED")]
+
+
+def test_rerun_does_not_download_again_unless_forced(pipeline: Pipeline) -> None:
+    pipeline.tick()
+    session = with_video(pipeline)
+    assert pipeline.materialize(session.session_id).success
+    calls = video_url_calls(pipeline)
+    again = pipeline.materialize(session.session_id)
+    assert again.success
+    assert again.asset_materializations_for_node("session_video")[0].metadata["download_skipped"].value is True
+    assert video_url_calls(pipeline) == calls
+    assert check_results(again) == {"session_video_checksum": True, "session_video_playable": True}
+    forced = pipeline.materialize(session.session_id, force=True)
+    assert forced.success and video_url_calls(pipeline) == calls + 1
+
+
+def test_session_without_video_fails_clearly_and_stores_nothing(pipeline: Pipeline) -> None:
+    pipeline.tick()
+    session = next(s for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0]) if not s.has_video)
+    result = pipeline.materialize(session.session_id)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "has no video" in str(failure.event_specific_data)
+    assert pipeline.store.head_video(session.test_id, session.session_id) is None
+    assert pipeline.sandbox.stats()["statuses"]["video_url"] == {"404": 1}  # no retry storm
+
+
+def test_undiscovered_session_fails_with_instructions(pipeline: Pipeline) -> None:
+    session = with_video(pipeline)
+    pipeline.instance.add_dynamic_partitions("session_ids", [session.session_id])  # added by hand, not by the sensor
+    result = pipeline.materialize(session.session_id)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "never discovered" in str(failure.event_specific_data)
+    assert video_url_calls(pipeline) == 0
+
+
+def test_checksum_check_fails_after_the_object_is_overwritten(pipeline: Pipeline) -> None:
+    pipeline.tick()
+    session = with_video(pipeline)
+    assert pipeline.materialize(session.session_id).success
+    stored = pipeline.store.head_video(session.test_id, session.session_id)
+    assert stored is not None
+    tampered = b"<html>an error page saved as mp4</html>"
+    pipeline.store.client.put_object(
+        Bucket=stored.bucket, Key=stored.key, Body=tampered, ContentType="video/mp4", Metadata=stored.metadata
+    )
+    result = pipeline.run_checks(SESSION_VIDEO, session.session_id)
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert evaluations["session_video_checksum"].passed is False
+    assert evaluations["session_video_checksum"].metadata["actual_sha256"].value == hashlib.sha256(tampered).hexdigest()
+    assert evaluations["session_video_playable"].passed is False
+    assert not result.success  # blocking ERROR checks fail the run
+
+
+def test_catalog_tabulates_stored_videos_as_parquet(pipeline: Pipeline) -> None:
+    pipeline.tick()
+    sessions = [s for t in pipeline.sandbox.test_ids for s in pipeline.sandbox.sessions(t) if s.has_video][:3]
+    for session in sessions:
+        assert pipeline.materialize(session.session_id).success
+    result = pipeline.run_job("video_catalog_job")
+    assert result.success
+    assert check_results(result) == {"video_catalog_unique_sessions": True, "video_catalog_objects_present": True}
+    metadata = result.asset_materializations_for_node("video_catalog")[0].metadata
+    assert metadata["dagster/row_count"].value == 3
+
+    body = pipeline.store.client.get_object(Bucket=pipeline.store.bucket, Key="ut/catalog/video_catalog.parquet")
+    frame = pd.read_parquet(io.BytesIO(body["Body"].read()))
+    assert list(frame.columns) == list(COLUMNS)
+    assert sorted(frame["session_id"]) == sorted(s.session_id for s in sessions)
+    row = frame.set_index("session_id").loc[sessions[0].session_id]
+    assert row["test_id"] == sessions[0].test_id
+    assert row["size_bytes"] == len(pipeline.sandbox.video_bytes(sessions[0]))
+    assert row["checksum_sha256"] == hashlib.sha256(pipeline.sandbox.video_bytes(sessions[0])).hexdigest()
+    assert row["video_codec"] == "h264" and row["width"] > 0 and row["duration_seconds"] > 1
+    assert row["start_time"] == pd.Timestamp(sessions[0].start_time).floor("ms")  # the API sends milliseconds
+
+    # a row whose object disappears fails the catalog's presence check
+    stored = pipeline.store.head_video(sessions[1].test_id, sessions[1].session_id)
+    assert stored is not None
+    pipeline.store.client.delete_object(Bucket=stored.bucket, Key=stored.key)
+    checks = pipeline.run_checks(dg.AssetKey("video_catalog"))
+    assert check_results(checks) == {"video_catalog_unique_sessions": True, "video_catalog_objects_present": False}
+
+
+def test_downstream_assets_load_a_record_not_bytes(pipeline: Pipeline) -> None:
+    pipeline.tick()
+    session = with_video(pipeline)
+    assert pipeline.materialize(session.session_id).success
+    seen: list[object] = []
+
+    @dg.asset(
+        partitions_def=session_partitions, ins={"session_video": dg.AssetIn(input_manager_key="video_io_manager")}
+    )
+    def uses_video(session_video: StoredVideo) -> None:
+        seen.append(session_video)
+
+    defs = dg.Definitions.merge(pipeline.defs, dg.Definitions(assets=[uses_video]))
+    job = dg.define_asset_job("downstream", selection=[uses_video])
+    defs = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+    result = defs.resolve_job_def("downstream").execute_in_process(
+        instance=pipeline.instance, partition_key=session.session_id
+    )
+    assert result.success
+    record = seen[0]
+    assert isinstance(record, StoredVideo)
+    assert record.uri.endswith(f"session_id={session.session_id}/session.mp4")
+    assert record.sha256 == hashlib.sha256(pipeline.sandbox.video_bytes(session)).hexdigest()
