@@ -1,0 +1,180 @@
+"""The CLI's configuration check, and the demo stack end to end (store + sandbox + a real dagster-daemon)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from ut_video_assets.cli import main
+from ut_video_assets.sandbox.scenario import SandboxConfig
+from ut_video_assets.sandbox.stack import DemoOutcome, LocalStack, StackOptions, run_demo
+from ut_video_assets.storage import VideoStore
+
+TEST_ID = "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
+GOOD_ENV = {
+    "UT_API_BASE_URL": "http://127.0.0.1:9/api",
+    "UT_CLIENT_ID": "client",
+    "UT_CLIENT_SECRET": "very-secret-value",
+    "UT_TEST_IDS": TEST_ID,
+    "UT_VIDEO_BUCKET": "session-videos",
+    "UT_VIDEO_PREFIX": "ut",
+}
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No pipeline setting from the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("UT_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_check_config_accepts_a_complete_environment(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in GOOD_ENV.items():
+        clean_env.setenv(name, value)
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("configuration OK")
+    assert "s3://session-videos/ut/" in out
+    assert TEST_ID in out
+    assert "very-secret-value" not in out
+
+
+@pytest.mark.parametrize(
+    ("change", "variable"),
+    [
+        ({"UT_VIDEO_BUCKET": None}, "UT_VIDEO_BUCKET"),
+        ({"UT_VIDEO_BUCKET": "Not_A_Bucket"}, "UT_VIDEO_BUCKET"),
+        ({"UT_TEST_IDS": "not-a-uuid"}, "UT_TEST_IDS"),
+        ({"UT_CLIENT_SECRET": None}, "UT_CLIENT_SECRET"),
+        ({"UT_API_BASE_URL": "ftp://example"}, "UT_API_BASE_URL"),
+        ({"UT_VIDEO_PREFIX": "../up"}, "UT_VIDEO_PREFIX"),
+        ({"UT_MAX_CONCURRENT_DOWNLOADS": "0"}, "UT_MAX_CONCURRENT_DOWNLOADS"),
+        ({"UT_RATE_LIMIT_PER_MINUTE": "ten"}, "UT_RATE_LIMIT_PER_MINUTE"),
+    ],
+)
+def test_check_config_names_the_bad_variable(
+    clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, str | None],
+    variable: str,
+) -> None:
+    for name, value in {**GOOD_ENV, **change}.items():
+        if value is not None:
+            clean_env.setenv(name, value)
+    assert main(["check-config"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert variable in captured.err
+    assert "very-secret-value" not in captured.err
+
+
+def test_check_config_console_script_exit_code() -> None:
+    """The installed entry point, as a user calls it, with an empty environment."""
+    script = Path(sys.executable).parent / "ut-video-assets"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UT_")}
+    result = subprocess.run(
+        [str(script), "check-config"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr
+    assert "UT_" in result.stderr
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_demo_ingests_every_video_and_reports_the_one_without(tmp_path: Path) -> None:
+    """The real demo path with a tiny scenario and the API's limit scaled from 10/60 s to 10/5 s."""
+    scenario = SandboxConfig(
+        seed=31, tests=1, sessions_per_test=2, incomplete_per_test=1, rate_limit=10, rate_window_seconds=5
+    )
+    options = StackOptions(state_dir=tmp_path / "demo", sensor_interval_seconds=2, max_concurrent_downloads=2)
+    lines: list[str] = []
+    seen: dict[str, object] = {}
+
+    def inspect(stack: LocalStack, outcome: DemoOutcome) -> None:
+        """Runs while the stack is still up: check the outcome ourselves, from the instance and the store."""
+        seen["pgids"] = [p.pgid for p in stack.processes]
+        sessions = stack.sandbox.sessions()
+        with_video = {s.session_id for s in sessions if s.has_video}
+        without_video = {s.session_id for s in sessions if not s.has_video}
+        assert len(with_video) == 2
+        assert len(without_video) == 1
+
+        instance = stack.instance()
+        assert set(instance.get_dynamic_partitions("session_ids")) == with_video | without_video
+        stored = {
+            r.partition_key
+            for r in instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("session_video")), limit=100
+            ).records
+        }
+        assert stored == with_video
+        for check_name in ("session_video_checksum", "session_video_playable"):
+            history = instance.event_log_storage.get_asset_check_execution_history(
+                dg.AssetCheckKey(dg.AssetKey("session_video"), check_name), limit=100
+            )
+            passed = {h.partition for h in history if h.status == AssetCheckExecutionRecordStatus.SUCCEEDED}
+            assert passed == with_video, check_name
+            assert not [h for h in history if h.status == AssetCheckExecutionRecordStatus.FAILED]
+
+        (missing,) = without_video
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": missing}))
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.FAILURE]
+        failures = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        descriptions = [
+            e.dagster_event.step_failure_data.user_failure_data.description
+            for e in failures
+            if e.dagster_event and e.dagster_event.step_failure_data.user_failure_data
+        ]
+        assert descriptions
+        assert all("has no video" in str(d) and "404" in str(d) for d in descriptions), descriptions
+
+        client = stack.store_endpoint.client()
+        store = VideoStore(client, options.bucket, options.prefix)
+        for session in sessions:
+            key = store.video_key(session.test_id, session.session_id)
+            assert store.object_exists(key) == session.has_video, key
+        frame = stack.read_catalog()
+        assert set(frame["session_id"]) == with_video
+        assert len(frame) == len(with_video)
+        assert (frame["size_bytes"] > 0).all()
+
+        stats = stack.sandbox.stats()
+        assert stats["rateLimited"] == 0  # our budget paced every request; the sandbox never had to say 429
+
+    code = run_demo(
+        options=options,
+        scenario=scenario,
+        sessions_without_video=1,
+        timeout=180,
+        echo=lines.append,
+        on_success=inspect,
+    )
+    output = "\n".join(lines)
+    assert code == 0, output
+    assert "pgids" in seen, output
+    assert "no video (404)" in output
+    assert "Catalog (2 rows" in output
+    # Everything the demo started is gone: the daemon's process group (and its run workers).
+    pgids = seen["pgids"]
+    assert isinstance(pgids, list)
+    assert pgids
+    assert all(_group_gone(pgid) for pgid in pgids)
