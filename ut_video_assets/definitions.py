@@ -62,6 +62,7 @@ def build_defs() -> dg.Definitions:
     downloads = DownloadSettingsResource(
         spool_dir=_env("UT_SPOOL_DIR"),
         read_timeout_seconds=_env("UT_DOWNLOAD_READ_TIMEOUT_SECONDS"),
+        max_concurrent_downloads=_env("UT_MAX_CONCURRENT_DOWNLOADS"),
     )
     return dg.Definitions(
         assets=[usertesting_session, session_video, video_catalog],

@@ -17,6 +17,7 @@ from pydantic import PrivateAttr
 
 from ut_video_assets.ratelimit import RequestBudget, SqliteBudget
 from ut_video_assets.settings import (
+    DEFAULT_MAX_CONCURRENT_DOWNLOADS,
     DEFAULT_RATE_LIMIT_PER_MINUTE,
     SettingsError,
     default_budget_path,
@@ -135,6 +136,12 @@ class DownloadSettingsResource(dg.ConfigurableResource):
 
     spool_dir: str | None = None
     read_timeout_seconds: str | None = None
+    max_concurrent_downloads: str | None = None
+
+    def download_limit(self) -> int:
+        return parse_positive_int(
+            self.max_concurrent_downloads, "UT_MAX_CONCURRENT_DOWNLOADS", DEFAULT_MAX_CONCURRENT_DOWNLOADS
+        )
 
     def spool_path(self) -> Path:
         path = Path(self.spool_dir) if self.spool_dir else default_spool_dir()

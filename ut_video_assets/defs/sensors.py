@@ -8,9 +8,9 @@ import dagster as dg
 from ut_video_assets.defs.assets import session_video, video_catalog
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import session_observation
-from ut_video_assets.defs.resources import UserTestingApiResource
+from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource
 from ut_video_assets.discovery import DiscoveryCursor, discover_new_sessions
-from ut_video_assets.settings import DOWNLOAD_TAG, parse_positive_int
+from ut_video_assets.settings import DOWNLOAD_POOL, DOWNLOAD_TAG, parse_positive_int
 
 DISCOVERY_INTERVAL_SECONDS = parse_positive_int(
     os.environ.get("UT_SENSOR_INTERVAL_SECONDS"), "UT_SENSOR_INTERVAL_SECONDS", 60
@@ -43,9 +43,10 @@ video_catalog_job = dg.define_asset_job(
     "session_ids partitions and requests one session_video run each.",
 )
 def completed_sessions_sensor(
-    context: dg.SensorEvaluationContext, api: UserTestingApiResource
+    context: dg.SensorEvaluationContext, api: UserTestingApiResource, downloads: DownloadSettingsResource
 ) -> dg.SensorResult | dg.SkipReason:
     test_ids = api.watched_test_ids()
+    sync_download_pool(context.instance, downloads.download_limit())
     known = set(context.instance.get_dynamic_partitions(PARTITIONS_NAME))
     result = discover_new_sessions(
         api.client,
@@ -73,6 +74,16 @@ def completed_sessions_sensor(
         asset_events=[session_observation(session) for session in result.new_sessions],
         cursor=result.cursor.to_json(),
     )
+
+
+def sync_download_pool(instance: dg.DagsterInstance, limit: int) -> None:
+    """Keep the download pool's limit equal to UT_MAX_CONCURRENT_DOWNLOADS, so the cap holds in any instance
+    (runs of every process, and every host sharing the instance's storage) without a hand-made setting."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return
+    if storage.get_concurrency_info(DOWNLOAD_POOL).slot_count != limit:
+        storage.set_concurrency_slots(DOWNLOAD_POOL, limit)
 
 
 _ACTIVE = [

@@ -28,7 +28,7 @@ class Pipeline:
 
     def tick(self, cursor: str | None = None) -> Any:
         """One evaluation of the discovery sensor, applied the way the daemon applies it."""
-        resources = {"api": (self.defs.resources or {})["api"]}
+        resources = {name: (self.defs.resources or {})[name] for name in ("api", "downloads")}
         with dg.build_sensor_context(instance=self.instance, cursor=cursor, resources=resources) as context:
             result = completed_sessions_sensor(context)
         if isinstance(result, dg.SensorResult):

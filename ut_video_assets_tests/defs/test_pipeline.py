@@ -39,6 +39,8 @@ def test_sensor_adds_partitions_records_tests_and_requests_runs(pipeline: Pipeli
     observations = {e.partition: e.metadata["test_id"].value for e in result.asset_events}  # type: ignore[union-attr]
     assert observations == expected
     assert pipeline.sandbox.stats()["requests"] == {"list": 2}
+    if pipeline.instance.event_log_storage.supports_global_concurrency_limits:
+        assert pipeline.instance.event_log_storage.get_concurrency_info("ut_video_downloads").slot_count == 4
 
     again = pipeline.tick(result.cursor)
     assert isinstance(again, dg.SkipReason) and "no new completed sessions" in (again.skip_message or "")
