@@ -416,12 +416,20 @@ class VideoDownloader:
             headers={"Range": f"bytes={self._offset}-", "Accept-Encoding": "identity"},
             timeout=self._policy.read_timeout,
         ) as probe:
-            if probe.status_code == 206:
+            status = probe.status_code
+            if status == 416:
+                return True
+            if status == 200 and probe.headers.get("content-length") == str(self._offset):
+                return True  # a server that ignores Range: its full length agrees with ours
+            if status == 206:
                 match = _CONTENT_RANGE.match(probe.headers.get("content-range", ""))
                 if match and match.group(3) != "*":
                     self._total = int(match.group(3))
                 raise _RetryableError(f"the object is longer than the {self._offset} bytes announced", progress=True)
-        return True
+            # Anything else (an expired URL, a 5xx): ask again through the main loop, which refreshes the URL
+            # when needed and ends at a 416 for a complete object.
+            self._reject_status(probe)
+            raise _RetryableError(f"could not confirm the end of the object (HTTP {status})")
 
     def _discard(self) -> None:
         try:
