@@ -26,6 +26,7 @@ from ut_video_assets.settings import (
     DEFAULT_RATE_LIMIT_PER_MINUTE,
     SettingsError,
     parse_bucket,
+    parse_budget,
     parse_credentials,
     parse_positive_float,
     parse_positive_int,
@@ -58,6 +59,7 @@ def check_config(env: Mapping[str, str]) -> list[str]:
         get("UT_RATE_LIMIT_PER_MINUTE"), "UT_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE
     )
     window = parse_positive_float(get("UT_RATE_LIMIT_WINDOW_SECONDS"), "UT_RATE_LIMIT_WINDOW_SECONDS", 60.0)
+    budget = parse_budget(get("UT_BUDGET_BACKEND"), get("UT_BUDGET_URL"), get("DAGSTER_PG_URL"))
     interval = parse_positive_int(get("UT_SENSOR_INTERVAL_SECONDS"), "UT_SENSOR_INTERVAL_SECONDS", 60)
     downloads = parse_positive_int(
         get("UT_MAX_CONCURRENT_DOWNLOADS"), "UT_MAX_CONCURRENT_DOWNLOADS", DEFAULT_MAX_CONCURRENT_DOWNLOADS
@@ -76,6 +78,7 @@ def check_config(env: Mapping[str, str]) -> list[str]:
         f"Destination:  s3://{bucket}/{prefix} via {endpoint}",
         f"Rate limit:   {limit} requests per {window:g} s; discovery every {interval} s; "
         f"at most {downloads} downloads at once",
+        f"Budget:       {budget.describe()}",
     ]
 
 

@@ -58,6 +58,9 @@ def build_defs() -> dg.Definitions:
         rate_limit_per_minute=_env("UT_RATE_LIMIT_PER_MINUTE"),
         rate_limit_window_seconds=_env("UT_RATE_LIMIT_WINDOW_SECONDS"),
         budget_path=_env("UT_BUDGET_PATH"),
+        budget_backend=_env("UT_BUDGET_BACKEND"),
+        budget_url=_env("UT_BUDGET_URL"),
+        instance_postgres_url=_env("DAGSTER_PG_URL"),
     )
     downloads = DownloadSettingsResource(
         spool_dir=_env("UT_SPOOL_DIR"),

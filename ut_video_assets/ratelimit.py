@@ -3,7 +3,12 @@
 The API allows 10 requests per minute for the whole account, counted on the server. Every process that talks
 to it (the sensor, each Dagster run, each step) must therefore share one budget. The default backend is a
 SQLite file under ``DAGSTER_HOME`` guarded by a file lock (pyrate-limiter's ``SQLiteBucket``), shared by all
-processes on the host; a deployment across hosts selects a database-backed one (see `build_budget`).
+processes on the host; a deployment across hosts selects a database-backed one (see `build_budget`):
+
+- ``postgres``: pyrate-limiter's ``PostgresBucket`` (check-and-insert under an exclusive table lock, timed
+  by the database's clock, so hosts with skewed clocks still agree) and a back-off table in the same database;
+- ``redis``: pyrate-limiter's ``RedisBucket`` (an atomic Lua check-and-insert), timed by the Redis server's
+  clock, and the back-off mark as a key with a time-to-live.
 
 Two rules on top of the sliding-window limit:
 
@@ -20,13 +25,27 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pyrate_limiter import Limiter, Rate, RateItem, SQLiteBucket
+from pyrate_limiter import Limiter, PostgresBucket, Rate, RateItem, RedisBucket, SQLiteBucket
 
+from ut_video_assets.redact import redact_url
 from ut_video_assets.usertesting.errors import BudgetExhaustedError
 
+if TYPE_CHECKING:
+    import redis
+    from psycopg import Connection
+    from psycopg_pool import ConnectionPool
+
 BUCKET_NAME = "usertesting-results-api"
+# One shared budget per table (Postgres) or key (Redis): the API limit is per account, so every process of
+# every host draws on the same name. Postgres: pyrate-limiter prefixes the table with "ratelimit___".
+SHARED_BUDGET_NAME = "ut_video_assets_budget"
+POSTGRES_BACKOFF_TABLE = "ut_video_assets_budget_backoff"
+REDIS_KEY_PREFIX = "ut_video_assets:budget"
+# How long a process waits for the shared budget's database before its run fails (a run retry or the next
+# sensor tick tries again).
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 # pyrate-limiter counts with the client's clock and the API with the server's; a request admitted exactly one
 # window after the tenth would race the server's window edge. A few percent of slack (and a fixed quarter
@@ -65,13 +84,15 @@ class _BudgetBase:
     _limiter: Limiter
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
 
-    def _backoff_until(self) -> float:  # pragma: no cover - overridden
+    def _backoff_remaining(self) -> float:  # pragma: no cover - overridden
+        """Seconds until the shared back-off mark expires (0 or less: no back-off)."""
         raise NotImplementedError
 
     def _slot_wait_seconds(self) -> float:
         """How long until the limiter could admit one more request (0 when it could now)."""
         bucket = self._limiter.buckets()[0]
-        item = RateItem(BUCKET_NAME, int(time.time() * 1000), weight=1)
+        # The bucket's own clock: the database's for Postgres and Redis, this host's for SQLite.
+        item = RateItem(BUCKET_NAME, int(bucket.now()), weight=1)  # type: ignore[no-untyped-call]  # untyped upstream
         wait_ms = bucket.waiting(item)
         assert isinstance(wait_ms, int)
         return max(wait_ms, 0) / 1000.0
@@ -79,7 +100,7 @@ class _BudgetBase:
     def acquire(self, max_wait: float | None = None) -> None:
         deadline = None if max_wait is None else time.monotonic() + max_wait
         while True:
-            pause = self._backoff_until() - time.time()
+            pause = self._backoff_remaining()
             if pause <= 0 and self._limiter.try_acquire(BUCKET_NAME, blocking=False):
                 return
             if pause <= 0:
@@ -112,10 +133,10 @@ class SqliteBudget(_BudgetBase):
         self._conn.execute("CREATE TABLE IF NOT EXISTS backoff (id INTEGER PRIMARY KEY CHECK (id = 1), until REAL)")
         self._conn.execute("INSERT OR IGNORE INTO backoff (id, until) VALUES (1, 0)")
 
-    def _backoff_until(self) -> float:
+    def _backoff_remaining(self) -> float:
         with self._lock:
             row = self._conn.execute("SELECT until FROM backoff WHERE id = 1").fetchone()
-        return float(row[0]) if row else 0.0
+        return (float(row[0]) if row else 0.0) - time.time()
 
     def back_off(self, seconds: float) -> None:
         until = time.time() + max(seconds, 0.0)
@@ -127,3 +148,200 @@ class SqliteBudget(_BudgetBase):
             self._limiter.close()
         with contextlib.suppress(Exception):
             self._conn.close()
+
+
+class BudgetUnavailableError(RuntimeError):
+    """The shared budget's database cannot be reached; the message names the server, never a password."""
+
+
+class PostgresBudget(_BudgetBase):
+    """Budget shared by every process on every host through one PostgreSQL database.
+
+    The sliding window is pyrate-limiter's ``PostgresBucket``: each attempt takes an exclusive lock on the
+    bucket table (``NOWAIT``: a contended attempt is simply retried by the acquire loop), counts the window and
+    inserts under that lock, and reads time from the database (``clock_timestamp()``), so the hosts' clocks do
+    not matter. Every session is pinned to UTC because the bucket stores ``timestamp without time zone``.
+    The back-off mark is one row per budget in ``ut_video_assets_budget_backoff``, also timed by the database.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        limit: int,
+        window_seconds: float = 60.0,
+        *,
+        name: str = SHARED_BUDGET_NAME,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    ) -> None:
+        import psycopg
+        from psycopg import sql
+        from psycopg_pool import ConnectionPool
+
+        if limit < 1:
+            raise ValueError("the rate limit must be at least 1 request per window")
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self.name = name
+        self._where = redact_url(url)
+        # Two connections: one for the limiter's lock-count-insert, one for the clock or back-off read that
+        # may interleave from another thread of the same step.
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=2,
+            open=False,
+            name="ut-video-assets-budget",
+            configure=_configure_utc,
+            kwargs={"connect_timeout": max(int(connect_timeout), 1), "application_name": "ut-video-assets-budget"},
+            timeout=connect_timeout * 3,
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+            bucket = PostgresBucket(self._pool, name, [Rate(limit, effective_window_ms(window_seconds))])
+            self._backoff_table = sql.Identifier(POSTGRES_BACKOFF_TABLE)
+            with self._pool.connection() as conn:
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (POSTGRES_BACKOFF_TABLE,))
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (name TEXT PRIMARY KEY, until DOUBLE PRECISION NOT NULL)"
+                    ).format(self._backoff_table)
+                )
+        except (psycopg.Error, OSError) as exc:  # PoolTimeout is a psycopg.OperationalError
+            self._pool.close()
+            raise BudgetUnavailableError(
+                f"cannot use the request budget database at {self._where}: {type(exc).__name__}: "
+                f"{redact_url(str(exc))[:300]}"
+            ) from None
+        self._limiter = Limiter(bucket)
+
+    def _backoff_remaining(self) -> float:
+        from psycopg import sql
+
+        query = sql.SQL(
+            "SELECT COALESCE(MAX(until), 0) - EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM {} WHERE name = %s"
+        ).format(self._backoff_table)
+        with self._pool.connection() as conn:
+            row = conn.execute(query, (self.name,)).fetchone()
+        return float(row[0]) if row else 0.0
+
+    def back_off(self, seconds: float) -> None:
+        from psycopg import sql
+
+        query = sql.SQL(
+            "INSERT INTO {table} (name, until) VALUES (%s, EXTRACT(EPOCH FROM clock_timestamp())::float8 + %s) "
+            "ON CONFLICT (name) DO UPDATE SET until = GREATEST({table}.until, EXCLUDED.until)"
+        ).format(table=self._backoff_table)
+        with self._pool.connection() as conn:
+            conn.execute(query, (self.name, max(seconds, 0.0)))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._limiter.close()
+        with contextlib.suppress(Exception):
+            self._pool.close()
+
+
+def _configure_utc(conn: Connection[Any]) -> None:
+    """Every pooled session in UTC: ``PostgresBucket`` converts between ``timestamp`` and ``timestamptz``
+    with the session time zone, which must therefore be the same in every process."""
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.commit()
+
+
+class _ServerClockRedisBucket(RedisBucket):
+    """pyrate-limiter's Redis bucket timed by the Redis server (``TIME``) instead of each host's clock."""
+
+    def now(self) -> int:
+        seconds, micros = self.redis.time()  # type: ignore[misc]
+        return int(seconds) * 1000 + int(micros) // 1000
+
+
+class RedisBudget(_BudgetBase):
+    """Budget shared by every process on every host through one Redis server.
+
+    The window is a sorted set checked and extended by one Lua script (atomic on the server), timed by the
+    server's clock; the back-off mark is a key whose time-to-live is the back-off, only ever extended.
+    """
+
+    # Extend the mark's TTL, never shorten it: two 429s with different Retry-After keep the longer one.
+    _BACK_OFF_SCRIPT = """
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+    return ttl
+    """
+
+    def __init__(
+        self,
+        url: str,
+        limit: int,
+        window_seconds: float = 60.0,
+        *,
+        name: str = SHARED_BUDGET_NAME,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    ) -> None:
+        import redis
+
+        if limit < 1:
+            raise ValueError("the rate limit must be at least 1 request per window")
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._where = redact_url(url)
+        self._redis: redis.Redis = redis.Redis.from_url(
+            url, socket_connect_timeout=connect_timeout, socket_timeout=connect_timeout * 3
+        )
+        self._window_key = f"{REDIS_KEY_PREFIX}:{name}:window"
+        self._backoff_key = f"{REDIS_KEY_PREFIX}:{name}:backoff"
+        try:
+            bucket = _ServerClockRedisBucket.init(
+                [Rate(limit, effective_window_ms(window_seconds))], self._redis, self._window_key
+            )
+            self._back_off_script = self._redis.register_script(self._BACK_OFF_SCRIPT)
+        except (redis.RedisError, OSError) as exc:
+            self._redis.close()
+            raise BudgetUnavailableError(
+                f"cannot use the request budget server at {self._where}: {type(exc).__name__}: "
+                f"{redact_url(str(exc))[:300]}"
+            ) from None
+        self._limiter = Limiter(bucket)
+
+    def _backoff_remaining(self) -> float:
+        ttl_ms = int(self._redis.pttl(self._backoff_key))  # -2: no key, -1: no expiry (never set so)
+        return ttl_ms / 1000.0 if ttl_ms > 0 else 0.0
+
+    def back_off(self, seconds: float) -> None:
+        milliseconds = int(max(seconds, 0.0) * 1000)
+        if milliseconds > 0:
+            self._back_off_script(keys=[self._backoff_key], args=[milliseconds])
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._limiter.close()
+        with contextlib.suppress(Exception):
+            self._redis.close()
+
+
+def build_budget(
+    backend: str,
+    *,
+    limit: int,
+    window_seconds: float = 60.0,
+    path: Path | None = None,
+    url: str | None = None,
+) -> RequestBudget:
+    """The request budget for ``backend``: ``sqlite`` (a file at ``path``), ``postgres`` or ``redis`` (``url``).
+
+    Validation of the settings themselves (names of variables in messages) lives in
+    `ut_video_assets.settings.parse_budget`; this only builds. Raises `BudgetUnavailableError` when the
+    database cannot be reached, ``ValueError`` for an unknown backend or a missing path/URL.
+    """
+    if backend == "sqlite":
+        if path is None:
+            raise ValueError("the sqlite budget needs a file path")
+        return SqliteBudget(path, limit, window_seconds)
+    if backend in ("postgres", "redis"):
+        if not url:
+            raise ValueError(f"the {backend} budget needs a URL")
+        if backend == "postgres":
+            return PostgresBudget(url, limit, window_seconds)
+        return RedisBudget(url, limit, window_seconds)
+    raise ValueError(f"unknown request budget backend {backend!r}")

@@ -95,6 +95,79 @@ def parse_prefix(value: str | None, name: str = "UT_VIDEO_PREFIX") -> str:
     return prefix
 
 
+BUDGET_BACKENDS = ("sqlite", "postgres", "redis")
+"""Where the shared request budget lives: a file on this host, or a database every host reaches."""
+_BUDGET_URL_SCHEMES = {
+    "postgres": ("postgresql", "postgres"),
+    "redis": ("redis", "rediss", "unix"),
+}
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """Which request-budget backend to use and where; ``url`` may hold a password and is never printed."""
+
+    backend: str
+    url: str | None = None
+    url_variable: str | None = None
+    """The environment variable ``url`` came from, for error messages."""
+
+    def __repr__(self) -> str:
+        where = f"{self.url_variable}=<redacted>" if self.url else "host-local file"
+        return f"BudgetSettings({self.backend}, {where})"
+
+    def describe(self) -> str:
+        """One line for humans, without credentials."""
+        if self.backend == "sqlite" or not self.url:
+            return "host-local SQLite file (shared by the processes of one host only)"
+        parts = urlsplit(self.url)
+        host = parts.hostname or "local socket"
+        port = f":{parts.port}" if parts.port else ""
+        return f"{self.backend} at {host}{port}{parts.path} (from {self.url_variable})"
+
+
+def parse_budget(
+    backend: str | None,
+    url: str | None,
+    instance_postgres_url: str | None = None,
+    *,
+    backend_name: str = "UT_BUDGET_BACKEND",
+    url_name: str = "UT_BUDGET_URL",
+    instance_url_name: str = "DAGSTER_PG_URL",
+) -> BudgetSettings:
+    """The request-budget backend and its URL.
+
+    ``sqlite`` (the default) needs no URL. ``postgres`` takes ``UT_BUDGET_URL`` or, when that is unset, the
+    Dagster instance's own database (``DAGSTER_PG_URL``): the budget's two small tables then live next to the
+    instance's. ``redis`` needs ``UT_BUDGET_URL``.
+    """
+    kind = (backend or "").strip().lower() or "sqlite"
+    if kind == "postgresql":
+        kind = "postgres"
+    if kind not in BUDGET_BACKENDS:
+        raise SettingsError(f"{backend_name} must be one of {', '.join(BUDGET_BACKENDS)}, got {kind[:40]!r}")
+    if kind == "sqlite":
+        return BudgetSettings("sqlite")
+    text, variable = (url or "").strip(), url_name
+    if not text and kind == "postgres":
+        text, variable = (instance_postgres_url or "").strip(), instance_url_name
+    if not text:
+        also = f" (or {instance_url_name}, the Dagster instance's database)" if kind == "postgres" else ""
+        raise SettingsError(f"{backend_name}={kind} needs {url_name}{also}")
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        parts = urlsplit("")
+    schemes = _BUDGET_URL_SCHEMES[kind]
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        # Only the scheme is echoed: the rest of the URL may hold a password.
+        raise SettingsError(
+            f"{variable} must be a {' or '.join(s + '://' for s in schemes)} URL for {backend_name}={kind}, "
+            f"got one starting {(parts.scheme or '?')!r}"
+        )
+    return BudgetSettings(kind, text, variable)
+
+
 def parse_bucket(value: str | None, name: str = "UT_VIDEO_BUCKET") -> str:
     bucket = _require(value, name)
     if not 3 <= len(bucket) <= 63 or not all(c.isalnum() or c in ".-" for c in bucket) or bucket != bucket.lower():
@@ -158,16 +231,19 @@ def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 __all__ = [
+    "BUDGET_BACKENDS",
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_CONCURRENT_DOWNLOADS",
     "DEFAULT_RATE_LIMIT_PER_MINUTE",
     "DOWNLOAD_POOL",
     "DOWNLOAD_TAG",
     "ApiCredentials",
+    "BudgetSettings",
     "SettingsError",
     "default_budget_path",
     "default_spool_dir",
     "parse_bucket",
+    "parse_budget",
     "parse_credentials",
     "parse_positive_float",
     "parse_positive_int",

@@ -8,8 +8,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
+import redis
+from psycopg import sql
 
 from ut_video_assets.ratelimit import SqliteBudget
 from ut_video_assets.sandbox.scenario import SandboxConfig
@@ -82,3 +87,46 @@ def video_store(store: StoreEndpoint) -> VideoStore:
     bucket = f"dest-{uuid.uuid4().hex[:12]}"
     ensure_bucket(client, bucket)
     return VideoStore(client, bucket, "videos/", part_size=5 * 1024 * 1024)
+
+
+# --- Shared databases (PostgreSQL, Redis) on loopback --------------------------------------------------------
+# Tests marked `postgres` (and the Redis ones) skip with the reason when the server is unreachable on a
+# developer's machine; in CI (CI=true) an unreachable server fails them instead, so a broken service can never
+# turn the cross-host tests green by skipping.
+
+POSTGRES_ADMIN_URL = os.environ.get("UT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST_URL = os.environ.get("UT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def service_unavailable(service: str, exc: BaseException) -> NoReturn:
+    message = f"{service} unreachable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: tests needing {service} must run)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL server for this test session, dropped afterwards."""
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        service_unavailable("PostgreSQL", exc)
+    name = f"ut_video_assets_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield urlunsplit(urlsplit(POSTGRES_ADMIN_URL)._replace(path=f"/{name}"))
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The local Redis server (each test uses keys of its own)."""
+    try:
+        with redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=3) as client:
+            client.ping()
+    except (redis.RedisError, OSError) as exc:
+        service_unavailable("Redis", exc)
+    return REDIS_TEST_URL

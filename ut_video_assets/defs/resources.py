@@ -15,7 +15,7 @@ import httpx
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
-from ut_video_assets.ratelimit import RequestBudget, SqliteBudget
+from ut_video_assets.ratelimit import RequestBudget, build_budget
 from ut_video_assets.settings import (
     DEFAULT_MAX_CONCURRENT_DOWNLOADS,
     DEFAULT_RATE_LIMIT_PER_MINUTE,
@@ -23,6 +23,7 @@ from ut_video_assets.settings import (
     default_budget_path,
     default_spool_dir,
     parse_bucket,
+    parse_budget,
     parse_credentials,
     parse_positive_float,
     parse_positive_int,
@@ -43,7 +44,12 @@ from ut_video_assets.usertesting import (
 
 
 class UserTestingApiResource(dg.ConfigurableResource):
-    """The UserTesting Results API, through the one request budget shared by every process on the host."""
+    """The UserTesting Results API, through the one request budget shared by every process that calls it.
+
+    The budget is a SQLite file on this host by default (``UT_BUDGET_PATH``); ``UT_BUDGET_BACKEND=postgres``
+    or ``redis`` with ``UT_BUDGET_URL`` shares it across hosts (Postgres falls back to ``DAGSTER_PG_URL``,
+    the instance's own database).
+    """
 
     base_url: str = DEFAULT_BASE_URL
     access_token: str | None = None
@@ -55,6 +61,9 @@ class UserTestingApiResource(dg.ConfigurableResource):
     rate_limit_per_minute: str | None = None
     rate_limit_window_seconds: str | None = None
     budget_path: str | None = None
+    budget_backend: str | None = None
+    budget_url: str | None = None
+    instance_postgres_url: str | None = None
 
     _http: httpx.Client | None = PrivateAttr(default=None)
     _client: ResultsApiClient | None = PrivateAttr(default=None)
@@ -69,8 +78,13 @@ class UserTestingApiResource(dg.ConfigurableResource):
             self.rate_limit_per_minute, "UT_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE
         )
         window = parse_positive_float(self.rate_limit_window_seconds, "UT_RATE_LIMIT_WINDOW_SECONDS", 60.0)
-        self._budget = SqliteBudget(
-            Path(self.budget_path) if self.budget_path else default_budget_path(), limit, window
+        budget = parse_budget(self.budget_backend, self.budget_url, self.instance_postgres_url)
+        self._budget = build_budget(
+            budget.backend,
+            limit=limit,
+            window_seconds=window,
+            path=Path(self.budget_path) if self.budget_path else default_budget_path(),
+            url=budget.url,
         )
         self._http = make_http_client()
         tokens: TokenSource

@@ -1,0 +1,217 @@
+"""The request budget across hosts: settings, and the PostgreSQL and Redis backends against real servers.
+
+The cross-process tests follow `test_ratelimit.test_two_processes_share_one_budget`: independent processes,
+each with its own connection to the shared store, call the sandbox whose server-side limit equals ours; the
+sandbox must never answer 429 and no window may hold more than the limit.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from ut_video_assets.ratelimit import (
+    POSTGRES_BACKOFF_TABLE,
+    BudgetUnavailableError,
+    PostgresBudget,
+    RedisBudget,
+    SqliteBudget,
+    build_budget,
+)
+from ut_video_assets.sandbox.scenario import max_in_window
+from ut_video_assets.sandbox.server import Sandbox
+from ut_video_assets.settings import SettingsError, parse_budget
+from ut_video_assets.usertesting import ClientCredentialsTokens, ResultsApiClient, make_http_client
+from ut_video_assets_tests.conftest import FAST_RETRIES
+
+LIMIT = 4
+WINDOW = 1.5
+CALLS_PER_PROCESS = 5
+
+# --- Settings ----------------------------------------------------------------------------------------------
+
+
+def test_the_default_backend_is_the_host_local_file() -> None:
+    assert parse_budget(None, None).backend == "sqlite"
+    assert parse_budget(" ", "redis://ignored").backend == "sqlite"
+
+
+def test_postgres_falls_back_to_the_instance_database() -> None:
+    own = parse_budget("postgres", "postgresql://u:pw@db:5432/budget", "postgresql://u:pw@db/dagster")
+    assert (own.url, own.url_variable) == ("postgresql://u:pw@db:5432/budget", "UT_BUDGET_URL")
+    shared = parse_budget("PostgreSQL", None, "postgresql://u:pw@db/dagster")
+    assert (shared.backend, shared.url_variable) == ("postgres", "DAGSTER_PG_URL")
+    assert "pw" not in repr(shared)
+    assert "pw" not in shared.describe()
+    assert shared.describe() == "postgres at db/dagster (from DAGSTER_PG_URL)"
+
+
+@pytest.mark.parametrize(
+    ("backend", "url", "instance_url", "variable"),
+    [
+        ("mysql", None, None, "UT_BUDGET_BACKEND"),
+        ("redis", None, "postgresql://db/dagster", "UT_BUDGET_URL"),
+        ("postgres", None, None, "UT_BUDGET_URL"),
+        ("postgres", "mysql://u:secret-pw@db/x", None, "UT_BUDGET_URL"),
+        ("postgres", None, "http://u:secret-pw@db/x", "DAGSTER_PG_URL"),
+        ("redis", "postgresql://u:secret-pw@db/x", None, "UT_BUDGET_URL"),
+    ],
+)
+def test_budget_settings_errors_name_the_variable(
+    backend: str, url: str | None, instance_url: str | None, variable: str
+) -> None:
+    with pytest.raises(SettingsError, match=variable) as caught:
+        parse_budget(backend, url, instance_url)
+    assert "secret-pw" not in str(caught.value)
+
+
+def test_build_budget_keeps_the_sqlite_default(tmp_path: Path) -> None:
+    budget = build_budget("sqlite", limit=3, window_seconds=1, path=tmp_path / "b.sqlite")
+    try:
+        assert isinstance(budget, SqliteBudget)
+        assert (budget.limit, budget.window_seconds) == (3, 1)
+    finally:
+        budget.close()
+    with pytest.raises(ValueError, match="needs a URL"):
+        build_budget("postgres", limit=3)
+    with pytest.raises(ValueError, match="unknown"):
+        build_budget("memcached", limit=3)
+
+
+def test_an_unreachable_database_fails_fast_without_its_password() -> None:
+    started = time.monotonic()
+    with pytest.raises(BudgetUnavailableError, match=r"127\.0\.0\.1:9/") as pg:
+        PostgresBudget("postgresql://someone:secret-pw@127.0.0.1:9/x", 3, 1, connect_timeout=1)
+    with pytest.raises(BudgetUnavailableError, match=r"127\.0\.0\.1:9/") as rd:
+        RedisBudget("redis://:secret-pw@127.0.0.1:9/0", 3, 1, connect_timeout=1)
+    assert "secret-pw" not in str(pg.value) + str(rd.value)
+    assert time.monotonic() - started < 10
+
+
+# --- Cross-process: the same worker for every backend --------------------------------------------------------
+
+
+def _worker(backend: str, url: str, name: str, api: tuple[str, str, str, str], test_id: str) -> None:
+    budget: PostgresBudget | RedisBudget
+    if backend == "postgres":
+        budget = PostgresBudget(url, LIMIT, WINDOW, name=name)
+    else:
+        budget = RedisBudget(url, LIMIT, WINDOW, name=name)
+    base_url, token_url, client_id, secret = api
+    try:
+        with make_http_client() as http:
+            tokens = ClientCredentialsTokens(http, token_url, client_id, secret)
+            client = ResultsApiClient(http, tokens, budget, base_url=base_url, policy=FAST_RETRIES)
+            for _ in range(CALLS_PER_PROCESS):
+                client.list_sessions(test_id, limit=1)
+    finally:
+        budget.close()
+
+
+def _run_workers(sandbox: Sandbox, backend: str, url: str, name: str, processes: int) -> None:
+    sandbox.set_rate_limit(LIMIT, WINDOW)
+    api = (sandbox.base_url, sandbox.token_url, sandbox.client_id, sandbox.client_secret)
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker, args=(backend, url, name, api, sandbox.test_ids[0])) for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=90)
+        assert worker.exitcode == 0
+    stats = sandbox.stats()
+    assert stats["statuses"]["list"] == {"200": processes * CALLS_PER_PROCESS}
+    assert stats["rateLimited"] == 0
+    assert max_in_window(stats["acceptedTimes"], WINDOW) <= LIMIT
+    # Not vacuous: the processes together asked for more than one window's worth, so the budget made them wait.
+    assert processes * CALLS_PER_PROCESS > LIMIT
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def budget_name() -> str:
+    return f"test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.mark.postgres
+def test_three_processes_share_one_postgres_budget(sandbox: Sandbox, postgres_url: str, budget_name: str) -> None:
+    _run_workers(sandbox, "postgres", postgres_url, budget_name, processes=3)
+
+
+@pytest.mark.postgres
+def test_postgres_back_off_is_seen_by_every_process_and_only_extended(postgres_url: str, budget_name: str) -> None:
+    first = PostgresBudget(postgres_url, 100, 60, name=budget_name)
+    second = PostgresBudget(postgres_url, 100, 60, name=budget_name)
+    other = PostgresBudget(postgres_url, 100, 60, name=f"{budget_name}_other")
+    try:
+        first.back_off(30)
+        first.back_off(1)  # a shorter mark never shortens a longer one
+        assert 28 < second._backoff_remaining() <= 30
+        assert other._backoff_remaining() <= 0
+        with pytest.raises(Exception, match="no free slot"):
+            second.acquire(max_wait=0.1)
+        other.acquire(max_wait=0.1)
+    finally:
+        for budget in (first, second, other):
+            budget.close()
+    with psycopg.connect(postgres_url) as conn:
+        tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {POSTGRES_BACKOFF_TABLE, f"ratelimit___{budget_name}"} <= tables
+
+
+@pytest.mark.postgres
+def test_postgres_budget_counts_every_process_in_one_window(postgres_url: str, budget_name: str) -> None:
+    """Two budgets (two pools, as two hosts would have) on one table: together they get ``limit`` slots."""
+    first = PostgresBudget(postgres_url, 3, 30, name=budget_name)
+    second = PostgresBudget(postgres_url, 3, 30, name=budget_name)
+    try:
+        first.acquire(max_wait=1)
+        second.acquire(max_wait=1)
+        first.acquire(max_wait=1)
+        with pytest.raises(Exception, match="no free slot"):
+            second.acquire(max_wait=0.2)
+    finally:
+        first.close()
+        second.close()
+
+
+# --- Redis ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_budget_name(redis_url: str) -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"ut_video_assets:budget:{name}:*"))
+        if keys:
+            client.delete(*keys)
+
+
+def test_two_processes_share_one_redis_budget(sandbox: Sandbox, redis_url: str, redis_budget_name: str) -> None:
+    _run_workers(sandbox, "redis", redis_url, redis_budget_name, processes=2)
+
+
+def test_redis_back_off_is_shared_and_only_extended(redis_url: str, redis_budget_name: str) -> None:
+    first = RedisBudget(redis_url, 100, 60, name=redis_budget_name)
+    second = RedisBudget(redis_url, 100, 60, name=redis_budget_name)
+    try:
+        assert second._backoff_remaining() == 0
+        first.back_off(30)
+        first.back_off(1)
+        assert 28 < second._backoff_remaining() <= 30
+        with pytest.raises(Exception, match="no free slot"):
+            second.acquire(max_wait=0.1)
+    finally:
+        first.close()
+        second.close()
