@@ -355,13 +355,20 @@ class VideoDownloader:
             out.truncate()
             self._needs_truncate = False
         last_report = 0.0
-        first = self._offset == 0
-        for chunk in response.iter_raw(self._policy.chunk_size):
+        # The first 8 bytes are held back until they can be sniffed (an MP4 box header).
+        head: bytes | None = b"" if self._offset == 0 else None
+        # Network-sized pieces, not `chunk_size` ones: httpx drops a partly filled chunk when the connection
+        # breaks, so big chunks would make every resume fetch up to `chunk_size` bytes twice.
+        for piece in response.iter_raw():
+            chunk = piece
+            if head is not None:
+                head += piece
+                if len(head) < 8:
+                    continue
+                self._sniff(head)
+                chunk, head = head, None
             if not chunk:
                 continue
-            if first:
-                self._sniff(chunk)
-                first = False
             if self._total is not None and self._offset + len(chunk) > self._total:
                 raise TransferError(
                     f"session {self._session_id}: the store sent more bytes than it announced ({self._total})",
@@ -375,6 +382,8 @@ class VideoDownloader:
             if now - last_report >= 1.0:
                 last_report = now
                 self._report()
+        if head is not None:
+            self._sniff(head)  # the whole body is shorter than one MP4 box header
         self._report()
 
     def _sniff(self, head: bytes) -> None:
