@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 # Prefer python3.11 (the supported version) when it is on PATH.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 
-.PHONY: help venv test lint demo dev clean
+.PHONY: help venv test lint demo dev clean bench
 
 help:
 	@echo "make test    lint, format check, type check, then every test (what CI runs)"
@@ -44,3 +44,8 @@ dev: $(STAMP)
 
 clean:
 	rm -rf .state
+
+# Benchmarks against peers and the API budget (docs/BENCHMARKS.md); not part of `make test` (~30 min).
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m bench.run

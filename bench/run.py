@@ -1,0 +1,91 @@
+"""``python -m bench.run [--smoke] [--legs ...]``: run the benchmark legs, save the JSON, write the report.
+
+``make bench`` runs everything at full size (about half an hour on 2 cores); ``--smoke`` runs tiny sizes once
+(seconds) and is what the test suite calls. The report is generated from the JSON only: no number in it is
+typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.common import FULL, SMOKE, Sizes, load_average, machine
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+LEGS = ("transfer", "memory", "tuning", "budget", "scale")
+
+
+def run_suite(sizes: Sizes, legs: tuple[str, ...] = LEGS, *, proxy: bool = True, echo: Any = print) -> dict[str, Any]:
+    """Run ``legs`` at ``sizes``; every leg records the load average before and after it."""
+    from bench import daemon, scale, transfer
+
+    results: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "smoke": sizes.repetitions < FULL.repetitions,
+        "sizes": sizes.__dict__,
+        "machine": machine(),
+        "legs": {},
+    }
+
+    def leg(name: str, body: Any) -> None:
+        echo(f"== {name} (load {load_average()})")
+        started, load_before = time.perf_counter(), load_average()
+        value = body()
+        value["load_before"], value["load_after"] = load_before, load_average()
+        value["leg_seconds"] = time.perf_counter() - started
+        results["legs"][name] = value
+
+    wanted = set(legs)
+    if wanted & {"transfer", "memory", "tuning"}:
+        sources = {sizes.transfer_bytes, *sizes.memory_bytes} if "memory" in wanted else {sizes.transfer_bytes}
+        with transfer.source(tuple(sorted(sources))) as src:
+            if "transfer" in wanted:
+                leg("transfer_direct", lambda: transfer.transfer_leg(src, sizes, "direct", echo))
+                if proxy:
+                    leg("transfer_proxy", lambda: transfer.transfer_leg(src, sizes, "proxy", echo))
+            if "tuning" in wanted:
+                reps = max(1, min(sizes.repetitions, 3))
+                leg("tuning", lambda: transfer.tuning_leg(src, sizes, reps, echo))
+            if "memory" in wanted:
+                leg("memory", lambda: transfer.memory_leg(src, sizes, echo))
+    if "budget" in wanted and sizes.budget_sessions:
+        leg("budget", lambda: daemon.budget_leg(sizes.budget_sessions, sizes.overhead_runs, echo))
+    if "scale" in wanted:
+        leg("scale", lambda: scale.scale_legs(sizes, echo))
+    results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["machine"]["load_average_at_end"] = load_average()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition (seconds)")
+    parser.add_argument("--legs", nargs="+", choices=LEGS, default=list(LEGS))
+    parser.add_argument("--no-proxy", action="store_true", help="skip the transfer leg through the sandbox proxy")
+    parser.add_argument("--results", type=Path, help=f"where to write the JSON (default {RESULTS})")
+    parser.add_argument("--doc", type=Path, help=f"where to write the report (default {DOC})")
+    parser.add_argument("--render-only", action="store_true", help="re-render the report from existing JSON")
+    args = parser.parse_args()
+    results_path = args.results or (RESULTS.with_name("smoke.json") if args.smoke else RESULTS)
+    doc_path = args.doc or (results_path.with_suffix(".md") if args.smoke else DOC)
+    if args.render_only:
+        results = json.loads(results_path.read_text())
+    else:
+        results = run_suite(SMOKE if args.smoke else FULL, tuple(args.legs), proxy=not args.no_proxy)
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=1) + "\n")
+    doc_path.parent.mkdir(parents=True, exist_ok=True)
+    doc_path.write_text(report.render(results, report.load_baseline(results_path.parent)))
+    print(f"results: {results_path}\nreport:  {doc_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The benchmark suite at tiny sizes, once: it must keep running and produce well-formed results.
+
+No timing is asserted (the machine is shared); the numbers of record come from ``make bench``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.common import SMOKE
+from bench.run import run_suite
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, float | int) and math.isfinite(value) and value > 0
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    results = run_suite(SMOKE, ("transfer", "memory", "scale"), proxy=False, echo=lambda _line: None)
+    results = json.loads(json.dumps(results))  # what gets saved must be plain JSON
+
+    transfer = results["legs"]["transfer_direct"]
+    ours = transfer["tools"]["ours"]
+    assert len(ours["seconds"]) == SMOKE.repetitions
+    assert _positive(ours["mib_per_second"])
+    for name, entry in transfer["tools"].items():
+        # A peer that is not installed (the bench extra is not part of `make test`) is reported, not hidden.
+        assert entry["error"] or _positive(entry["mib_per_second"]), name
+
+    rows = results["legs"]["memory"]["rows"]
+    assert [r["bytes"] for r in rows[1:]] == list(SMOKE.memory_bytes)
+    assert all(_positive(r["median_peak_rss_mib"]) for r in rows)
+    assert rows[0]["growth_over_tiny_mib"] == 0
+
+    discovery = results["legs"]["scale"]["discovery"]
+    assert discovery["discovered"] == SMOKE.scale_tests * SMOKE.scale_sessions_per_test
+    assert discovery["rate_limited_429"] == 0
+    catalog = results["legs"]["scale"]["catalog"]
+    assert catalog["rows"] == SMOKE.catalog_objects
+    assert _positive(catalog["median_seconds"])
+
+    text = report.render(results)
+    assert "| 1. transfer" in text
+    assert "| 5b. catalog over" in text
+    assert "nan" not in text
