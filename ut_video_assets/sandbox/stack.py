@@ -348,6 +348,8 @@ class LocalStack:
                 "UT_VIDEO_BUCKET": self.options.bucket,
                 "UT_VIDEO_PREFIX": self.options.prefix,
                 "UT_SENSOR_INTERVAL_SECONDS": str(self.options.sensor_interval_seconds),
+                # The discovery sensor sets the download pool's limit from this; keep it equal to dagster.yaml's.
+                "UT_MAX_CONCURRENT_DOWNLOADS": str(self.options.max_concurrent_downloads),
                 # Our side of the budget matches the sandbox's, as it would match the real API's.
                 "UT_RATE_LIMIT_PER_MINUTE": str(self.scenario.rate_limit),
                 "UT_RATE_LIMIT_WINDOW_SECONDS": f"{self.scenario.rate_window_seconds:g}",
