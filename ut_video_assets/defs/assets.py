@@ -24,6 +24,7 @@ from ut_video_assets.usertesting import (
     ApiError,
     AuthenticationError,
     BadRequestError,
+    MalformedResponseError,
     NotFoundError,
     VideoUrl,
 )
@@ -145,6 +146,9 @@ def _download(
         raise dg.Failure(f"credentials rejected: {exc}", allow_retries=False) from None
     except BadRequestError as exc:
         raise dg.Failure(f"the Results API rejected the request: {exc}", allow_retries=False) from None
+    except MalformedResponseError as exc:
+        # Not retried by the client (the same answer would come back); a Dagster retry would only repeat it.
+        raise dg.Failure(f"the Results API answered malformed data: {exc}", allow_retries=False) from None
     except ApiError as exc:
         raise dg.Failure(f"Results API unavailable after retries: {exc}") from None
     except TransferError as exc:
