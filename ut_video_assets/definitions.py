@@ -57,6 +57,7 @@ def build_defs() -> dg.Definitions:
         test_ids=_env("UT_TEST_IDS"),
         rate_limit_per_minute=_env("UT_RATE_LIMIT_PER_MINUTE"),
         rate_limit_window_seconds=_env("UT_RATE_LIMIT_WINDOW_SECONDS"),
+        discovery_budget_share=_env("UT_DISCOVERY_BUDGET_SHARE"),
         budget_path=_env("UT_BUDGET_PATH"),
         budget_backend=_env("UT_BUDGET_BACKEND"),
         budget_url=_env("UT_BUDGET_URL"),

@@ -21,19 +21,37 @@ from dataclasses import dataclass, field
 
 from ut_video_assets.usertesting.client import MAX_OFFSET, MAX_PAGE_SIZE, ResultsApiClient
 from ut_video_assets.usertesting.errors import BudgetExhaustedError
-from ut_video_assets.usertesting.models import SessionSummary
+from ut_video_assets.usertesting.models import SessionPage, SessionSummary
 
 CURSOR_VERSION = 1
 
 
 @dataclass
 class DiscoveryCursor:
-    """Per test: the offset where an unfinished scan of older pages resumes (absent when none is pending)."""
+    """What a tick leaves for the next one.
+
+    - ``pending_offsets``: per test, the offset where an unfinished scan resumes;
+    - ``next_test``: where the next tick starts in the list of watched tests (round robin, so that with more
+      tests than one tick may scan, every test still gets its turn);
+    - ``credit`` / ``credit_at``: discovery's share of the API budget (see `DiscoveryAllowance`).
+    """
 
     pending_offsets: dict[str, int] = field(default_factory=dict)
+    next_test: int = 0
+    credit: float | None = None
+    credit_at: float = 0.0
 
     def to_json(self) -> str:
-        return json.dumps({"v": CURSOR_VERSION, "pending": self.pending_offsets}, sort_keys=True)
+        return json.dumps(
+            {
+                "v": CURSOR_VERSION,
+                "pending": self.pending_offsets,
+                "next": self.next_test,
+                "credit": self.credit,
+                "credit_at": self.credit_at,
+            },
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str | None) -> DiscoveryCursor:
@@ -43,9 +61,48 @@ class DiscoveryCursor:
         try:
             data = json.loads(text)
             pending = {str(k): int(v) for k, v in data.get("pending", {}).items()}
+            credit = data.get("credit")
+            return cls(
+                pending_offsets={k: v for k, v in pending.items() if 0 <= v <= MAX_OFFSET},
+                next_test=max(int(data.get("next", 0)), 0),
+                credit=None if credit is None else float(credit),
+                credit_at=float(data.get("credit_at", 0.0)),
+            )
         except (ValueError, TypeError, AttributeError):
             return cls()
-        return cls(pending_offsets={k: v for k, v in pending.items() if 0 <= v <= MAX_OFFSET})
+
+
+@dataclass(frozen=True)
+class DiscoveryAllowance:
+    """Discovery's share of the API budget, as a token bucket kept in the sensor's cursor.
+
+    Polling costs one list request per watched test per tick even when nothing is new, and the budget is the
+    whole account's (10 requests a minute): without a cap, ten watched tests would leave nothing for video
+    URLs. Discovery may spend ``share`` of the budget on average (bursting up to ``share * limit`` after a
+    quiet spell); the rest is left for downloads. A tick with less than one request of credit skips.
+    """
+
+    limit: int
+    window_seconds: float
+    share: float = 0.5
+
+    @property
+    def capacity(self) -> float:
+        return max(1.0, self.limit * self.share)
+
+    @property
+    def per_second(self) -> float:
+        return self.limit * self.share / self.window_seconds
+
+    def available(self, cursor: DiscoveryCursor, now: float) -> float:
+        if cursor.credit is None:
+            return self.capacity
+        earned = max(now - cursor.credit_at, 0.0) * self.per_second
+        return min(self.capacity, cursor.credit + earned)
+
+    def seconds_until_next(self, cursor: DiscoveryCursor, now: float) -> float:
+        missing = 1.0 - self.available(cursor, now)
+        return max(missing, 0.0) / self.per_second
 
 
 @dataclass
@@ -55,7 +112,7 @@ class DiscoveryResult:
     requests: int = 0
     rejected: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
-    """Why a test's scan stopped early (budget, time); the cursor resumes it."""
+    """Why a test's scan stopped early (budget, share, time); the cursor resumes it."""
 
 
 def discover_new_sessions(
@@ -64,67 +121,103 @@ def discover_new_sessions(
     is_known: Callable[[str], bool],
     cursor: DiscoveryCursor,
     *,
+    max_requests: int | None = None,
     budget_wait_seconds: float = 5.0,
     time_limit_seconds: float = 40.0,
 ) -> DiscoveryResult:
-    """New completed sessions of ``test_ids``, oldest first (so partitions are added in completion order)."""
-    started = time.monotonic()
-    seen: set[str] = set()
-    found: list[SessionSummary] = []
-    result = DiscoveryResult(new_sessions=found, cursor=DiscoveryCursor(dict(cursor.pending_offsets)))
+    """New completed sessions of ``test_ids``, oldest first (so partitions are added in completion order).
 
-    def take(page_sessions: tuple[SessionSummary, ...]) -> tuple[int, bool]:
+    Spends at most ``max_requests`` list requests (None: no cap), starting with the test the previous tick
+    ended on.
+    """
+    tests = list(test_ids)
+    first = cursor.next_test % len(tests) if tests else 0
+    scan = _Scan(client, is_known, cursor, first, max_requests, budget_wait_seconds, time_limit_seconds)
+    for position, test_id in enumerate(tests[first:] + tests[:first]):
+        if not scan.scan_test(test_id):
+            # Later tests keep their cursors; the next tick starts with this one.
+            scan.result.cursor.next_test = (first + position) % len(tests)
+            break
+    scan.result.new_sessions.sort(key=lambda s: (s.start_time, s.session_id))
+    return scan.result
+
+
+class _Scan:
+    """One tick's scan: the sessions seen so far, the requests spent, and the cursor being written."""
+
+    def __init__(
+        self,
+        client: ResultsApiClient,
+        is_known: Callable[[str], bool],
+        cursor: DiscoveryCursor,
+        first: int,
+        max_requests: int | None,
+        budget_wait_seconds: float,
+        time_limit_seconds: float,
+    ) -> None:
+        self.client = client
+        self.is_known = is_known
+        self.max_requests = max_requests
+        self.budget_wait_seconds = budget_wait_seconds
+        self.deadline = time.monotonic() + time_limit_seconds
+        self.seen: set[str] = set()
+        self.result = DiscoveryResult(
+            new_sessions=[],
+            cursor=DiscoveryCursor(dict(cursor.pending_offsets), first, cursor.credit, cursor.credit_at),
+        )
+
+    def take(self, page: SessionPage) -> tuple[int, bool]:
         added, hit_known = 0, False
-        for session in page_sessions:
-            if session.session_id in seen:
-                continue
-            seen.add(session.session_id)
-            if is_known(session.session_id):
+        for session in page.sessions:
+            if session.session_id in self.seen:
+                continue  # entries shift between pages while the list grows at its head
+            self.seen.add(session.session_id)
+            if self.is_known(session.session_id):
                 hit_known = True
                 continue
-            found.append(session)
+            self.result.new_sessions.append(session)
             added += 1
         return added, hit_known
 
-    for test_id in test_ids:
-        pending = result.cursor.pending_offsets.pop(test_id, None)
+    def fetch(self, test_id: str, offset: int) -> SessionPage | str:
+        """The page at ``offset``, or why this tick must stop before reading it."""
+        if self.max_requests is not None and self.result.requests >= self.max_requests:
+            return f"test {test_id}: discovery's share of the request budget used at offset {offset}"
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return f"test {test_id}: tick time used up at offset {offset}"
+        try:
+            page = self.client.list_sessions(
+                test_id, limit=MAX_PAGE_SIZE, offset=offset, max_wait=min(self.budget_wait_seconds, remaining)
+            )
+        except BudgetExhaustedError:
+            return f"test {test_id}: request budget spent at offset {offset}"
+        self.result.requests += 1
+        self.result.rejected.extend(page.rejected)
+        return page
+
+    def scan_test(self, test_id: str) -> bool:
+        """Read ``test_id``'s new sessions; False when the tick had to stop (the cursor says where)."""
+        pending = self.result.cursor.pending_offsets.pop(test_id, None)
         offset, head_new, scanning_head = 0, 0, True
         while offset <= MAX_OFFSET:
-            remaining = time_limit_seconds - (time.monotonic() - started)
-            if remaining <= 0:
-                result.unfinished.append(f"test {test_id}: tick time used up at offset {offset}")
-                result.cursor.pending_offsets[test_id] = offset
-                break
-            try:
-                page = client.list_sessions(
-                    test_id, limit=MAX_PAGE_SIZE, offset=offset, max_wait=min(budget_wait_seconds, remaining)
-                )
-            except BudgetExhaustedError:
-                result.unfinished.append(f"test {test_id}: request budget spent at offset {offset}")
-                result.cursor.pending_offsets[test_id] = offset
-                break
-            result.requests += 1
-            result.rejected.extend(page.rejected)
-            added, hit_known = take(page.sessions)
+            page = self.fetch(test_id, offset)
+            if isinstance(page, str):
+                self.result.unfinished.append(page)
+                # Resume here next time: re-reading a page costs a request but never loses a session.
+                self.result.cursor.pending_offsets[test_id] = offset if (offset or pending is None) else pending
+                return False
+            added, hit_known = self.take(page)
             if scanning_head:
                 head_new += added
-            short_page = len(page.sessions) + len(page.rejected) < MAX_PAGE_SIZE
-            if short_page:
-                break
+            if len(page.sessions) + len(page.rejected) < MAX_PAGE_SIZE:
+                return True  # a short page ends the list, whatever totalCount claims
             if scanning_head and hit_known:
                 if pending is None:
-                    break
+                    return True
                 # Resume the older scan; entries moved down by the sessions that arrived at the head since.
                 scanning_head = False
                 offset = pending + head_new
                 continue
             offset += MAX_PAGE_SIZE
-        if result.unfinished and result.unfinished[-1].startswith(f"test {test_id}: request budget"):
-            # No budget left for this tick: later tests wait for the next one (their cursors are unchanged).
-            for later in test_ids[test_ids.index(test_id) + 1 :]:
-                if later in cursor.pending_offsets:
-                    result.cursor.pending_offsets[later] = cursor.pending_offsets[later]
-            break
-
-    found.sort(key=lambda s: (s.start_time, s.session_id))
-    return result
+        return True

@@ -99,12 +99,20 @@ class _BudgetBase:
 
     def acquire(self, max_wait: float | None = None) -> None:
         deadline = None if max_wait is None else time.monotonic() + max_wait
+        busy_retries = 0
         while True:
             pause = self._backoff_remaining()
             if pause <= 0 and self._limiter.try_acquire(BUCKET_NAME, blocking=False):
                 return
             if pause <= 0:
-                pause = max(self._slot_wait_seconds(), 0.02)
+                slot_wait = self._slot_wait_seconds()
+                if slot_wait <= 0 and busy_retries < 500:
+                    # Refused with a free slot: the bucket's lock was busy (another process, or the bucket's
+                    # own leak thread), which says nothing about the budget. Try again at once.
+                    busy_retries += 1
+                    self._sleep(0.005)
+                    continue
+                pause = max(slot_wait, 0.02)
             if deadline is not None and time.monotonic() + pause > deadline:
                 raise BudgetExhaustedError(
                     f"the Results API budget ({self.limit} requests per {self.window_seconds:g} s) "

@@ -15,6 +15,7 @@ import httpx
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
+from ut_video_assets.discovery import DiscoveryAllowance
 from ut_video_assets.ratelimit import RequestBudget, build_budget
 from ut_video_assets.settings import (
     DEFAULT_MAX_CONCURRENT_DOWNLOADS,
@@ -64,6 +65,7 @@ class UserTestingApiResource(dg.ConfigurableResource):
     budget_backend: str | None = None
     budget_url: str | None = None
     instance_postgres_url: str | None = None
+    discovery_budget_share: str | None = None
 
     _http: httpx.Client | None = PrivateAttr(default=None)
     _client: ResultsApiClient | None = PrivateAttr(default=None)
@@ -113,6 +115,15 @@ class UserTestingApiResource(dg.ConfigurableResource):
         if self._client is None:
             raise dg.DagsterInvariantViolationError("UserTestingApiResource used before setup")
         return self._client
+
+    def discovery_allowance(self) -> DiscoveryAllowance:
+        """The share of the request budget the discovery sensor may spend (``UT_DISCOVERY_BUDGET_SHARE``)."""
+        if self._budget is None:
+            raise dg.DagsterInvariantViolationError("UserTestingApiResource used before setup")
+        share = parse_positive_float(self.discovery_budget_share, "UT_DISCOVERY_BUDGET_SHARE", 0.5)
+        if share > 1:
+            raise SettingsError(f"UT_DISCOVERY_BUDGET_SHARE must be at most 1, got {share}")
+        return DiscoveryAllowance(self._budget.limit, self._budget.window_seconds, share)
 
     def watched_test_ids(self) -> tuple[str, ...]:
         return parse_test_ids(self.test_ids, "UT_TEST_IDS")

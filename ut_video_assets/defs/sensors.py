@@ -47,15 +47,28 @@ def completed_sessions_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     test_ids = api.watched_test_ids()
     sync_download_pool(context.instance, downloads.download_limit())
+    cursor = DiscoveryCursor.from_json(context.cursor)
+    allowance = api.discovery_allowance()
+    now = time.time()
+    credit = allowance.available(cursor, now)
+    if credit < 1:
+        context.update_cursor(cursor.to_json())
+        wait = allowance.seconds_until_next(cursor, now)
+        return dg.SkipReason(
+            f"discovery has used its share of the Results API budget; next look in {wait:.0f} s "
+            "(the rest is kept for video downloads)"
+        )
     known = set(context.instance.get_dynamic_partitions(PARTITIONS_NAME))
     result = discover_new_sessions(
         api.client,
         test_ids,
         known.__contains__,
-        DiscoveryCursor.from_json(context.cursor),
+        cursor,
+        max_requests=int(credit),
         budget_wait_seconds=TICK_BUDGET_WAIT_SECONDS,
         time_limit_seconds=TICK_TIME_LIMIT_SECONDS,
     )
+    result.cursor.credit, result.cursor.credit_at = credit - result.requests, now
     for reason in result.rejected[:20]:
         context.log.warning(f"ignored an invalid session entry: {reason}")
     notes = "; ".join(result.unfinished)

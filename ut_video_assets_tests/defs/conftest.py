@@ -25,18 +25,22 @@ class Pipeline:
     store: VideoStore
     sandbox: Sandbox
     spool_dir: Path
+    cursor: str | None = None
 
-    def tick(self, cursor: str | None = None) -> Any:
-        """One evaluation of the discovery sensor, applied the way the daemon applies it."""
+    def tick(self) -> Any:
+        """One evaluation of the discovery sensor, applied the way the daemon applies it (cursor included)."""
+        cursor = self.cursor
         resources = {name: (self.defs.resources or {})[name] for name in ("api", "downloads")}
         with dg.build_sensor_context(instance=self.instance, cursor=cursor, resources=resources) as context:
             result = completed_sessions_sensor(context)
+            self.cursor = context.cursor
         if isinstance(result, dg.SensorResult):
             for request in result.dynamic_partitions_requests or []:
                 assert isinstance(request, dg.AddDynamicPartitionsRequest)
                 self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
             for event in result.asset_events:
                 self.instance.report_runless_asset_event(event)
+            self.cursor = result.cursor
         return result
 
     def materialize(self, session_id: str, *, force: bool = False) -> dg.ExecuteInProcessResult:

@@ -2,6 +2,9 @@
 
 import hashlib
 import io
+import os
+import time
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -10,6 +13,7 @@ import pytest
 from ut_video_assets.catalog import COLUMNS
 from ut_video_assets.definitions import build_defs
 from ut_video_assets.defs.partitions import session_partitions
+from ut_video_assets.ratelimit import SqliteBudget
 from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets.storage import StoredVideo
 from ut_video_assets_tests.defs.conftest import Pipeline
@@ -42,29 +46,56 @@ def test_sensor_adds_partitions_records_tests_and_requests_runs(pipeline: Pipeli
     if pipeline.instance.event_log_storage.supports_global_concurrency_limits:
         assert pipeline.instance.event_log_storage.get_concurrency_info("ut_video_downloads").slot_count == 4
 
-    again = pipeline.tick(result.cursor)
+    again = pipeline.tick()
     assert isinstance(again, dg.SkipReason) and "no new completed sessions" in (again.skip_message or "")
 
     newcomer = pipeline.sandbox.complete_session(pipeline.sandbox.test_ids[0])
-    third = pipeline.tick(result.cursor)
+    third = pipeline.tick()
     assert isinstance(third, dg.SensorResult)
     assert [r.partition_key for r in third.run_requests or []] == [newcomer.session_id]
 
 
 def test_sensor_skips_with_a_reason_when_the_budget_is_spent(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("UT_RATE_LIMIT_PER_MINUTE", "1")
+    """Another process (a download run) holds every slot of the shared budget: the tick skips, not blocks."""
+    monkeypatch.setenv("UT_RATE_LIMIT_PER_MINUTE", "3")
     monkeypatch.setenv("UT_RATE_LIMIT_WINDOW_SECONDS", "600")
     pipeline.defs = build_defs()
+    other = SqliteBudget(Path(os.environ["UT_BUDGET_PATH"]), 3, 600)
+    try:
+        for _ in range(3):
+            other.acquire(max_wait=0)
+        started = time.monotonic()
+        result = pipeline.tick()
+    finally:
+        other.close()
+    assert isinstance(result, dg.SkipReason)
+    assert "budget spent" in (result.skip_message or "")
+    assert time.monotonic() - started < 30
+    assert pipeline.sandbox.stats()["requests"] == {}
+
+
+def test_discovery_keeps_to_its_share_of_the_budget(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 2 requests a window and half of them for discovery, one tick reads one test; the next tick must
+    wait for credit; the other test gets its turn later (round robin), and nothing is lost."""
+    monkeypatch.setenv("UT_RATE_LIMIT_PER_MINUTE", "2")
+    monkeypatch.setenv("UT_RATE_LIMIT_WINDOW_SECONDS", "4")
+    pipeline.defs = build_defs()
     first = pipeline.tick()
-    assert isinstance(first, dg.SensorResult)  # the one request allowed covered the first test
-    assert {r.partition_key for r in first.run_requests or []} == {
-        s.session_id for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0])
-    }
-    second = pipeline.tick(first.cursor)
+    assert isinstance(first, dg.SensorResult)
+    first_tests = {r.partition_key for r in first.run_requests or []}
+    assert first_tests == {s.session_id for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0])}
+    second = pipeline.tick()
     assert isinstance(second, dg.SkipReason)
-    assert "budget spent" in (second.skip_message or "")
+    assert "share of the Results API budget" in (second.skip_message or "")
+    time.sleep(4.2)  # the share refills at 1 request per 4 s
+    third = pipeline.tick()
+    assert isinstance(third, dg.SensorResult)
+    assert {r.partition_key for r in third.run_requests or []} == {
+        s.session_id for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[1])
+    }
+    assert pipeline.sandbox.stats()["requests"] == {"list": 2}
 
 
 def test_materializes_a_session_with_checks_metadata_and_no_spool_left(pipeline: Pipeline) -> None:
