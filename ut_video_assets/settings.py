@@ -213,11 +213,15 @@ def parse_credentials(
 
 
 def state_dir(env: Mapping[str, str] | None = None) -> Path:
-    """Where host-local state lives: ``$DAGSTER_HOME/ut_video_assets`` (or the system temp folder)."""
+    """Where host-local state lives: ``$DAGSTER_HOME/ut-video-assets`` (or the system temp folder).
+
+    Hyphenated on purpose: a folder named like the package inside a working directory would shadow the
+    installed package for any process started there (``dagster dev`` run from ``DAGSTER_HOME``).
+    """
     env = os.environ if env is None else env
     home = env.get("DAGSTER_HOME")
     base = Path(home) if home else Path(tempfile.gettempdir())
-    return base / "ut_video_assets"
+    return base / "ut-video-assets"
 
 
 def default_budget_path(env: Mapping[str, str] | None = None) -> Path:
