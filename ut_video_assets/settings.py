@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
 from ut_video_assets.usertesting.auth import DEFAULT_TOKEN_SCOPE, DEFAULT_TOKEN_URL
@@ -159,6 +159,11 @@ def parse_budget(
     except ValueError:
         parts = urlsplit("")
     schemes = _BUDGET_URL_SCHEMES[kind]
+    if kind == "postgres" and parts.scheme.startswith("postgresql+"):
+        # A SQLAlchemy URL naming its driver (DAGSTER_PG_URL must, see deploy/dagster.yaml): psycopg takes
+        # the plain libpq form.
+        parts = parts._replace(scheme="postgresql")
+        text = urlunsplit(parts)
     if parts.scheme not in schemes or not (parts.netloc or parts.path):
         # Only the scheme is echoed: the rest of the URL may hold a password.
         raise SettingsError(

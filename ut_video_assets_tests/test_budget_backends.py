@@ -51,6 +51,9 @@ def test_postgres_falls_back_to_the_instance_database() -> None:
     assert "pw" not in repr(shared)
     assert "pw" not in shared.describe()
     assert shared.describe() == "postgres at db/dagster (from DAGSTER_PG_URL)"
+    # DAGSTER_PG_URL names SQLAlchemy's driver; psycopg wants the plain form.
+    named = parse_budget("postgres", None, "postgresql+psycopg2://u:pw@db:5433/dagster?sslmode=require")
+    assert named.url == "postgresql://u:pw@db:5433/dagster?sslmode=require"
 
 
 @pytest.mark.parametrize(
