@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 # Prefer python3.11 (the supported version) when it is on PATH.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 
-.PHONY: help venv test lint demo dev clean bench
+.PHONY: help venv test lint demo dev clean bench browser-deps screenshots
 
 help:
 	@echo "make test    lint, format check, type check, then every test (what CI runs)"
@@ -18,6 +18,7 @@ help:
 	@echo "make demo    ingest a small scenario end to end (store + API sandbox + dagster-daemon)"
 	@echo "make dev     the same stack with the Dagster UI, until Ctrl-C"
 	@echo "make clean   delete local state (.state/)"
+	@echo "make screenshots  regenerate docs/img/ from the browser tests (docs/USING.md)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +34,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The browser tests (ut_video_assets_tests/browser/) drive Debian's Chromium; Playwright's own browser download
+# cannot work here. Installed only when missing; needs root (CI runs as root). Without it the tests skip, or
+# fail under CI=true.
+CHROMIUM := /usr/bin/chromium
+browser-deps:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-liberation; \
+	else echo "browser-deps: $(CHROMIUM) is missing and we are not root; the browser tests will skip"; fi
+
+test: lint browser-deps
 	$(BIN)/pytest
 
 demo: $(STAMP)
@@ -44,6 +55,10 @@ dev: $(STAMP)
 
 clean:
 	rm -rf .state
+
+# The screenshots in docs/img/ (docs/USING.md), taken by the same browser test run.
+screenshots: $(STAMP) browser-deps
+	UT_SCREENSHOTS_DIR=docs/img $(BIN)/pytest -m browser ut_video_assets_tests/browser
 
 # Benchmarks against peers and the API budget (docs/BENCHMARKS.md); not part of `make test` (~30 min).
 bench: $(STAMP)
