@@ -4,10 +4,9 @@ import base64
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pandas as pd
 
 from ut_video_assets.catalog import COLUMN_DESCRIPTIONS, COLUMNS, build_catalog, summarize, to_parquet_bytes
 from ut_video_assets.defs.io_manager import DownloadedVideo, SessionVideoIOManager, stored_metadata
@@ -28,6 +27,9 @@ from ut_video_assets.usertesting import (
     NotFoundError,
     VideoUrl,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported when the catalog is built, not with the code location (catalog.py says why)
 
 GROUP = "usertesting"
 _ = SessionVideoIOManager  # the IO manager this module's asset is written for (bound in definitions.py)
@@ -237,7 +239,9 @@ def video_catalog(context: dg.AssetExecutionContext, storage: VideoStorageResour
     )
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
+def _markdown_table(frame: "pd.DataFrame") -> str:
+    import pandas as pd
+
     columns = [
         "session_id",
         "test_id",
