@@ -23,7 +23,9 @@ class Sizes:
     """How big the legs are: `FULL` for ``make bench``, `SMOKE` for the test suite."""
 
     repetitions: int
+    memory_repetitions: int
     transfer_bytes: int
+    tuning_bytes: int
     memory_bytes: tuple[int, ...]
     budget_sessions: int
     overhead_runs: int
@@ -34,7 +36,9 @@ class Sizes:
 
 FULL = Sizes(
     repetitions=5,
+    memory_repetitions=3,  # peak RSS varies by a few MiB between runs; 3 x (2 GiB + 1 GiB + ...) is ~10 min
     transfer_bytes=GiB,
+    tuning_bytes=256 * MiB,
     memory_bytes=(256 * MiB, GiB, 2 * GiB),
     budget_sessions=60,
     overhead_runs=5,
@@ -44,7 +48,9 @@ FULL = Sizes(
 )
 SMOKE = Sizes(
     repetitions=1,
+    memory_repetitions=1,
     transfer_bytes=6 * MiB,
+    tuning_bytes=3 * MiB,
     memory_bytes=(3 * MiB, 6 * MiB),
     budget_sessions=0,
     overhead_runs=0,

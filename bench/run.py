@@ -8,6 +8,7 @@ typed by hand.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 LEGS = ("transfer", "memory", "tuning", "budget", "scale")
 
 
-def run_suite(sizes: Sizes, legs: tuple[str, ...] = LEGS, *, proxy: bool = True, echo: Any = print) -> dict[str, Any]:
+def run_suite(sizes: Sizes, legs: tuple[str, ...] = LEGS, *, proxy: bool = False, echo: Any = print) -> dict[str, Any]:
     """Run ``legs`` at ``sizes``; every leg records the load average before and after it."""
     from bench import daemon, scale, transfer
 
@@ -45,7 +46,7 @@ def run_suite(sizes: Sizes, legs: tuple[str, ...] = LEGS, *, proxy: bool = True,
 
     wanted = set(legs)
     if wanted & {"transfer", "memory", "tuning"}:
-        sources = {sizes.transfer_bytes, *sizes.memory_bytes} if "memory" in wanted else {sizes.transfer_bytes}
+        sources = {sizes.transfer_bytes, sizes.tuning_bytes, *sizes.memory_bytes}
         with transfer.source(tuple(sorted(sources))) as src:
             if "transfer" in wanted:
                 leg("transfer_direct", lambda: transfer.transfer_leg(src, sizes, "direct", echo))
@@ -69,7 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition (seconds)")
     parser.add_argument("--legs", nargs="+", choices=LEGS, default=list(LEGS))
-    parser.add_argument("--no-proxy", action="store_true", help="skip the transfer leg through the sandbox proxy")
+    parser.add_argument(
+        "--proxy", action="store_true", help="also run the transfer leg through the sandbox's download proxy (slow)"
+    )
     parser.add_argument("--results", type=Path, help=f"where to write the JSON (default {RESULTS})")
     parser.add_argument("--doc", type=Path, help=f"where to write the report (default {DOC})")
     parser.add_argument("--render-only", action="store_true", help="re-render the report from existing JSON")
@@ -79,7 +82,8 @@ def main() -> None:
     if args.render_only:
         results = json.loads(results_path.read_text())
     else:
-        results = run_suite(SMOKE if args.smoke else FULL, tuple(args.legs), proxy=not args.no_proxy)
+        echo = functools.partial(print, flush=True)
+        results = run_suite(SMOKE if args.smoke else FULL, tuple(args.legs), proxy=args.proxy, echo=echo)
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1) + "\n")
     doc_path.parent.mkdir(parents=True, exist_ok=True)

@@ -199,7 +199,7 @@ def memory_leg(src: Source, sizes: Sizes, echo: Any = print) -> dict[str, Any]:
         session = src.session(size)
         url = src.url(session, "direct")
         peaks: list[float] = []
-        for _ in range(sizes.repetitions):
+        for _ in range(sizes.memory_repetitions):
             _, detail = _ours(src, session, url, probe=True)
             _delete_quietly(src, detail["key"])
             peaks.append(detail["peak_rss_kib"] / 1024)
@@ -209,14 +209,13 @@ def memory_leg(src: Source, sizes: Sizes, echo: Any = print) -> dict[str, Any]:
     baseline = rows[0]["median_peak_rss_mib"]
     for row in rows:
         row["growth_over_tiny_mib"] = row["median_peak_rss_mib"] - baseline
-    return {"repetitions": sizes.repetitions, "rows": rows}
+    return {"repetitions": sizes.memory_repetitions, "rows": rows}
 
 
-# Knobs of our path, each varied alone from the defaults (read chunk, part size, upload concurrency).
+# Knobs of our path, each varied alone from the defaults (part size, upload concurrency). The read chunk size
+# is no knob any more: the download streams the pieces the network delivers (transfer.py).
 TUNING = {
     "defaults": (),
-    "read chunk 256 KiB": ("--chunk-mib", "0.25"),
-    "read chunk 4 MiB": ("--chunk-mib", "4"),
     "parts 16 MiB": ("--part-mib", "16"),
     "parts 128 MiB": ("--part-mib", "128"),
     "concurrency 2": ("--concurrency", "2"),
@@ -226,7 +225,7 @@ TUNING = {
 
 def tuning_leg(src: Source, sizes: Sizes, repetitions: int, echo: Any = print) -> dict[str, Any]:
     """Our path on the direct URL with one knob changed at a time; wall seconds and MiB/s."""
-    session = src.session(sizes.transfer_bytes)
+    session = src.session(sizes.tuning_bytes)
     url = src.url(session, "direct")
     samples: dict[str, list[float]] = {name: [] for name in TUNING}
     for rep in range(repetitions):
@@ -234,12 +233,12 @@ def tuning_leg(src: Source, sizes: Sizes, repetitions: int, echo: Any = print) -
             seconds, detail = _ours(src, session, url, flags=flags)
             _delete_quietly(src, detail["key"])
             samples[name].append(seconds)
-            echo(f"  tuning rep {rep + 1} {name}: {sizes.transfer_bytes / MiB / seconds:.0f} MiB/s")
+            echo(f"  tuning rep {rep + 1} {name}: {sizes.tuning_bytes / MiB / seconds:.0f} MiB/s")
     return {
         "repetitions": repetitions,
-        "bytes": sizes.transfer_bytes,
+        "bytes": sizes.tuning_bytes,
         "variants": {
-            name: {"seconds": values, "mib_per_second": sizes.transfer_bytes / MiB / median(values)}
+            name: {"seconds": values, "mib_per_second": sizes.tuning_bytes / MiB / median(values)}
             for name, values in samples.items()
         },
     }
