@@ -13,6 +13,7 @@ from ut_video_assets.defs.io_manager import DownloadedVideo, SessionVideoIOManag
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import SESSION_ASSET_KEY, SessionRecord, lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
+from ut_video_assets.ids import InvalidIdError, normalize_uuid
 from ut_video_assets.media import MediaInfo, NotAVideoError, probe, thumbnail_jpeg
 from ut_video_assets.progress import ProgressReporter
 from ut_video_assets.settings import DOWNLOAD_POOL, SettingsError
@@ -77,7 +78,11 @@ def session_video(
     stored or logged. A session whose video is already stored is not downloaded again unless the run config
     sets `force_download: true`.
     """
-    session_id = context.partition_key
+    try:
+        session_id = normalize_uuid(context.partition_key, "partition key (session ID)")
+    except InvalidIdError as exc:
+        # A key typed into the UI: retrying cannot make it a UUID.
+        raise dg.Failure(f"{exc}; partitions are session UUIDs", allow_retries=False) from None
     try:
         session = _discovered_session(context, session_id)
         store = storage.store()
