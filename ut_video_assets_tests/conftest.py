@@ -125,7 +125,7 @@ def postgres_url() -> Iterator[str]:
 def redis_url() -> str:
     """The local Redis server (each test uses keys of its own)."""
     try:
-        with redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=3) as client:
+        with redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=10) as client:
             client.ping()
     except (redis.RedisError, OSError) as exc:
         service_unavailable("Redis", exc)
