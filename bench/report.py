@@ -75,7 +75,8 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
         f"- Load average (1, 5, 15 min) at start {m['load_average']}, at end {m.get('load_average_at_end')}; each "
         "leg below gives the load before and after it. The machine is shared with other engineers' test runs, so "
         "absolute numbers move with the load; ratios measured side by side in one leg move much less.",
-        f"- Run {results['started']} - {results.get('finished')}{' (SMOKE sizes)' if results.get('smoke') else ''}",
+        f"- Run {results['started']} - {results.get('finished')}{' (SMOKE sizes)' if results.get('smoke') else ''}"
+        + "".join(f"; legs added by a run {r['started']} - {r['finished']}" for r in results.get("merged_runs", [])),
         "",
     ]
     out += [
@@ -261,6 +262,23 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
                     ]
                 ],
             )
+    startup = legs.get("startup")
+    if startup:
+        out += [
+            f"### Process start-up ({startup['repetitions']} repetitions; load {startup['load_before']} -> "
+            f"{startup['load_after']})",
+            "",
+            "CPU (user + system) of a fresh interpreter importing what a run worker imports; the last row is what "
+            "every Dagster process paid before the catalog's pandas/pyarrow imports became lazy.",
+            "",
+        ]
+        out += _table(
+            ["import", "median CPU s", "runs"],
+            [
+                [name, _f(v["median_cpu_seconds"], 2), ", ".join(f"{x:.2f}" for x in v["cpu_seconds"])]
+                for name, v in startup["imports"].items()
+            ],
+        )
     if scale:
         d, c = scale["discovery"], scale["catalog"]
         out += [

@@ -21,12 +21,12 @@ from bench.common import FULL, SMOKE, Sizes, load_average, machine
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
-LEGS = ("transfer", "memory", "tuning", "budget", "scale")
+LEGS = ("transfer", "memory", "tuning", "budget", "scale", "startup")
 
 
 def run_suite(sizes: Sizes, legs: tuple[str, ...] = LEGS, *, proxy: bool = False, echo: Any = print) -> dict[str, Any]:
     """Run ``legs`` at ``sizes``; every leg records the load average before and after it."""
-    from bench import daemon, scale, transfer
+    from bench import daemon, scale, startup, transfer
 
     results: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -46,7 +46,11 @@ def run_suite(sizes: Sizes, legs: tuple[str, ...] = LEGS, *, proxy: bool = False
 
     wanted = set(legs)
     if wanted & {"transfer", "memory", "tuning"}:
-        sources = {sizes.transfer_bytes, sizes.tuning_bytes, *sizes.memory_bytes}
+        sources = {
+            *([sizes.transfer_bytes] if "transfer" in wanted else []),
+            *([sizes.tuning_bytes] if "tuning" in wanted else []),
+            *(sizes.memory_bytes if "memory" in wanted else ()),
+        }
         with transfer.source(tuple(sorted(sources))) as src:
             if "transfer" in wanted:
                 leg("transfer_direct", lambda: transfer.transfer_leg(src, sizes, "direct", echo))
@@ -61,6 +65,8 @@ def run_suite(sizes: Sizes, legs: tuple[str, ...] = LEGS, *, proxy: bool = False
         leg("budget", lambda: daemon.budget_leg(sizes.budget_sessions, sizes.overhead_runs, echo))
     if "scale" in wanted:
         leg("scale", lambda: scale.scale_legs(sizes, echo))
+    if "startup" in wanted:
+        leg("startup", lambda: startup.startup_leg(sizes.repetitions, echo))
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["machine"]["load_average_at_end"] = load_average()
     return results
@@ -76,6 +82,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help=f"where to write the JSON (default {RESULTS})")
     parser.add_argument("--doc", type=Path, help=f"where to write the report (default {DOC})")
     parser.add_argument("--render-only", action="store_true", help="re-render the report from existing JSON")
+    parser.add_argument(
+        "--merge", action="store_true", help="add the legs run now to the existing JSON instead of replacing it"
+    )
     args = parser.parse_args()
     results_path = args.results or (RESULTS.with_name("smoke.json") if args.smoke else RESULTS)
     doc_path = args.doc or (results_path.with_suffix(".md") if args.smoke else DOC)
@@ -84,6 +93,11 @@ def main() -> None:
     else:
         echo = functools.partial(print, flush=True)
         results = run_suite(SMOKE if args.smoke else FULL, tuple(args.legs), proxy=args.proxy, echo=echo)
+        if args.merge and results_path.is_file():
+            previous = json.loads(results_path.read_text())
+            previous["legs"].update(results["legs"])
+            previous.setdefault("merged_runs", []).append({k: results[k] for k in ("started", "finished", "machine")})
+            results = previous
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1) + "\n")
     doc_path.parent.mkdir(parents=True, exist_ok=True)
