@@ -53,6 +53,7 @@ def budget_leg(sessions: int, overhead_runs: int, echo: Any = print, timeout: fl
             stack.start_daemon()
             instance = stack.instance()
             done_at: float | None = None
+            checked: set[str] = set()
             last_echo = 0.0
             while time.time() - daemon_started < timeout:
                 stack.check_processes()
@@ -85,6 +86,8 @@ def budget_leg(sessions: int, overhead_runs: int, echo: Any = print, timeout: fl
                 "rate_limit": RATE_LIMIT,
                 "rate_window_seconds": RATE_WINDOW,
                 "minimum_seconds": minimum,
+                "checked": len(checked),
+                "timeout_seconds": timeout,
             }
             if done_at is not None and accepted:
                 wall = done_at - accepted[0]

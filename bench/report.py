@@ -138,12 +138,18 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
             ]
         )
     budget = legs.get("budget")
-    if budget and budget.get("ratio_to_minimum") is not None:
-        ok = budget["ratio_to_minimum"] <= 1.15 and budget["rate_limited_429"] == 0
+    if budget:
+        ratio = budget.get("ratio_to_minimum")
+        ok = ratio is not None and ratio <= 1.15 and budget["rate_limited_429"] == 0
+        measured = (
+            f"{ratio:.2f}x minimum"
+            if ratio is not None
+            else f"not finished in {budget.get('timeout_seconds', 0):.0f} s ({budget.get('checked', '?')} done)"
+        )
         summary.append(
             [
                 f"3. budget, {budget['sessions']} sessions",
-                f"{budget['ratio_to_minimum']:.2f}x minimum, {budget['rate_limited_429']} x 429",
+                f"{measured}, {budget['rate_limited_429']} x 429",
                 "≤ 1.15x, 0 x 429",
                 _verdict(ok),
             ]

@@ -85,11 +85,24 @@ def main() -> None:
     parser.add_argument(
         "--merge", action="store_true", help="add the legs run now to the existing JSON instead of replacing it"
     )
+    parser.add_argument(
+        "--merge-from",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="with --render-only: add the legs of these result files (legs run at the same time) to the JSON",
+    )
     args = parser.parse_args()
     results_path = args.results or (RESULTS.with_name("smoke.json") if args.smoke else RESULTS)
     doc_path = args.doc or (results_path.with_suffix(".md") if args.smoke else DOC)
     if args.render_only:
         results = json.loads(results_path.read_text())
+        for path in args.merge_from:
+            other = json.loads(path.read_text())
+            results["legs"].update(other["legs"])
+            results.setdefault("merged_runs", []).append({k: other[k] for k in ("started", "finished", "machine")})
+        if args.merge_from:
+            results_path.write_text(json.dumps(results, indent=1) + "\n")
     else:
         echo = functools.partial(print, flush=True)
         results = run_suite(SMOKE if args.smoke else FULL, tuple(args.legs), proxy=args.proxy, echo=echo)
