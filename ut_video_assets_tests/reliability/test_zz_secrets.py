@@ -1,0 +1,63 @@
+"""Runs last (file order): scan everything the suite produced for credentials."""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+
+from ut_video_assets_tests.reliability.conftest import Reliability
+
+SIGNATURE = re.compile(rb"(?i)x-amz-signature|x-amz-credential")
+
+
+def test_no_secret_anywhere_the_suite_left_traces(rel: Reliability) -> None:
+    session = rel.new_session()  # at least one clean run, so the scan is never vacuous
+    out = rel.run(session.session_id)
+    rel.assert_stored(out, session, fault="none (baseline before the scan)", injected=0)
+
+    suite = rel.suite
+    secrets = {f"token#{i}": t.encode() for i, t in enumerate(suite.tokens)}
+    secrets["client secret"] = suite.sandbox.client_secret.encode()
+    secrets["store secret key"] = suite.store.secret_key.encode()
+    assert len(suite.tokens) >= 2
+    hits: list[str] = []
+
+    def scan(where: str, blob: bytes) -> None:
+        hits.extend(f"{name} in {where}" for name, value in secrets.items() if value in blob)
+        if SIGNATURE.search(blob):
+            hits.append(f"X-Amz-Signature in {where}")
+
+    runs = suite.instance.get_runs()
+    events = 0
+    for run in runs:
+        for entry in suite.instance.all_logs(run.run_id):
+            events += 1
+            scan(f"event log of run {run.run_id[:8]}", dg.serialize_value(entry).encode())
+    files = 0
+    for path in suite.home.rglob("*"):  # compute logs, run/event/schedule storage, budget: all of DAGSTER_HOME
+        if path.is_file():
+            files += 1
+            scan(f"file {path.relative_to(suite.home)}", path.read_bytes())
+    scan("Python log records", "\n".join(suite.logs.lines).encode())
+    client = rel.store.client
+    objects = 0
+    for bucket in suite.buckets:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                objects += 1
+                head = client.head_object(Bucket=bucket, Key=item["Key"])
+                scan(f"metadata of {item['Key']}", repr(head.get("Metadata", {})).encode())
+                if item["Key"].endswith(".json"):
+                    scan(f"record {item['Key']}", client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+    suite.recorder.scan = {
+        "runs": len(runs),
+        "events": events,
+        "dagster_home_files": files,
+        "python_log_lines": len(suite.logs.lines),
+        "stored_objects": objects,
+        "tokens_checked": len(suite.tokens),
+        "hits": hits,
+    }
+    assert runs and events and files and suite.logs.lines and objects
+    assert hits == []
