@@ -8,6 +8,7 @@ typed by hand.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import time
@@ -79,6 +80,9 @@ def main() -> None:
     parser.add_argument(
         "--proxy", action="store_true", help="also run the transfer leg through the sandbox's download proxy (slow)"
     )
+    parser.add_argument(
+        "--budget-sessions", type=int, help=f"sessions of the budget leg (default {FULL.budget_sessions})"
+    )
     parser.add_argument("--results", type=Path, help=f"where to write the JSON (default {RESULTS})")
     parser.add_argument("--doc", type=Path, help=f"where to write the report (default {DOC})")
     parser.add_argument("--render-only", action="store_true", help="re-render the report from existing JSON")
@@ -105,7 +109,10 @@ def main() -> None:
             results_path.write_text(json.dumps(results, indent=1) + "\n")
     else:
         echo = functools.partial(print, flush=True)
-        results = run_suite(SMOKE if args.smoke else FULL, tuple(args.legs), proxy=args.proxy, echo=echo)
+        sizes = SMOKE if args.smoke else FULL
+        if args.budget_sessions:
+            sizes = dataclasses.replace(sizes, budget_sessions=args.budget_sessions)
+        results = run_suite(sizes, tuple(args.legs), proxy=args.proxy, echo=echo)
         if args.merge and results_path.is_file():
             previous = json.loads(results_path.read_text())
             previous["legs"].update(results["legs"])
