@@ -44,6 +44,7 @@ usertesting_session = dg.AssetSpec(
     partitions_def=session_partitions,
     group_name=GROUP,
     kinds={"api"},
+    owners=["team:research-ops"],
     metadata={"source": "UserTesting Results API v2 GET /api/v2/sessionResults"},
 )
 
@@ -240,8 +241,43 @@ def video_catalog(context: dg.AssetExecutionContext, storage: VideoStorageResour
             "videos_without_record": len(videos) - len(present),
             "preview": dg.MetadataValue.md(_markdown_table(preview)),
             "column_descriptions": dg.MetadataValue.json(COLUMN_DESCRIPTIONS),
+            "dagster/column_lineage": _CATALOG_COLUMN_LINEAGE,
         }
     )
+
+
+def _catalog_column_lineage() -> dg.TableColumnLineage:
+    """Where each catalog column comes from: the session's discovery record or its stored video's metadata.
+
+    Upstream "columns" are the metadata keys the UI shows on those assets' events (``session_video`` has no
+    table of its own); the remaining columns are read from the video file when it is stored.
+    """
+    from_session = {"test_id": "test_id", "start_time": "start_time", "finish_time": "finish_time"}
+    from_video = {
+        "session_id": "dagster/partition",
+        "storage_path": "storage_path",
+        "size_bytes": "size_bytes",
+        "checksum_sha256": "sha256",
+        "ingestion_timestamp": "ingestion_timestamp",
+        "duration_seconds": "duration_seconds",
+        "video_codec": "video_codec",
+        "audio_codec": "audio_codec",
+        "width": "resolution",
+        "height": "resolution",
+    }
+    deps: dict[str, list[dg.TableColumnDep]] = {}
+    for column in COLUMNS:
+        upstream = []
+        if column in from_session:
+            upstream.append(dg.TableColumnDep(asset_key=SESSION_ASSET_KEY, column_name=from_session[column]))
+        if column in from_video:
+            upstream.append(dg.TableColumnDep(asset_key=dg.AssetKey("session_video"), column_name=from_video[column]))
+        if upstream:
+            deps[column] = upstream
+    return dg.TableColumnLineage(deps_by_column=deps)
+
+
+_CATALOG_COLUMN_LINEAGE = _catalog_column_lineage()
 
 
 def _markdown_table(frame: "pd.DataFrame") -> str:

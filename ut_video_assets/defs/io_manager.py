@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import dagster as dg
 
@@ -54,15 +55,40 @@ class DownloadedVideo:
         }
 
 
-def stored_metadata(stored: StoredVideo) -> dict[str, Any]:
-    return {
+def console_url(store: VideoStore, stored: StoredVideo) -> str | None:
+    """The object's page in the AWS S3 console (it asks the analyst to sign in; nothing here grants access).
+
+    None for any other S3-compatible store (the embedded SeaweedFS has no object console): the UI then shows
+    the ``s3://`` path to copy. A pre-signed link is never stored in metadata: it is a credential that would
+    outlive its purpose in the event log.
+    """
+    meta = getattr(store.client, "meta", None)
+    endpoint = str(getattr(meta, "endpoint_url", "") or "")
+    region = str(getattr(meta, "region_name", "") or "")
+    if not region or not (urlsplit(endpoint).hostname or "").endswith(".amazonaws.com"):
+        return None
+    return (
+        f"https://{region}.console.aws.amazon.com/s3/object/{quote(stored.bucket)}"
+        f"?region={quote(region)}&prefix={quote(stored.key, safe='')}"
+    )
+
+
+def stored_metadata(stored: StoredVideo, store: VideoStore | None = None) -> dict[str, Any]:
+    """What the UI shows of a stored video; with ``store``, a link to the object in the store's console."""
+    metadata: dict[str, Any] = {
         "storage_path": dg.MetadataValue.path(stored.uri),
+        # The standard key: Dagster shows it as the asset's location and links it in search.
+        "dagster/uri": dg.MetadataValue.path(stored.uri),
         "size_bytes": dg.MetadataValue.int(stored.size),
         "size_mib": dg.MetadataValue.float(round(stored.size / 1048576, 2)),
         "sha256": dg.MetadataValue.text(stored.sha256),
         "s3_etag": dg.MetadataValue.text(stored.etag),
         "ingestion_timestamp": dg.MetadataValue.text(stored.metadata.get("ingestion-timestamp", "")),
     }
+    link = console_url(store, stored) if store is not None else None
+    if link:
+        metadata["open_in_console"] = dg.MetadataValue.url(link)
+    return metadata
 
 
 class SessionVideoIOManager(dg.ConfigurableIOManager):
@@ -72,7 +98,7 @@ class SessionVideoIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: DownloadedVideo | StoredVideo) -> None:
         if isinstance(obj, StoredVideo):
-            context.add_output_metadata(stored_metadata(obj))
+            context.add_output_metadata(stored_metadata(obj, self.storage.store()))
             return
         store = self.storage.store()
         spool = obj.download.path
@@ -80,7 +106,7 @@ class SessionVideoIOManager(dg.ConfigurableIOManager):
             stored = self._upload(context, store, obj)
         finally:
             Path(spool).unlink(missing_ok=True)
-        context.add_output_metadata(stored_metadata(stored))
+        context.add_output_metadata(stored_metadata(stored, store))
 
     def _upload(self, context: dg.OutputContext, store: VideoStore, video: DownloadedVideo) -> StoredVideo:
         download = video.download
