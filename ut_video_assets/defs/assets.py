@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from ut_video_assets.catalog import COLUMN_DESCRIPTIONS, COLUMNS, build_catalog, summarize, to_parquet_bytes
-from ut_video_assets.defs.io_manager import DownloadedVideo, SessionVideoIOManager, stored_metadata
+from ut_video_assets.defs.io_manager import DownloadedVideo, stored_metadata
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import SESSION_ASSET_KEY, SessionRecord, lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     import pandas as pd  # imported when the catalog is built, not with the code location (catalog.py says why)
 
 GROUP = "usertesting"
-_ = SessionVideoIOManager  # the IO manager this module's asset is written for (bound in definitions.py)
 
 usertesting_session = dg.AssetSpec(
     SESSION_ASSET_KEY,
