@@ -26,7 +26,8 @@ def _f(value: Any, digits: int = 1) -> str:
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_f(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    cells = [[(c if isinstance(c, str) else _f(c)).replace("|", "\\|") for c in row] for row in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return [*lines, ""]
 
 
