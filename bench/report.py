@@ -301,7 +301,7 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
             "",
         ]
         out += _table(
-            ["tick", "new sessions", "API requests", "evaluation s", "applying partitions s"],
+            ["tick", "new sessions", "API requests", "evaluation s", "applying: partitions + sampled observations, s"],
             [
                 [i + 1, t["new_sessions"], t["api_requests"], t["evaluation_seconds"], t["apply_seconds"]]
                 for i, t in enumerate(d["ticks"])
