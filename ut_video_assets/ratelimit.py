@@ -84,6 +84,33 @@ class _BudgetBase:
     _limiter: Limiter
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
 
+    def _close_limiter_then(self, close_connection: Callable[[], None]) -> None:
+        """Stop the limiter, then close the backend's connection once its leak thread has let go of it.
+
+        pyrate-limiter's leak thread only sees the stop signal between its 10 s naps; closing a Redis or
+        Postgres connection while it is mid-leak makes the thread die with an I/O error. So when it is still
+        alive, the connection is closed after it ends, from a short-lived helper thread.
+        """
+        leaker = getattr(self._limiter.bucket_factory, "_leaker", None)
+        thread = getattr(leaker, "_thread", None)
+        with contextlib.suppress(Exception):
+            self._limiter.close()
+
+        def close_quietly() -> None:
+            with contextlib.suppress(Exception):
+                close_connection()
+
+        if isinstance(thread, threading.Thread) and thread.is_alive():
+            leak_thread = thread
+
+            def close_when_done() -> None:
+                leak_thread.join()
+                close_quietly()
+
+            threading.Thread(target=close_when_done, name="budget-close", daemon=True).start()
+        else:
+            close_quietly()
+
     def _backoff_remaining(self) -> float:  # pragma: no cover - overridden
         """Seconds until the shared back-off mark expires (0 or less: no back-off)."""
         raise NotImplementedError
@@ -243,10 +270,7 @@ class PostgresBudget(_BudgetBase):
             conn.execute(query, (self.name, max(seconds, 0.0)))
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._limiter.close()
-        with contextlib.suppress(Exception):
-            self._pool.close()
+        self._close_limiter_then(self._pool.close)
 
 
 def _configure_utc(conn: Connection[Any]) -> None:
@@ -322,10 +346,7 @@ class RedisBudget(_BudgetBase):
             self._back_off_script(keys=[self._backoff_key], args=[milliseconds])
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._limiter.close()
-        with contextlib.suppress(Exception):
-            self._redis.close()
+        self._close_limiter_then(self._redis.close)
 
 
 def build_budget(
