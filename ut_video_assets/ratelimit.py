@@ -84,6 +84,12 @@ class _BudgetBase:
     _limiter: Limiter
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
 
+    def _set_limits(self, limit: int, window_seconds: float) -> None:
+        if limit < 1:
+            raise ValueError("the rate limit must be at least 1 request per window")
+        self.limit = limit
+        self.window_seconds = window_seconds
+
     def _close_limiter_then(self, close_connection: Callable[[], None]) -> None:
         """Stop the limiter, then close the backend's connection once its leak thread has let go of it.
 
@@ -153,10 +159,7 @@ class SqliteBudget(_BudgetBase):
     """Budget shared by every process on one host through a SQLite file and a file lock."""
 
     def __init__(self, path: Path, limit: int, window_seconds: float = 60.0) -> None:
-        if limit < 1:
-            raise ValueError("the rate limit must be at least 1 request per window")
-        self.limit = limit
-        self.window_seconds = window_seconds
+        self._set_limits(limit, window_seconds)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rate = Rate(limit, effective_window_ms(window_seconds))
@@ -212,10 +215,7 @@ class PostgresBudget(_BudgetBase):
         from psycopg import sql
         from psycopg_pool import ConnectionPool
 
-        if limit < 1:
-            raise ValueError("the rate limit must be at least 1 request per window")
-        self.limit = limit
-        self.window_seconds = window_seconds
+        self._set_limits(limit, window_seconds)
         self.name = name
         self._where = redact_url(url)
         # Two connections: one for the limiter's lock-count-insert, one for the clock or back-off read that
@@ -313,10 +313,7 @@ class RedisBudget(_BudgetBase):
     ) -> None:
         import redis
 
-        if limit < 1:
-            raise ValueError("the rate limit must be at least 1 request per window")
-        self.limit = limit
-        self.window_seconds = window_seconds
+        self._set_limits(limit, window_seconds)
         self._where = redact_url(url)
         self._redis: redis.Redis = redis.Redis.from_url(
             url, socket_connect_timeout=connect_timeout, socket_timeout=connect_timeout * 3

@@ -32,6 +32,10 @@ def _expected_sha256(instance: dg.DagsterInstance, session_id: str) -> str | Non
     return str(value.value) if value is not None else None
 
 
+def _never_discovered(session_id: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=False, description=f"session {session_id} was never discovered")
+
+
 @dg.asset_check(
     asset=session_video,
     name="session_video_checksum",
@@ -45,7 +49,7 @@ def session_video_checksum(
     session_id = context.partition_key
     session = lookup_session(context.instance, session_id)
     if session is None:
-        return dg.AssetCheckResult(passed=False, description=f"session {session_id} was never discovered")
+        return _never_discovered(session_id)
     expected = _expected_sha256(context.instance, session_id)
     if not expected:
         return dg.AssetCheckResult(passed=False, description="no recorded checksum for this partition")
@@ -80,7 +84,7 @@ def session_video_playable(
     session_id = context.partition_key
     session = lookup_session(context.instance, session_id)
     if session is None:
-        return dg.AssetCheckResult(passed=False, description=f"session {session_id} was never discovered")
+        return _never_discovered(session_id)
     store = storage.store()
     stored = store.head_video(session.test_id, session_id)
     if stored is None:
