@@ -56,9 +56,15 @@ def ingest(
     policy = TransferPolicy(chunk_size=int(chunk_mib * 1024 * 1024)) if chunk_mib else None
     video_url = VideoUrl(session_id=session_id, url=url, expires_at=datetime.now(UTC) + timedelta(hours=1))
     spool = spool_dir / f"{session_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
-    with make_http_client() as http:
-        download = download_video(http, session_id, lambda: video_url, spool, policy=policy)
+    upload = store.start_upload(spool, test_id=test_id, session_id=session_id)
+    try:
+        with make_http_client() as http:
+            download = download_video(http, session_id, lambda: video_url, spool, policy=policy, sink=upload)
+    except BaseException:
+        upload.abort()
+        raise
     downloaded = time.perf_counter()
+    sent_while_downloading = upload.bytes_sent
     probe_seconds = 0.0
     if probe:
         from ut_video_assets.media import probe as probe_video
@@ -68,13 +74,7 @@ def ingest(
         thumbnail_jpeg(download.path)
         probe_seconds = time.perf_counter() - downloaded
     try:
-        stored = store.upload_video(
-            download.path,
-            test_id=test_id,
-            session_id=session_id,
-            sha256=download.sha256,
-            original_filename=download.original_filename,
-        )
+        stored = upload.finish(download.size, download.sha256, original_filename=download.original_filename)
     finally:
         download.path.unlink(missing_ok=True)
     finished = time.perf_counter()
@@ -83,6 +83,7 @@ def ingest(
         "download_seconds": download.seconds,
         "probe_seconds": probe_seconds,
         "upload_seconds": finished - downloaded - probe_seconds,
+        "bytes_sent_while_downloading": sent_while_downloading,
         "size": stored.size,
         "sha256": stored.sha256,
         "key": stored.key,

@@ -7,9 +7,10 @@ Layout (``prefix`` may be empty)::
     {prefix}catalog/video_catalog.parquet                       the catalog
 
 Writes are idempotent per session (the key is a function of the IDs) and all-or-nothing: the video arrives by a
-multipart upload that only becomes visible at ``CompleteMultipartUpload``, each part carries a SHA-256 S3
-checksum the store verifies, a failed upload is aborted (boto3's transfer manager does that), and the stored
-object is checked (size and recorded SHA-256) before the upload counts as done. Nothing here knows about Dagster.
+multipart upload that only becomes visible at ``CompleteMultipartUpload`` (sent while the download is still
+running: `ut_video_assets.upload`), each part carries a SHA-256 S3 checksum the store verifies, a failed upload is
+aborted, and the stored object is checked (size and recorded SHA-256) before the upload counts as done. Nothing
+here knows about Dagster.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.exceptions import S3UploadFailedError
-from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ut_video_assets.ids import normalize_uuid
 from ut_video_assets.redact import redact_text
+
+if TYPE_CHECKING:
+    from ut_video_assets.upload import StreamingUpload
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,6 @@ MiB = 1024 * 1024
 # boto3's default 8 MiB parts mean ~128 requests per GiB; 64 MiB keeps request overhead low while a 10,000-part
 # upload still holds 625 GiB. Grown automatically for larger files.
 DEFAULT_PART_SIZE = 64 * MiB
-MAX_PARTS = 10_000
 
 
 class StorageError(Exception):
@@ -136,13 +138,22 @@ class VideoStore:
 
     # --- writes --------------------------------------------------------------------------------------
 
-    def _encryption_args(self) -> dict[str, str]:
+    def encryption_args(self) -> dict[str, str]:
         args: dict[str, str] = {}
         if self.server_side_encryption:
             args["ServerSideEncryption"] = self.server_side_encryption
         if self.kms_key_id:
             args["SSEKMSKeyId"] = self.kms_key_id
         return args
+
+    def start_upload(
+        self, path: Path, *, test_id: str, session_id: str, on_progress: Callable[[int], None] | None = None
+    ) -> StreamingUpload:
+        """An upload of the spool file at ``path`` to the session's key that can start before the file is
+        complete (`StreamingUpload`); it aborts whatever a killed process left unfinished at that key."""
+        from ut_video_assets.upload import StreamingUpload
+
+        return StreamingUpload(self, path, test_id=test_id, session_id=session_id, on_progress=on_progress)
 
     def upload_video(
         self,
@@ -155,44 +166,22 @@ class VideoStore:
         extra_metadata: dict[str, str] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> StoredVideo:
-        """Upload a verified spool file to the session's key and return the stored object's record.
+        """Upload a complete, verified spool file to the session's key and return the stored object's record.
 
         The object appears only once complete; afterwards its size and recorded SHA-256 are read back and a
         mismatch deletes it again and raises `StorageError`.
         """
-        key = self.video_key(test_id, session_id)
+        upload = self.start_upload(path, test_id=test_id, session_id=session_id, on_progress=on_progress)
         size = path.stat().st_size
-        self.abort_stale_uploads(key)
-        metadata = {
-            "session-id": normalize_uuid(session_id),
-            "test-id": normalize_uuid(test_id),
-            "ingestion-timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-            "original-filename": _ascii(original_filename),
-            "sha256": sha256,
-            **{k: _ascii(v) for k, v in (extra_metadata or {}).items()},
-        }
-        part_size = self.part_size
-        while size > part_size * MAX_PARTS:
-            part_size *= 2
-        config = TransferConfig(
-            multipart_threshold=min(part_size, 8 * MiB),
-            multipart_chunksize=part_size,
-            max_concurrency=self.max_concurrency,
-            use_threads=self.max_concurrency > 1,
-        )
-        extra = {
-            "ContentType": "video/mp4",
-            "Metadata": metadata,
-            "ChecksumAlgorithm": "SHA256",
-            **self._encryption_args(),
-        }
-        try:
-            self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra, Config=config, Callback=on_progress)
-        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
-            self.abort_stale_uploads(key)
-            raise StorageError(f"upload of {self.uri(key)} failed: {_describe(exc)}") from None
+        upload.written(size, size)
+        return upload.finish(size, sha256, original_filename=original_filename, extra_metadata=extra_metadata)
+
+    def confirm_video(self, test_id: str, session_id: str, size: int, sha256: str) -> StoredVideo:
+        """Read back a just-stored video: its size and recorded SHA-256 must be what was sent, or it is deleted
+        again and `StorageError` raised."""
         stored = self.head_video(test_id, session_id)
         if stored is None or stored.size != size or stored.sha256 != sha256:
+            key = self.video_key(test_id, session_id)
             with contextlib.suppress(BotoCoreError, ClientError):
                 self.client.delete_object(Bucket=self.bucket, Key=key)
             raise StorageError(f"{self.uri(key)} did not read back as written (size or checksum differs); removed")
@@ -205,7 +194,7 @@ class VideoStore:
         try:
             listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
         except (BotoCoreError, ClientError) as exc:
-            log.warning("could not list unfinished uploads of %s: %s", key, _describe(exc))
+            log.warning("could not list unfinished uploads of %s: %s", key, describe_store_error(exc))
             return 0
         for upload in listing.get("Uploads", []):
             initiated = upload.get("Initiated")
@@ -236,10 +225,10 @@ class VideoStore:
                 Body=body,
                 ContentType=content_type,
                 ChecksumAlgorithm="SHA256",
-                **self._encryption_args(),
+                **self.encryption_args(),
             )
         except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"writing {self.uri(key)} failed: {_describe(exc)}") from None
+            raise StorageError(f"writing {self.uri(key)} failed: {describe_store_error(exc)}") from None
 
     # --- reads ---------------------------------------------------------------------------------------
 
@@ -251,9 +240,9 @@ class VideoStore:
         except ClientError as exc:
             if _status(exc) == 404:
                 return None
-            raise StorageError(f"reading {self.uri(key)} failed: {_describe(exc)}") from None
+            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
         except BotoCoreError as exc:
-            raise StorageError(f"reading {self.uri(key)} failed: {_describe(exc)}") from None
+            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
         metadata = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
         return StoredVideo(
             bucket=self.bucket,
@@ -275,7 +264,7 @@ class VideoStore:
         except ClientError as exc:
             if _status(exc) == 404:
                 return None
-            raise StorageError(f"reading {self.uri(key)} failed: {_describe(exc)}") from None
+            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
         value = json.loads(body)
         return value if isinstance(value, dict) else None
 
@@ -287,7 +276,7 @@ class VideoStore:
         except ClientError as exc:
             if _status(exc) == 404:
                 return VerifyResult(False, f"no object at {self.uri(key)}", expected_sha256, None, None)
-            raise StorageError(f"reading {self.uri(key)} failed: {_describe(exc)}") from None
+            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
         digest = hashlib.sha256()
         size = 0
         for chunk in response["Body"].iter_chunks(chunk_size=MiB):
@@ -342,7 +331,7 @@ class VideoStore:
         except ClientError as exc:
             if _status(exc) == 404:
                 return False
-            raise StorageError(f"reading {self.uri(key)} failed: {_describe(exc)}") from None
+            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
         return True
 
 
@@ -350,7 +339,7 @@ def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def _describe(exc: BaseException) -> str:
+def describe_store_error(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         return f"{error.get('Code', 'error')} ({_status(exc)}): {str(error.get('Message', ''))[:200]}"
@@ -359,7 +348,7 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _ascii(value: str) -> str:
+def ascii_metadata(value: str) -> str:
     """S3 user metadata travels in HTTP headers: keep it printable ASCII."""
     return "".join(c if 32 <= ord(c) < 127 else "_" for c in str(value))[:512]
 

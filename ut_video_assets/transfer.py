@@ -10,7 +10,9 @@ What it guarantees, whatever the network does:
   from the last byte written, pinned to the same object with ``If-Match`` on its ETag;
 - expiry: a URL is used while it is valid; shortly before ``expiresAt``, or when the store says 403 "Request
   has expired", a fresh one is requested (from the API, through its budget) and the download resumes;
-- no credentials in errors or logs: messages carry the session ID and HTTP status, never the URL.
+- no credentials in errors or logs: messages carry the session ID and HTTP status, never the URL;
+- a `SpoolSink` (the streaming upload) can follow the spool file as it grows, and hears when a restart from
+  byte 0 voids what it was told.
 
 Nothing here knows about Dagster.
 """
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import httpx
 
@@ -42,6 +44,20 @@ _EXPIRY_CODES = ("Request has expired", "ExpiredToken", "ExpiredRequest", "Authe
 # Top-level ISO-BMFF box types an MP4 can start with.
 _MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pdin", b"styp"}
 _NOT_VIDEO_TYPES = ("text/", "application/json", "application/xml", "application/xhtml")
+
+
+# How often (in bytes) a `SpoolSink` hears of new bytes: the spool file is flushed first, so the sink can read them.
+SINK_STEP = 1024 * 1024
+
+
+class SpoolSink(Protocol):
+    """Something that consumes the spool file while it is written (the streaming upload)."""
+
+    def written(self, offset: int, total: int | None = None) -> None:
+        """Bytes ``[0, offset)`` of the spool file are final; ``total`` is the object's size when known."""
+
+    def restarted(self) -> None:
+        """The download starts again from byte 0: everything reported so far is void."""
 
 
 class TransferError(Exception):
@@ -136,6 +152,7 @@ class VideoDownloader:
         *,
         policy: TransferPolicy | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        sink: SpoolSink | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._http = http
@@ -144,6 +161,8 @@ class VideoDownloader:
         self._dest = dest
         self._policy = policy or TransferPolicy()
         self._on_progress = on_progress or (lambda _p: None)
+        self._sink = sink
+        self._sink_offset = 0
         self._sleep = sleep
         self._url: VideoUrl | None = None
         self._url_requests = 0
@@ -168,6 +187,8 @@ class VideoDownloader:
                 self._download_into(out)
                 out.flush()
                 os.fsync(out.fileno())
+            if self._sink is not None:
+                self._sink.written(self._offset, self._total)
         except OSError as exc:
             self._discard()
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -348,6 +369,9 @@ class VideoDownloader:
         self._etag = None
         self._hashes = _Hashes(with_md5=False)
         self._needs_truncate = True
+        self._sink_offset = 0
+        if self._sink is not None:
+            self._sink.restarted()
 
     def _stream_body(self, response: httpx.Response, out: IO[bytes]) -> None:
         if self._needs_truncate:
@@ -378,6 +402,10 @@ class VideoDownloader:
             self._hashes.update(chunk)
             self._offset += len(chunk)
             self._bytes_received += len(chunk)
+            if self._sink is not None and self._offset - self._sink_offset >= SINK_STEP:
+                out.flush()
+                self._sink_offset = self._offset
+                self._sink.written(self._offset, self._total)
             now = time.monotonic()
             if now - last_report >= 1.0:
                 last_report = now
@@ -475,6 +503,7 @@ def download_video(
     *,
     policy: TransferPolicy | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    sink: SpoolSink | None = None,
 ) -> DownloadResult:
     """Download one session's video to ``dest``; see `VideoDownloader`."""
-    return VideoDownloader(http, session_id, get_url, dest, policy=policy, on_progress=on_progress).run()
+    return VideoDownloader(http, session_id, get_url, dest, policy=policy, on_progress=on_progress, sink=sink).run()

@@ -18,8 +18,9 @@ from ut_video_assets.media import MediaInfo, NotAVideoError, probe, thumbnail_jp
 from ut_video_assets.progress import ProgressReporter
 from ut_video_assets.settings import DOWNLOAD_POOL, SettingsError
 from ut_video_assets.spool import remove_orphan_spool_files
-from ut_video_assets.storage import StorageError
+from ut_video_assets.storage import StorageError, VideoStore
 from ut_video_assets.transfer import DownloadResult, TransferError, download_video
+from ut_video_assets.upload import StreamingUpload
 from ut_video_assets.usertesting import (
     ApiError,
     AuthenticationError,
@@ -91,15 +92,20 @@ def session_video(
             if existing is not None and existing.sha256 and store.get_record(session.test_id, session_id):
                 context.log.info(f"session {session_id}: already stored at {existing.uri}; not downloading again")
                 return dg.Output(existing, metadata={**stored_metadata(existing), "download_skipped": True})
-        download = _download(context, session_id, api, downloads)
+        download, upload = _download(context, session_id, session.test_id, api, store, downloads)
     except SettingsError as exc:
         raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
     except StorageError as exc:
         raise dg.Failure(f"session {session_id}: {exc}") from None
-    media = _probe_or_fail(session_id, download)
+    try:
+        media = _probe_or_fail(session_id, download)
+    except BaseException:
+        upload.abort()
+        raise
     video = DownloadedVideo(
         test_id=session.test_id,
         download=download,
+        upload=upload,
         media=media,
         start_time=session.start_time,
         finish_time=session.finish_time,
@@ -121,13 +127,32 @@ def _discovered_session(context: dg.AssetExecutionContext, session_id: str) -> S
 def _download(
     context: dg.AssetExecutionContext,
     session_id: str,
+    test_id: str,
     api: UserTestingApiResource,
+    store: VideoStore,
     downloads: DownloadSettingsResource,
-) -> DownloadResult:
+) -> tuple[DownloadResult, StreamingUpload]:
+    """Download the video to a spool file while its upload to the final key runs alongside (not completed:
+    the IO manager does that once the file has been probed); on failure the upload is aborted."""
     spool_dir = downloads.spool_path()
     remove_orphan_spool_files(spool_dir)
     spool = spool_dir / f"{session_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
+    upload = store.start_upload(spool, test_id=test_id, session_id=session_id)
+    try:
+        return _fetch(context, session_id, api, downloads, spool, upload), upload
+    except BaseException:
+        upload.abort()
+        raise
 
+
+def _fetch(
+    context: dg.AssetExecutionContext,
+    session_id: str,
+    api: UserTestingApiResource,
+    downloads: DownloadSettingsResource,
+    spool: Path,
+    upload: StreamingUpload,
+) -> DownloadResult:
     def fresh_url() -> VideoUrl:
         url = api.client.get_video_url(session_id)
         context.log.info(f"session {session_id}: got a video URL valid until {url.expires_at:%H:%M:%S} UTC")
@@ -142,6 +167,7 @@ def _download(
                 spool,
                 policy=downloads.policy(),
                 on_progress=ProgressReporter(context.log.info),
+                sink=upload,
             )
     except NotFoundError:
         raise dg.Failure(

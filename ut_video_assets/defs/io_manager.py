@@ -1,8 +1,9 @@
 """The S3 IO manager for ``session_video``: spool file in, verified object (and its record) out.
 
-``handle_output`` receives a `DownloadedVideo` (a spool file that passed every check) and stores it under
-``test_id=…/session_id=…/session.mp4`` with its metadata, then the catalog record next to it, and removes the
-spool file whatever happens. When the asset found the video already stored it hands over the `StoredVideo`
+``handle_output`` receives a `DownloadedVideo` (a spool file that passed every check, most of it already sent
+by the streaming upload that ran alongside the download) and completes its upload under
+``test_id=…/session_id=…/session.mp4`` with its metadata, then writes the catalog record next to it, and removes
+the spool file whatever happens. When the asset found the video already stored it hands over the `StoredVideo`
 and nothing is written. ``load_input`` gives downstream assets the `StoredVideo` record, never the bytes.
 """
 
@@ -21,6 +22,7 @@ from ut_video_assets.defs.resources import VideoStorageResource
 from ut_video_assets.media import MediaInfo
 from ut_video_assets.storage import StoredVideo, VideoStore
 from ut_video_assets.transfer import DownloadResult
+from ut_video_assets.upload import StreamingUpload
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class DownloadedVideo:
 
     test_id: str
     download: DownloadResult
+    upload: StreamingUpload
+    """The upload to the final key, started during the download; completed (or aborted) by the IO manager."""
     media: MediaInfo
     start_time: datetime | None
     finish_time: datetime | None
@@ -110,12 +114,14 @@ class SessionVideoIOManager(dg.ConfigurableIOManager):
 
     def _upload(self, context: dg.OutputContext, store: VideoStore, video: DownloadedVideo) -> StoredVideo:
         download = video.download
-        context.log.info(f"session {download.session_id}: uploading {download.size / 1048576:,.1f} MiB to S3")
-        stored = store.upload_video(
-            download.path,
-            test_id=video.test_id,
-            session_id=download.session_id,
-            sha256=download.sha256,
+        upload = video.upload
+        context.log.info(
+            f"session {download.session_id}: completing the upload to S3 ({upload.bytes_sent / 1048576:,.1f} of "
+            f"{download.size / 1048576:,.1f} MiB sent while downloading)"
+        )
+        stored = upload.finish(
+            download.size,
+            download.sha256,
             original_filename=download.original_filename,
             extra_metadata={
                 k: v.isoformat() for k, v in (("start-time", video.start_time), ("finish-time", video.finish_time)) if v
