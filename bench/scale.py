@@ -162,8 +162,10 @@ def _record(test_id: str, session_id: str, uri: str, index: int) -> dict[str, An
 
 
 def catalog_leg(store: StoreEndpoint, sizes: Sizes, echo: Any = print) -> dict[str, Any]:
-    """Fill a bucket with N small sessions (video + record), then build the catalog as the asset does."""
-    from ut_video_assets.catalog import build_catalog, to_parquet_bytes
+    """Fill a bucket with N small sessions (video + record), then build the catalog as the asset does: from
+    scratch (no previous catalog), and again after 1% more sessions landed (the steady state: the refresh sensor
+    rebuilds it after every few new videos, reusing the unchanged rows)."""
+    from ut_video_assets.catalog import build_from_store, to_parquet_bytes
     from ut_video_assets.storage import VideoStore
 
     client = store.client(max_pool_connections=32)
@@ -179,33 +181,52 @@ def catalog_leg(store: StoreEndpoint, sizes: Sizes, echo: Any = print) -> dict[s
         client.put_object(Bucket=bucket, Key=key, Body=video)
         store_.put_record(test_id, session_id, _record(test_id, session_id, store_.uri(key), index))
 
+    def fill(start: int, count: int) -> None:
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            list(pool.map(put, range(start, start + count)))
+
+    def build() -> dict[str, float]:
+        t0 = time.perf_counter()
+        result = build_from_store(store_)
+        t1 = time.perf_counter()
+        store_.put_bytes(store_.catalog_key, to_parquet_bytes(result.frame), "application/vnd.apache.parquet")
+        t2 = time.perf_counter()
+        return {
+            "build": t1 - t0,
+            "write": t2 - t1,
+            "total": t2 - t0,
+            "rows": len(result.frame),
+            "records_read": result.records_read,
+            "rows_reused": result.reused_rows,
+        }
+
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        list(pool.map(put, range(sizes.catalog_objects)))
+    fill(0, sizes.catalog_objects)
     fill_seconds = time.perf_counter() - started
     echo(f"  catalog: {sizes.catalog_objects} sessions stored in {fill_seconds:.0f} s")
-    samples: list[dict[str, float]] = []
-    rows = 0
+    added = max(sizes.catalog_objects // 100, 1)
+    total = sizes.catalog_objects
+    cold: list[dict[str, float]] = []
+    incremental: list[dict[str, float]] = []
     for _ in range(sizes.repetitions):
-        t0 = time.perf_counter()
-        records, videos = store_.load_records()
-        t1 = time.perf_counter()
-        present = [r for r in records if (r.get("test_id"), r.get("session_id")) in videos]
-        frame = build_catalog(present)
-        data = to_parquet_bytes(frame)
-        t2 = time.perf_counter()
-        store_.put_bytes(store_.catalog_key, data, "application/vnd.apache.parquet")
-        t3 = time.perf_counter()
-        rows = len(frame)
-        samples.append({"load_records": t1 - t0, "build_and_parquet": t2 - t1, "write": t3 - t2, "total": t3 - t0})
-        echo(f"  catalog build: {rows} rows in {t3 - t0:.1f} s (listing + records {t1 - t0:.1f} s)")
+        client.delete_object(Bucket=bucket, Key=store_.catalog_key)
+        cold.append(build())
+        fill(total, added)
+        total += added
+        incremental.append(build())
+        echo(
+            f"  catalog build: {cold[-1]['rows']:.0f} rows from scratch in {cold[-1]['total']:.1f} s; "
+            f"{incremental[-1]['rows']:.0f} rows after {added} new sessions in {incremental[-1]['total']:.1f} s "
+            f"({incremental[-1]['records_read']:.0f} records read)"
+        )
     return {
         "sessions": sizes.catalog_objects,
-        "rows": rows,
+        "added_per_increment": added,
         "fill_seconds": fill_seconds,
-        "samples": samples,
-        "median_seconds": median(s["total"] for s in samples),
-        "median_phases": {k: median(s[k] for s in samples) for k in ("load_records", "build_and_parquet", "write")},
+        "cold": cold,
+        "incremental": incremental,
+        "median_cold_seconds": median(s["total"] for s in cold),
+        "median_incremental_seconds": median(s["total"] for s in incremental),
         "target_seconds": 20.0,
     }
 

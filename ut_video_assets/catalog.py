@@ -1,17 +1,27 @@
 """The video catalog: one row per stored video, as a pandas DataFrame and as Parquet.
 
-Built from the small JSON records stored next to each video (never from the videos themselves), so a catalog
-of 10,000 sessions costs one listing and 10,000 small reads. The Parquet file has an explicit schema (UTC
-timestamps, nullable integers) so DuckDB, Athena or pandas read it as is.
+Built from the small JSON records stored next to each video (never from the videos themselves), and
+incrementally: each row keeps the ETag of the record it was read from, so a rebuild lists the bucket (1,000 keys
+a request), reuses the previous Parquet's rows whose record is unchanged and reads only the new or changed
+records. A first build over 10,000 sessions costs 10,000 small reads; the next one costs the listing plus what
+changed. The Parquet file has an explicit schema (UTC timestamps, nullable integers) so DuckDB, Athena or pandas
+read it as is.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ut_video_assets.storage import RECORD_NAME, VIDEO_NAME, VideoStore
+
+log = logging.getLogger(__name__)
 
 # pandas and pyarrow are imported where they are used, not here: every Dagster process (each run worker, the
 # code server) imports this module with the code location, and the two cost ~1.3 CPU s per process that only
@@ -37,6 +47,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "audio_codec": ("string", "Audio codec (e.g. aac); empty when the video has no audio"),
     "start_time": (_TIMESTAMP, "When the participant started the session"),
     "finish_time": (_TIMESTAMP, "When the participant finished (may be empty)"),
+    "record_etag": ("string", "ETag of the session.json record the row was read from (unchanged rows are reused)"),
 }
 COLUMN_DESCRIPTIONS = {name: doc for name, (_dtype, doc) in COLUMNS.items()}
 
@@ -58,6 +69,16 @@ class CatalogSummary:
     tests: int
 
 
+@dataclass(frozen=True)
+class CatalogBuild:
+    """A catalog built from the bucket, and how much of it came from the previous one."""
+
+    frame: pd.DataFrame
+    reused_rows: int
+    records_read: int
+    videos_without_record: int
+
+
 def build_catalog(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """A DataFrame with exactly `COLUMNS`, one row per record, sorted by test and start time."""
     import pyarrow as pa
@@ -65,9 +86,77 @@ def build_catalog(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     schema = arrow_schema()
     rows = [{name: _cell(name, record.get(name)) for name in COLUMNS} for record in records]
     table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
-    frame: pd.DataFrame = table.to_pandas(types_mapper=_pandas_type)
-    if len(frame):
-        frame = frame.sort_values(["test_id", "start_time", "session_id"], kind="stable").reset_index(drop=True)
+    return _sorted(table.to_pandas(types_mapper=_pandas_type))
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    if not len(frame):
+        return frame
+    return frame.sort_values(["test_id", "start_time", "session_id"], kind="stable").reset_index(drop=True)
+
+
+def build_from_store(store: VideoStore) -> CatalogBuild:
+    """The catalog of every stored video that has a record: unchanged rows from the previous Parquet at
+    ``store.catalog_key``, the rest read from their records."""
+    import pandas as pd
+
+    previous = previous_catalog(store)
+    known: dict[tuple[str, str], str] = {}
+    if previous is not None:
+        rows = zip(previous["test_id"], previous["session_id"], previous["record_etag"], strict=True)
+        known = {(test_id, session_id): etag for test_id, session_id, etag in rows if isinstance(etag, str)}
+    reuse: set[tuple[str, str]] = set()
+    wanted: list[tuple[str, str, str]] = []
+    without_record = 0
+    for test_id, session_id, files in store.iter_session_prefixes():
+        video, record = files.get(VIDEO_NAME), files.get(RECORD_NAME)
+        if video is None:
+            continue
+        if record is None:
+            without_record += 1
+        elif record.etag and known.get((test_id, session_id)) == record.etag:
+            reuse.add((test_id, session_id))
+        else:
+            wanted.append((test_id, session_id, record.etag))
+    bodies = store.get_json_many([store.record_key(t, s) for t, s, _etag in wanted])
+    fresh: list[dict[str, Any]] = []
+    for (test_id, session_id, etag), body in zip(wanted, bodies, strict=True):
+        # A record that vanished since the listing, or names another session, does not describe this video.
+        if body is None or (body.get("test_id"), body.get("session_id")) != (test_id, session_id):
+            without_record += 1
+            continue
+        fresh.append({**body, "record_etag": etag})
+    parts = [build_catalog(fresh)]
+    if previous is not None and reuse:
+        keys = pd.Series(list(zip(previous["test_id"], previous["session_id"], strict=True)), index=previous.index)
+        parts.append(previous[keys.isin(reuse)])
+    frame = _sorted(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else parts[0]
+    return CatalogBuild(frame, len(frame) - len(fresh), len(wanted), without_record)
+
+
+def previous_catalog(store: VideoStore) -> pd.DataFrame | None:
+    """The stored catalog, when there is one with today's columns; None means "build from scratch"."""
+    import pyarrow as pa
+
+    try:
+        body = store.client.get_object(Bucket=store.bucket, Key=store.catalog_key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+            log.warning("could not read the previous catalog (%s); building it from scratch", exc)
+        return None
+    except BotoCoreError as exc:
+        log.warning("could not read the previous catalog (%s); building it from scratch", type(exc).__name__)
+        return None
+    try:
+        frame = read_parquet_bytes(body)
+    except (pa.ArrowException, OSError) as exc:
+        log.warning("the previous catalog is not readable Parquet (%s); building it from scratch", exc)
+        return None
+    if list(frame.columns) != list(COLUMNS) or [str(t) for t in frame.dtypes] != [
+        str(t) for t in build_catalog([]).dtypes
+    ]:
+        log.info("the previous catalog has other columns; building it from scratch")
+        return None
     return frame
 
 

@@ -78,6 +78,14 @@ class StoredVideo:
 
 
 @dataclass(frozen=True)
+class ListedFile:
+    """An object as the bucket listing shows it."""
+
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     """Outcome of re-reading a stored video and hashing it."""
 
@@ -293,11 +301,12 @@ class VideoStore:
             )
         return VerifyResult(True, "checksum matches", expected_sha256, actual, size)
 
-    def iter_session_prefixes(self) -> Iterator[tuple[str, str, dict[str, int]]]:
-        """(test_id, session_id, {file name: size}) for each ``test_id=…/session_id=…/`` under the prefix."""
+    def iter_session_prefixes(self) -> Iterator[tuple[str, str, dict[str, ListedFile]]]:
+        """(test_id, session_id, {file name: its size and ETag}) for each ``test_id=…/session_id=…/`` under the
+        prefix, from the bucket listing alone (1,000 keys a request)."""
         paginator = self.client.get_paginator("list_objects_v2")
         current: tuple[str, str] | None = None
-        files: dict[str, int] = {}
+        files: dict[str, ListedFile] = {}
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + "test_id="):
             for obj in page.get("Contents", []):
                 parts = obj["Key"][len(self.prefix) :].split("/")
@@ -308,22 +317,14 @@ class VideoStore:
                     if current is not None:
                         yield (*current, files)
                     current, files = ids, {}
-                files[parts[2]] = int(obj["Size"])
+                files[parts[2]] = ListedFile(int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
         if current is not None:
             yield (*current, files)
 
-    def load_records(self, max_workers: int = 16) -> tuple[list[dict[str, Any]], dict[tuple[str, str], int]]:
-        """All catalog records, and the size of every stored video keyed by (test_id, session_id)."""
-        videos: dict[tuple[str, str], int] = {}
-        record_keys: list[str] = []
-        for test_id, session_id, files in self.iter_session_prefixes():
-            if VIDEO_NAME in files:
-                videos[(test_id, session_id)] = files[VIDEO_NAME]
-                if RECORD_NAME in files:
-                    record_keys.append(f"{self.prefix}test_id={test_id}/session_id={session_id}/{RECORD_NAME}")
+    def get_json_many(self, keys: list[str], max_workers: int = 10) -> list[dict[str, Any] | None]:
+        """`get_json` of each key, ``max_workers`` at a time (boto3's default connection pool holds 10)."""
         with ThreadPoolExecutor(max_workers=max_workers) as pool:
-            records = [r for r in pool.map(self.get_json, record_keys) if r is not None]
-        return records, videos
+            return list(pool.map(self.get_json, keys))
 
     def object_exists(self, key: str) -> bool:
         try:

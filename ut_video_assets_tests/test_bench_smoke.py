@@ -43,8 +43,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert discovery["discovered"] == SMOKE.scale_tests * SMOKE.scale_sessions_per_test
     assert discovery["rate_limited_429"] == 0
     catalog = results["legs"]["scale"]["catalog"]
-    assert catalog["rows"] == SMOKE.catalog_objects
-    assert _positive(catalog["median_seconds"])
+    assert [b["rows"] for b in catalog["cold"]] == [SMOKE.catalog_objects]
+    added = catalog["added_per_increment"]
+    assert [(b["rows"], b["records_read"]) for b in catalog["incremental"]] == [(SMOKE.catalog_objects + added, added)]
+    assert _positive(catalog["median_cold_seconds"]) and _positive(catalog["median_incremental_seconds"])
 
     text = report.render(results)
     assert "| 1. transfer" in text

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ut_video_assets.catalog import CatalogBuild, build_from_store, to_parquet_bytes
 from ut_video_assets.ids import InvalidIdError
 from ut_video_assets.sandbox.store import StoreEndpoint, free_port
 from ut_video_assets.storage import StorageError, VideoStore, open_stored_video
@@ -113,9 +114,11 @@ def test_records_listing_and_ranged_reader(video_store: VideoStore, tmp_path: Pa
         video_store.upload_video(path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="s.mp4")
         video_store.put_record(TEST_ID, session_id, {"session_id": session_id, "test_id": TEST_ID})
     video_store.client.put_object(Bucket=video_store.bucket, Key="videos/test_id=x/stray.txt", Body=b"")
-    records, videos = video_store.load_records()
-    assert sorted(r["session_id"] for r in records) == sorted(sessions)
-    assert set(videos) == {(TEST_ID, s) for s in sessions}
+    listed = {(t, s): files for t, s, files in video_store.iter_session_prefixes()}
+    assert set(listed) == {(TEST_ID, s) for s in sessions}
+    assert all(files["session.mp4"].size == 256 * 1024 and files["session.json"].etag for files in listed.values())
+    records = video_store.get_json_many([video_store.record_key(TEST_ID, s) for s in sessions])
+    assert [r["session_id"] if r else None for r in records] == sessions
     stored = video_store.head_video(TEST_ID, sessions[0])
     assert stored is not None
     with open_stored_video(video_store, stored) as reader:
@@ -124,3 +127,46 @@ def test_records_listing_and_ranged_reader(video_store: VideoStore, tmp_path: Pa
         reader.seek(0)
         head = reader.read(12)
     assert len(tail) == 10 and head[4:8] == b"ftyp"
+
+
+def test_catalog_rebuild_reads_only_new_or_changed_records(video_store: VideoStore, tmp_path: Path) -> None:
+    """Each rebuild reuses the rows whose record is unchanged (same ETag) and reads the rest; rows follow the
+    bucket: a deleted video drops out, a rewritten record is re-read, a damaged catalog means a full build."""
+    store = VideoStore(video_store.client, video_store.bucket, f"catalog-{uuid.uuid4().hex[:8]}/", part_size=5 * MiB)
+
+    def add(session_id: str, size: int = 1000) -> None:
+        key = store.video_key(TEST_ID, session_id)
+        store.client.put_object(Bucket=store.bucket, Key=key, Body=b"\0" * size)
+        record = {"session_id": session_id, "test_id": TEST_ID, "size_bytes": size, "storage_path": store.uri(key)}
+        store.put_record(TEST_ID, session_id, record)
+
+    def rebuild() -> CatalogBuild:
+        build = build_from_store(store)
+        store.put_bytes(store.catalog_key, to_parquet_bytes(build.frame), "application/vnd.apache.parquet")
+        return build
+
+    sessions = [str(uuid.uuid4()) for _ in range(4)]
+    for session_id in sessions[:3]:
+        add(session_id)
+    first = rebuild()
+    assert (len(first.frame), first.reused_rows, first.records_read) == (3, 0, 3)
+
+    add(sessions[3])  # a new video
+    add(sessions[0], size=2000)  # a record rewritten (the video stored again)
+    store.client.delete_object(Bucket=store.bucket, Key=store.video_key(TEST_ID, sessions[1]))  # a video gone
+    # A record that names another session does not describe the video next to it.
+    stray = str(uuid.uuid4())
+    store.client.put_object(Bucket=store.bucket, Key=store.video_key(TEST_ID, stray), Body=b"\0")
+    store.put_record(TEST_ID, stray, {"session_id": sessions[2], "test_id": TEST_ID})
+    second = rebuild()
+    assert (second.reused_rows, second.records_read, second.videos_without_record) == (1, 3, 1)
+    sizes = dict(zip(second.frame["session_id"], second.frame["size_bytes"], strict=True))
+    assert sizes == {sessions[0]: 2000, sessions[2]: 1000, sessions[3]: 1000}
+    assert second.frame["record_etag"].notna().all()
+
+    third = rebuild()
+    assert (third.reused_rows, third.records_read) == (3, 1)  # only the stray record is read again
+    assert third.frame.equals(second.frame)
+
+    store.put_bytes(store.catalog_key, b"not parquet", "application/octet-stream")
+    assert build_from_store(store).records_read == 4

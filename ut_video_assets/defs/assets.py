@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from ut_video_assets.catalog import COLUMN_DESCRIPTIONS, COLUMNS, build_catalog, summarize, to_parquet_bytes
+from ut_video_assets.catalog import COLUMN_DESCRIPTIONS, COLUMNS, build_from_store, summarize, to_parquet_bytes
 from ut_video_assets.defs.io_manager import DownloadedVideo, stored_metadata
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import SESSION_ASSET_KEY, SessionRecord, lookup_session
@@ -244,16 +244,17 @@ def video_catalog(context: dg.AssetExecutionContext, storage: VideoStorageResour
 
     Written as Parquet to `{prefix}catalog/video_catalog.parquet` (DuckDB and Athena read it as is). Built
     from the small records stored next to each video, never from the videos. Refreshed by
-    `video_catalog_refresh_sensor` shortly after new videos land, once for many partitions.
+    `video_catalog_refresh_sensor` shortly after new videos land, once for many partitions; each refresh
+    reuses the previous file's rows whose record is unchanged and reads only new or changed records.
     """
     store = storage.store()
-    records, videos = store.load_records()
-    present = [r for r in records if (r.get("test_id"), r.get("session_id")) in videos]
-    frame = build_catalog(present)
+    build = build_from_store(store)
+    frame = build.frame
     store.put_bytes(store.catalog_key, to_parquet_bytes(frame), "application/vnd.apache.parquet")
     summary = summarize(frame)
     context.log.info(
-        f"catalog: {summary.rows} videos, {summary.total_bytes / 1048576:,.1f} MiB at {store.uri(store.catalog_key)}"
+        f"catalog: {summary.rows} videos, {summary.total_bytes / 1048576:,.1f} MiB at {store.uri(store.catalog_key)} "
+        f"({build.reused_rows} rows reused from the previous catalog, {build.records_read} records read)"
     )
     preview = frame.head(20)
     return dg.MaterializeResult(
@@ -263,7 +264,9 @@ def video_catalog(context: dg.AssetExecutionContext, storage: VideoStorageResour
             "total_size_mib": dg.MetadataValue.float(round(summary.total_bytes / 1048576, 2)),
             "total_duration_minutes": dg.MetadataValue.float(round(summary.total_duration_seconds / 60, 2)),
             "tests": summary.tests,
-            "videos_without_record": len(videos) - len(present),
+            "videos_without_record": build.videos_without_record,
+            "rows_reused": build.reused_rows,
+            "records_read": build.records_read,
             "preview": dg.MetadataValue.md(_markdown_table(preview)),
             "column_descriptions": dg.MetadataValue.json(COLUMN_DESCRIPTIONS),
             "dagster/column_lineage": _CATALOG_COLUMN_LINEAGE,

@@ -10,7 +10,7 @@ from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import VideoStorageResource
 from ut_video_assets.media import NotAVideoError, probe
-from ut_video_assets.storage import StorageError, open_stored_video
+from ut_video_assets.storage import VIDEO_NAME, StorageError, open_stored_video
 
 SESSION_VIDEO_KEY = session_video.key
 
@@ -120,8 +120,9 @@ def video_catalog_objects_present(storage: VideoStorageResource) -> dg.AssetChec
     store = storage.store()
     frame = read_parquet_bytes(store.client.get_object(Bucket=store.bucket, Key=store.catalog_key)["Body"].read())
     listed = {
-        store.uri(store.video_key(test_id, session_id)): files.get("session.mp4")
+        store.uri(store.video_key(test_id, session_id)): video.size
         for test_id, session_id, files in store.iter_session_prefixes()
+        if (video := files.get(VIDEO_NAME)) is not None
     }
     problems = [
         f"{path}: " + ("missing" if listed.get(str(path)) is None else "size differs")
