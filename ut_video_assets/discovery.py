@@ -33,13 +33,15 @@ class DiscoveryCursor:
     - ``pending_offsets``: per test, the offset where an unfinished scan resumes;
     - ``next_test``: where the next tick starts in the list of watched tests (round robin, so that with more
       tests than one tick may scan, every test still gets its turn);
-    - ``credit`` / ``credit_at``: discovery's share of the API budget (see `DiscoveryAllowance`).
+    - ``credit`` / ``credit_at``: discovery's share of the API budget (see `DiscoveryAllowance`);
+    - ``looked_at``: when a tick last asked the API (the sensor looks less often while downloads are busy).
     """
 
     pending_offsets: dict[str, int] = field(default_factory=dict)
     next_test: int = 0
     credit: float | None = None
     credit_at: float = 0.0
+    looked_at: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -49,6 +51,7 @@ class DiscoveryCursor:
                 "next": self.next_test,
                 "credit": self.credit,
                 "credit_at": self.credit_at,
+                "looked_at": self.looked_at,
             },
             sort_keys=True,
         )
@@ -67,6 +70,7 @@ class DiscoveryCursor:
                 next_test=max(int(data.get("next", 0)), 0),
                 credit=None if credit is None else float(credit),
                 credit_at=float(data.get("credit_at", 0.0)),
+                looked_at=float(data.get("looked_at", 0.0)),
             )
         except (ValueError, TypeError, AttributeError):
             return cls()

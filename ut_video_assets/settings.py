@@ -20,6 +20,10 @@ from ut_video_assets.usertesting.client import DEFAULT_BASE_URL
 
 DEFAULT_RATE_LIMIT_PER_MINUTE = 10
 DEFAULT_MAX_CONCURRENT_DOWNLOADS = 4
+DEFAULT_SESSIONS_PER_RUN = 10
+"""Sessions one `session_video` run downloads (one after the other): a run costs ~4 CPU s of start-up alone."""
+DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS = 300.0
+"""While download runs are queued or running, discovery looks at the API at most this often."""
 DOWNLOAD_POOL = "ut_video_downloads"
 """Dagster concurrency pool (and run-queue tag) that caps simultaneous downloads across all runs."""
 DOWNLOAD_TAG = "ut_video_assets/download"

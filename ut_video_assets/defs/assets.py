@@ -3,22 +3,24 @@
 import base64
 import os
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from ut_video_assets.catalog import COLUMN_DESCRIPTIONS, COLUMNS, build_from_store, summarize, to_parquet_bytes
-from ut_video_assets.defs.io_manager import DownloadedVideo, stored_metadata
+from ut_video_assets.defs.io_manager import DownloadedVideo, complete_video, stored_metadata
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import SESSION_ASSET_KEY, SessionRecord, lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
+from ut_video_assets.defs.verification import video_check_evaluations
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
 from ut_video_assets.media import MediaInfo, NotAVideoError, probe, thumbnail_jpeg
 from ut_video_assets.progress import ProgressReporter
 from ut_video_assets.settings import DOWNLOAD_POOL, SettingsError
 from ut_video_assets.spool import remove_orphan_spool_files
-from ut_video_assets.storage import StorageError, VideoStore
+from ut_video_assets.storage import StorageError, StoredVideo, VideoStore
 from ut_video_assets.transfer import DownloadResult, TransferError, download_video
 from ut_video_assets.upload import StreamingUpload
 from ut_video_assets.usertesting import (
@@ -71,16 +73,39 @@ def session_video(
     api: UserTestingApiResource,
     storage: VideoStorageResource,
     downloads: DownloadSettingsResource,
-) -> dg.Output[Any]:
+) -> Iterator[Any]:
     """The session's screen/camera recording (MP4), copied from UserTesting into our bucket and verified.
 
     Stored at `{prefix}test_id={test}/session_id={session}/session.mp4` with its SHA-256 (computed while
     downloading) in the object's metadata. The pre-signed source URL is requested just in time and never
     stored or logged. A session whose video is already stored is not downloaded again unless the run config
     sets `force_download: true`.
+
+    A run may cover a range of sessions (the discovery sensor requests up to `UT_SESSIONS_PER_RUN` at a time,
+    saving a Dagster run's start-up per session); they are downloaded one after the other, each stored as soon
+    as it has arrived. If some of them fail, the others still count: they are recorded as materialized and
+    checked, and the run fails naming the sessions that did not make it.
     """
+    keys = context.partition_keys
+    if len(keys) == 1:
+        video, metadata = _ingest(context, keys[0], config, api, storage, downloads)
+        yield dg.Output(video, metadata=metadata)
+        return
+    yield from _ingest_range(context, keys, config, api, storage, downloads)
+
+
+def _ingest(
+    context: dg.AssetExecutionContext,
+    key: str,
+    config: SessionVideoConfig,
+    api: UserTestingApiResource,
+    storage: VideoStorageResource,
+    downloads: DownloadSettingsResource,
+) -> tuple[DownloadedVideo | StoredVideo, dict[str, Any]]:
+    """One session: the stored video when it is already there, else its downloaded and probed spool file with
+    the upload to its key under way (the IO manager, or `_ingest_range`, completes it); with its metadata."""
     try:
-        session_id = normalize_uuid(context.partition_key, "partition key (session ID)")
+        session_id = normalize_uuid(key, "partition key (session ID)")
     except InvalidIdError as exc:
         # A key typed into the UI: retrying cannot make it a UUID.
         raise dg.Failure(f"{exc}; partitions are session UUIDs", allow_retries=False) from None
@@ -91,7 +116,7 @@ def session_video(
             existing = store.head_video(session.test_id, session_id)
             if existing is not None and existing.sha256 and store.get_record(session.test_id, session_id):
                 context.log.info(f"session {session_id}: already stored at {existing.uri}; not downloading again")
-                return dg.Output(existing, metadata={**stored_metadata(existing), "download_skipped": True})
+                return existing, {**stored_metadata(existing), "download_skipped": True}
         download, upload = _download(context, session_id, session.test_id, api, store, downloads)
     except SettingsError as exc:
         raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
@@ -110,7 +135,53 @@ def session_video(
         start_time=session.start_time,
         finish_time=session.finish_time,
     )
-    return dg.Output(video, metadata=_download_metadata(session, download, media))
+    return video, _download_metadata(session, download, media)
+
+
+def _ingest_range(
+    context: dg.AssetExecutionContext,
+    keys: Sequence[str],
+    config: SessionVideoConfig,
+    api: UserTestingApiResource,
+    storage: VideoStorageResource,
+    downloads: DownloadSettingsResource,
+) -> Iterator[Any]:
+    store = storage.store()
+    context.log.info(f"this run stores {len(keys)} sessions, one after the other")
+    stored: dict[str, StoredVideo] = {}
+    metadata: dict[str, dict[str, Any]] = {}
+    failures: dict[str, dg.Failure] = {}
+    for number, key in enumerate(keys, start=1):
+        context.log.info(f"session {number} of {len(keys)}: {key}")
+        try:
+            video, video_metadata = _ingest(context, key, config, api, storage, downloads)
+            if isinstance(video, DownloadedVideo):
+                try:
+                    video = complete_video(context.log, video, store)
+                except StorageError as exc:
+                    raise dg.Failure(f"session {key}: {exc}") from None
+                video_metadata = {**video_metadata, **stored_metadata(video, store)}
+        except dg.Failure as failure:
+            context.log.error(f"session {key} failed: {failure.description}")
+            failures[key] = failure
+            continue
+        stored[key], metadata[key] = video, video_metadata
+    if not failures:
+        for key, video_metadata in metadata.items():
+            context.add_asset_metadata(video_metadata, partition_key=key)
+        yield dg.Output(stored)
+        return
+    # The run fails, so its output (which would materialize every partition of the range) is never emitted:
+    # record the stored sessions one by one and check them here, since the check steps will be skipped.
+    for key, video_metadata in metadata.items():
+        yield dg.AssetMaterialization(asset_key=context.asset_key, partition=key, metadata=video_metadata)
+    for key in stored:
+        yield from video_check_evaluations(context.instance, store, key)
+    summary = "; ".join(f"{key}: {failure.description}" for key, failure in failures.items())
+    raise dg.Failure(
+        f"{len(failures)} of {len(keys)} sessions failed ({len(stored)} stored and checked): {summary}",
+        allow_retries=any(failure.allow_retries for failure in failures.values()),
+    )
 
 
 def _discovered_session(context: dg.AssetExecutionContext, session_id: str) -> SessionRecord:

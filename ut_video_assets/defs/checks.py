@@ -1,18 +1,22 @@
 """Asset checks: is each stored video the one we downloaded, is it a video, and is the catalog sound."""
 
 import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import dagster as dg
 
 from ut_video_assets.catalog import duplicate_session_ids, read_parquet_bytes
 from ut_video_assets.defs.assets import session_video, video_catalog
 from ut_video_assets.defs.partitions import session_partitions
-from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import VideoStorageResource
-from ut_video_assets.media import NotAVideoError, probe
-from ut_video_assets.storage import VIDEO_NAME, StorageError, open_stored_video
-
-SESSION_VIDEO_KEY = session_video.key
+from ut_video_assets.defs.verification import (
+    CHECKSUM_CHECK,
+    PLAYABLE_CHECK,
+    checksum_evaluation,
+    playable_evaluation,
+)
+from ut_video_assets.storage import VIDEO_NAME, VideoStore
 
 # One check result per session needs a partitioned asset check, a Dagster 1.13 preview feature we rely on on
 # purpose (dagster-1.13-notes §2); silence just that notice.
@@ -21,84 +25,40 @@ warnings.filterwarnings(
 )
 
 
-def _expected_sha256(instance: dg.DagsterInstance, session_id: str) -> str | None:
-    """The SHA-256 recorded by the latest materialization of this partition (computed while downloading)."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=SESSION_VIDEO_KEY, asset_partitions=[session_id]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get("sha256")
-    return str(value.value) if value is not None else None
-
-
-def _never_discovered(session_id: str) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=False, description=f"session {session_id} was never discovered")
+def _per_partition(
+    context: dg.AssetCheckExecutionContext,
+    storage: VideoStorageResource,
+    evaluate: Callable[[dg.DagsterInstance, VideoStore, str], dg.AssetCheckEvaluation],
+) -> Iterator[dg.AssetCheckEvaluation | dg.Output[None]]:
+    """One evaluation per partition of the run (one, or the range a batch run stored), then the check step's
+    own (empty) output: the results are the evaluations, which Dagster files under their partitions."""
+    store = storage.store()
+    for session_id in context.op_execution_context.partition_keys:
+        yield evaluate(context.instance, store, session_id)
+    yield dg.Output(None)
 
 
 @dg.asset_check(
     asset=session_video,
-    name="session_video_checksum",
+    name=CHECKSUM_CHECK,
     blocking=True,
     partitions_def=session_partitions,
     description="Re-reads the stored video and compares its SHA-256 with the one computed while downloading.",
 )
-def session_video_checksum(
-    context: dg.AssetCheckExecutionContext, storage: VideoStorageResource
-) -> dg.AssetCheckResult:
-    session_id = context.partition_key
-    session = lookup_session(context.instance, session_id)
-    if session is None:
-        return _never_discovered(session_id)
-    expected = _expected_sha256(context.instance, session_id)
-    if not expected:
-        return dg.AssetCheckResult(passed=False, description="no recorded checksum for this partition")
-    store = storage.store()
-    try:
-        result = store.verify_video(session.test_id, session_id, expected)
-    except StorageError as exc:
-        return dg.AssetCheckResult(passed=False, description=str(exc))
-    return dg.AssetCheckResult(
-        passed=result.ok,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=result.reason,
-        metadata={
-            "expected_sha256": expected,
-            "actual_sha256": result.actual_sha256 or "",
-            "bytes_read": result.size or 0,
-            "storage_path": dg.MetadataValue.path(store.uri(store.video_key(session.test_id, session_id))),
-        },
-    )
+def session_video_checksum(context: dg.AssetCheckExecutionContext, storage: VideoStorageResource) -> Any:
+    # `Any`: Dagster types a check as returning one AssetCheckResult; this one yields per-partition evaluations.
+    yield from _per_partition(context, storage, checksum_evaluation)
 
 
 @dg.asset_check(
     asset=session_video,
-    name="session_video_playable",
+    name=PLAYABLE_CHECK,
     blocking=True,
     partitions_def=session_partitions,
     description="Opens the stored object as a video (ranged reads, no full download) and decodes a frame.",
 )
-def session_video_playable(
-    context: dg.AssetCheckExecutionContext, storage: VideoStorageResource
-) -> dg.AssetCheckResult:
-    session_id = context.partition_key
-    session = lookup_session(context.instance, session_id)
-    if session is None:
-        return _never_discovered(session_id)
-    store = storage.store()
-    stored = store.head_video(session.test_id, session_id)
-    if stored is None:
-        return dg.AssetCheckResult(passed=False, description="no stored object")
-    try:
-        with open_stored_video(store, stored) as reader:
-            info = probe(reader, decode_frames=1)
-    except NotAVideoError as exc:
-        return dg.AssetCheckResult(passed=False, description=f"not a playable video: {exc}")
-    return dg.AssetCheckResult(
-        passed=True,
-        description=f"{info.container} {info.resolution} {info.video_codec}/{info.audio_codec or 'no audio'}",
-        metadata={"duration_seconds": info.duration_seconds or 0.0, "resolution": info.resolution},
-    )
+def session_video_playable(context: dg.AssetCheckExecutionContext, storage: VideoStorageResource) -> Any:
+    yield from _per_partition(context, storage, playable_evaluation)
 
 
 @dg.asset_check(asset=video_catalog, name="video_catalog_unique_sessions", blocking=True)

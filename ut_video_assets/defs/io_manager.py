@@ -95,27 +95,12 @@ def stored_metadata(stored: StoredVideo, store: VideoStore | None = None) -> dic
     return metadata
 
 
-class SessionVideoIOManager(dg.ConfigurableIOManager):
-    """Stores session videos in S3 (multipart, checksummed, all-or-nothing) and loads their records."""
-
-    storage: VideoStorageResource
-
-    def handle_output(self, context: dg.OutputContext, obj: DownloadedVideo | StoredVideo) -> None:
-        if isinstance(obj, StoredVideo):
-            context.add_output_metadata(stored_metadata(obj, self.storage.store()))
-            return
-        store = self.storage.store()
-        spool = obj.download.path
-        try:
-            stored = self._upload(context, store, obj)
-        finally:
-            Path(spool).unlink(missing_ok=True)
-        context.add_output_metadata(stored_metadata(stored, store))
-
-    def _upload(self, context: dg.OutputContext, store: VideoStore, video: DownloadedVideo) -> StoredVideo:
-        download = video.download
-        upload = video.upload
-        context.log.info(
+def complete_video(log: Any, video: DownloadedVideo, store: VideoStore) -> StoredVideo:
+    """Finish the video's upload (make it visible at its key with its metadata), write its catalog record next
+    to it, and remove the spool file whatever happens. ``log`` is a Dagster logger."""
+    download, upload = video.download, video.upload
+    try:
+        log.info(
             f"session {download.session_id}: completing the upload to S3 ({upload.bytes_sent / 1048576:,.1f} of "
             f"{download.size / 1048576:,.1f} MiB sent while downloading)"
         )
@@ -128,8 +113,28 @@ class SessionVideoIOManager(dg.ConfigurableIOManager):
             },
         )
         store.put_record(video.test_id, download.session_id, video.catalog_record(stored))
-        context.log.info(f"session {download.session_id}: stored at {stored.uri}")
-        return stored
+    finally:
+        Path(download.path).unlink(missing_ok=True)
+    log.info(f"session {download.session_id}: stored at {stored.uri}")
+    return stored
+
+
+class SessionVideoIOManager(dg.ConfigurableIOManager):
+    """Stores session videos in S3 (multipart, checksummed, all-or-nothing) and loads their records."""
+
+    storage: VideoStorageResource
+
+    def handle_output(
+        self, context: dg.OutputContext, obj: DownloadedVideo | StoredVideo | dict[str, StoredVideo]
+    ) -> None:
+        if isinstance(obj, dict):
+            # A run over several sessions stores each one as soon as it is downloaded (so spool files never
+            # pile up) with `complete_video`, and records each partition's metadata itself.
+            context.log.info(f"{len(obj)} session videos stored by this run")
+            return
+        store = self.storage.store()
+        stored = obj if isinstance(obj, StoredVideo) else complete_video(context.log, obj, store)
+        context.add_output_metadata(stored_metadata(stored, store))
 
     def load_input(self, context: dg.InputContext) -> StoredVideo:
         session_id = context.asset_partition_key

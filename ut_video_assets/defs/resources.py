@@ -18,8 +18,10 @@ from pydantic import PrivateAttr
 from ut_video_assets.discovery import DiscoveryAllowance
 from ut_video_assets.ratelimit import RequestBudget, build_budget
 from ut_video_assets.settings import (
+    DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS,
     DEFAULT_MAX_CONCURRENT_DOWNLOADS,
     DEFAULT_RATE_LIMIT_PER_MINUTE,
+    DEFAULT_SESSIONS_PER_RUN,
     SettingsError,
     default_budget_path,
     default_spool_dir,
@@ -66,6 +68,7 @@ class UserTestingApiResource(dg.ConfigurableResource):
     budget_url: str | None = None
     instance_postgres_url: str | None = None
     discovery_budget_share: str | None = None
+    discovery_busy_interval_seconds: str | None = None
 
     _http: httpx.Client | None = PrivateAttr(default=None)
     _client: ResultsApiClient | None = PrivateAttr(default=None)
@@ -125,6 +128,15 @@ class UserTestingApiResource(dg.ConfigurableResource):
             raise SettingsError(f"UT_DISCOVERY_BUDGET_SHARE must be at most 1, got {share}")
         return DiscoveryAllowance(self._budget.limit, self._budget.window_seconds, share)
 
+    def discovery_busy_interval(self) -> float:
+        """How often discovery may look at the API while downloads are queued or running
+        (``UT_DISCOVERY_BUSY_INTERVAL_SECONDS``): their URL requests need the budget more than polling does."""
+        return parse_positive_float(
+            self.discovery_busy_interval_seconds,
+            "UT_DISCOVERY_BUSY_INTERVAL_SECONDS",
+            DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS,
+        )
+
     def watched_test_ids(self) -> tuple[str, ...]:
         return parse_test_ids(self.test_ids, "UT_TEST_IDS")
 
@@ -162,6 +174,11 @@ class DownloadSettingsResource(dg.ConfigurableResource):
     spool_dir: str | None = None
     read_timeout_seconds: str | None = None
     max_concurrent_downloads: str | None = None
+    sessions_per_run: str | None = None
+
+    def batch_size(self) -> int:
+        """How many newly discovered sessions one run downloads (``UT_SESSIONS_PER_RUN``)."""
+        return parse_positive_int(self.sessions_per_run, "UT_SESSIONS_PER_RUN", DEFAULT_SESSIONS_PER_RUN)
 
     def download_limit(self) -> int:
         return parse_positive_int(

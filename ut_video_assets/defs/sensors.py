@@ -4,6 +4,7 @@ import os
 import time
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from ut_video_assets.defs.assets import session_video, video_catalog
 from ut_video_assets.defs.partitions import session_partitions
@@ -24,8 +25,16 @@ session_video_job = dg.define_asset_job(
     "session_video_job",
     selection=dg.AssetSelection.assets(session_video),
     tags={DOWNLOAD_TAG: "true"},
-    description="Download one session's video into the bucket and run its checks (one run per partition).",
+    description="Download session videos into the bucket and run their checks (one partition, or a range of "
+    "newly discovered ones, per run).",
 )
+
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 video_catalog_job = dg.define_asset_job(
     "video_catalog_job",
@@ -40,7 +49,7 @@ video_catalog_job = dg.define_asset_job(
     minimum_interval_seconds=DISCOVERY_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Pages the Results API for newly completed sessions of every test in UT_TEST_IDS, adds them as "
-    "session_ids partitions and requests one session_video run each.",
+    "session_ids partitions and requests session_video runs of up to UT_SESSIONS_PER_RUN sessions each.",
 )
 def completed_sessions_sensor(
     context: dg.SensorEvaluationContext, api: UserTestingApiResource, downloads: DownloadSettingsResource
@@ -50,6 +59,13 @@ def completed_sessions_sensor(
     cursor = DiscoveryCursor.from_json(context.cursor)
     allowance = api.discovery_allowance()
     now = time.time()
+    busy_interval = api.discovery_busy_interval()
+    if now - cursor.looked_at < busy_interval and _downloads_in_flight(context.instance):
+        wait = busy_interval - (now - cursor.looked_at)
+        return dg.SkipReason(
+            f"session_video runs are queued or running: the Results API budget goes to their video URLs; "
+            f"next look in {wait:.0f} s at the latest (UT_DISCOVERY_BUSY_INTERVAL_SECONDS)"
+        )
     credit = allowance.available(cursor, now)
     if credit < 1:
         context.update_cursor(cursor.to_json())
@@ -69,6 +85,8 @@ def completed_sessions_sensor(
         time_limit_seconds=TICK_TIME_LIMIT_SECONDS,
     )
     result.cursor.credit, result.cursor.credit_at = credit - result.requests, now
+    if result.requests:
+        result.cursor.looked_at = now
     for reason in result.rejected[:20]:
         context.log.warning(f"ignored an invalid session entry: {reason}")
     notes = "; ".join(result.unfinished)
@@ -82,11 +100,38 @@ def completed_sessions_sensor(
         f"discovered {len(keys)} new session(s) with {result.requests} API request(s){'; ' + notes if notes else ''}"
     )
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=key, run_key=key) for key in keys],
+        run_requests=run_requests_for(keys, downloads.batch_size()),
         dynamic_partitions_requests=[session_partitions.build_add_request(keys)],
         asset_events=[session_observation(session) for session in result.new_sessions],
         cursor=result.cursor.to_json(),
     )
+
+
+def run_requests_for(keys: list[str], per_run: int) -> list[dg.RunRequest]:
+    """Runs for newly added partitions: chunks of up to ``per_run`` keys, each a partition range.
+
+    The keys are added to the dynamic partitions in this order by the same tick, so each chunk is a contiguous
+    range in the partitions' insertion order, which is how Dagster resolves a range. The run key names the
+    range, so a re-evaluated tick never launches it twice.
+    """
+    requests = []
+    for start in range(0, len(keys), per_run):
+        chunk = keys[start : start + per_run]
+        if len(chunk) == 1:
+            requests.append(dg.RunRequest(partition_key=chunk[0], run_key=chunk[0]))
+            continue
+        first, last = chunk[0], chunk[-1]
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{first}...{last}",
+                tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+            )
+        )
+    return requests
+
+
+def _downloads_in_flight(instance: dg.DagsterInstance) -> bool:
+    return bool(instance.get_runs(dg.RunsFilter(tags={DOWNLOAD_TAG: "true"}, statuses=_ACTIVE), limit=1))
 
 
 def sync_download_pool(instance: dg.DagsterInstance, limit: int) -> None:
@@ -97,14 +142,6 @@ def sync_download_pool(instance: dg.DagsterInstance, limit: int) -> None:
         return
     if storage.get_concurrency_info(DOWNLOAD_POOL).slot_count != limit:
         storage.set_concurrency_slots(DOWNLOAD_POOL, limit)
-
-
-_ACTIVE = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 @dg.sensor(

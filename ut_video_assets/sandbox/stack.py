@@ -525,17 +525,31 @@ def _latest_check_results(instance: dg.DagsterInstance, check_key: Any) -> tuple
 def _read_runs(instance: dg.DagsterInstance, progress: Progress) -> None:
     import dagster as dg
 
+    position = {key: index for index, key in enumerate(progress.discovered)}  # insertion order, as Dagster's
     for run in instance.get_runs(dg.RunsFilter(job_name=SESSION_VIDEO_JOB)):  # newest first
-        key = run.tags.get("dagster/partition")
-        if key is None or key in progress.run_status:
-            continue
-        progress.run_status[key] = run.status.value
-        if run.status == dg.DagsterRunStatus.FAILURE:
-            progress.failures[key] = _failure_message(instance, run.run_id)
+        keys = _run_partitions(run.tags, progress.discovered, position)
+        failure = _failure_message(instance, run.run_id) if run.status == dg.DagsterRunStatus.FAILURE else None
+        for key in keys:
+            if key in progress.run_status:
+                continue
+            progress.run_status[key] = run.status.value
+            # A failed run over several sessions has still stored (and checked) the others of its range.
+            if failure is not None and key not in progress.stored:
+                progress.failures[key] = failure
     progress.queued = sum(status in ("QUEUED", "NOT_STARTED") for status in progress.run_status.values())
     progress.running = sum(status in ("STARTING", "STARTED") for status in progress.run_status.values())
     for run in instance.get_runs(dg.RunsFilter(job_name=CATALOG_JOB, statuses=[dg.DagsterRunStatus.FAILURE])):
         progress.catalog_run_failures.append(_failure_message(instance, run.run_id))
+
+
+def _run_partitions(tags: Mapping[str, str], discovered: list[str], position: dict[str, int]) -> list[str]:
+    """The session partitions a run covers: its partition, or the range (in insertion order) it was given."""
+    if "dagster/partition" in tags:
+        return [tags["dagster/partition"]]
+    first, last = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
+    if first not in position or last not in position:
+        return []
+    return discovered[position[first] : position[last] + 1]
 
 
 def _read_catalog(instance: dg.DagsterInstance, progress: Progress) -> None:

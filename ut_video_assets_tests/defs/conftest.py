@@ -49,6 +49,25 @@ class Pipeline:
             instance=self.instance, partition_key=session_id, run_config=run_config, raise_on_error=False
         )
 
+    def materialize_range(self, first: str, last: str) -> dg.ExecuteInProcessResult:
+        """One run over the partitions ``first`` to ``last`` (insertion order), as the sensor requests them."""
+        tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+        return self.defs.resolve_job_def("session_video_job").execute_in_process(
+            instance=self.instance, tags=tags, raise_on_error=False
+        )
+
+    def requested_keys(self, result: dg.SensorResult) -> list[list[str]]:
+        """The partitions of each run a sensor result requests (a range resolved in insertion order)."""
+        order = list(self.instance.get_dynamic_partitions("session_ids"))
+        runs = []
+        for request in result.run_requests or []:
+            key_range = request.partition_key_range
+            if key_range is None:
+                runs.append([str(request.partition_key)])
+            else:
+                runs.append(order[order.index(key_range.start) : order.index(key_range.end) + 1])
+        return runs
+
     def run_checks(self, asset: dg.AssetKey, partition_key: str | None = None) -> dg.ExecuteInProcessResult:
         """Run only the checks of ``asset`` (as "Execute checks" in the UI does)."""
         checks = dg.AssetSelection.checks_for_assets(asset).resolve_checks(self.defs.resolve_asset_graph())
@@ -78,6 +97,7 @@ def pipeline(
         "UT_SPOOL_DIR": str(spool),
         "UT_DOWNLOAD_READ_TIMEOUT_SECONDS": "2",
         "UT_S3_PART_SIZE_MIB": "5",
+        "UT_SESSIONS_PER_RUN": "3",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -37,8 +37,10 @@ def test_sensor_adds_partitions_records_tests_and_requests_runs(pipeline: Pipeli
     result = pipeline.tick()
     assert isinstance(result, dg.SensorResult)
     expected = {s.session_id: s.test_id for t in pipeline.sandbox.test_ids for s in pipeline.sandbox.sessions(t)}
-    assert {r.partition_key for r in result.run_requests or []} == set(expected)
-    assert all(r.run_key == r.partition_key for r in result.run_requests or [])
+    runs = pipeline.requested_keys(result)
+    assert sorted(key for run in runs for key in run) == sorted(expected)  # every new session, once
+    assert [len(run) for run in runs] == [min(3, len(expected) - i) for i in range(0, len(expected), 3)]
+    assert len({r.run_key for r in result.run_requests or []}) == len(runs)
     assert set(pipeline.instance.get_dynamic_partitions("session_ids")) == set(expected)
     observations = {e.partition: e.metadata["test_id"].value for e in result.asset_events}  # type: ignore[union-attr]
     assert observations == expected
@@ -84,15 +86,15 @@ def test_discovery_keeps_to_its_share_of_the_budget(pipeline: Pipeline, monkeypa
     pipeline.defs = build_defs()
     first = pipeline.tick()
     assert isinstance(first, dg.SensorResult)
-    first_tests = {r.partition_key for r in first.run_requests or []}
-    assert first_tests == {s.session_id for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0])}
+    in_ranges = {key for run in pipeline.requested_keys(first) for key in run}
+    assert in_ranges == {s.session_id for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0])}
     second = pipeline.tick()
     assert isinstance(second, dg.SkipReason)
     assert "share of the Results API budget" in (second.skip_message or "")
     time.sleep(4.2)  # the share refills at 1 request per 4 s
     third = pipeline.tick()
     assert isinstance(third, dg.SensorResult)
-    assert {r.partition_key for r in third.run_requests or []} == {
+    assert {key for run in pipeline.requested_keys(third) for key in run} == {
         s.session_id for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[1])
     }
     assert pipeline.sandbox.stats()["requests"] == {"list": 2}
@@ -131,6 +133,63 @@ def test_materializes_a_session_with_checks_metadata_and_no_spool_left(pipeline:
         dg.AssetCheckKey(SESSION_VIDEO, "session_video_checksum"), limit=5
     )
     assert [(h.partition, h.status.value) for h in history] == [(session.session_id, "SUCCEEDED")]
+
+
+def test_one_run_stores_a_range_of_sessions_each_with_its_own_metadata_and_checks(pipeline: Pipeline) -> None:
+    pipeline.tick()
+    order = list(pipeline.instance.get_dynamic_partitions("session_ids"))
+    by_id = {s.session_id: s for t in pipeline.sandbox.test_ids for s in pipeline.sandbox.sessions(t)}
+    # The longest stretch of consecutive partitions that all have a video.
+    stretches: list[list[str]] = [[]]
+    for key in order:
+        if by_id[key].has_video:
+            stretches[-1].append(key)
+        else:
+            stretches.append([])
+    keys = max(stretches, key=len)
+    assert len(keys) >= 2
+    sessions = [by_id[key] for key in keys]
+    result = pipeline.materialize_range(keys[0], keys[-1])
+    assert result.success
+    materializations = {m.partition: m.metadata for m in result.asset_materializations_for_node("session_video")}
+    assert set(materializations) == set(keys)
+    for session in sessions:
+        expected_sha = hashlib.sha256(pipeline.sandbox.video_bytes(session)).hexdigest()
+        assert materializations[session.session_id]["sha256"].value == expected_sha  # each its own metadata
+        assert materializations[session.session_id]["test_id"].value == session.test_id
+    evaluations = {(e.check_name, e.partition): e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations == {
+        (name, key): True for name in ("session_video_checksum", "session_video_playable") for key in keys
+    }
+    for name in ("session_video_checksum", "session_video_playable"):
+        history = pipeline.instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(SESSION_VIDEO, name), limit=10
+        )
+        assert sorted((h.partition, h.status.value) for h in history) == sorted((k, "SUCCEEDED") for k in keys)
+    assert list(pipeline.spool_dir.glob("*")) == []
+
+
+def test_a_failed_session_in_a_range_keeps_the_others_stored_and_checked(pipeline: Pipeline) -> None:
+    pipeline.tick()
+    order = list(pipeline.instance.get_dynamic_partitions("session_ids"))
+    by_id = {s.session_id: s for t in pipeline.sandbox.test_ids for s in pipeline.sandbox.sessions(t)}
+    gap = next(i for i, key in enumerate(order) if not by_id[key].has_video)
+    keys = order[max(gap - 2, 0) : gap + 2]  # a range with a session without video inside
+    in_range = [by_id[key] for key in keys]
+    no_video = {s.session_id for s in in_range if not s.has_video}
+    assert no_video and set(keys) - no_video
+    result = pipeline.materialize_range(keys[0], keys[-1])
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data)
+    assert f"{len(no_video)} of {len(keys)} sessions failed" in message and "has no video" in message
+    stored = {m.partition for m in result.asset_materializations_for_node("session_video")}
+    assert stored == set(keys) - no_video
+    evaluations = {(e.check_name, e.partition): e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations == {(n, k): True for n in ("session_video_checksum", "session_video_playable") for k in stored}
+    for session in in_range:
+        assert (pipeline.store.head_video(session.test_id, session.session_id) is None) == (not session.has_video)
+    assert pipeline.sandbox.stats()["statuses"]["video_url"].get("404") == len(no_video)  # not retried
 
 
 def test_rerun_does_not_download_again_unless_forced(pipeline: Pipeline) -> None:

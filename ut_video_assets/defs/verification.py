@@ -1,0 +1,121 @@
+"""The two checks of a stored session video, as per-partition check evaluations.
+
+One run may store several sessions (a contiguous range of partitions, `session_video`), and Dagster 1.13 records
+an `AssetCheckResult` of such a run without its partition (dagster-1.13-notes §2). So the checks yield one
+`AssetCheckEvaluation` per partition instead, linked to the materialization it checked; the asset uses the same
+functions to check the sessions it did store when others in its range failed (their check steps are skipped).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+# Not exported at the top level; it links an evaluation to the materialization it checked (the UI shows a
+# check as outdated once a newer materialization exists). Pinned Dagster version: dagster-1.13-notes §0.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
+
+from ut_video_assets.defs.registry import lookup_session
+from ut_video_assets.media import NotAVideoError, probe
+from ut_video_assets.storage import StorageError, VideoStore, open_stored_video
+
+SESSION_VIDEO_KEY = dg.AssetKey("session_video")
+CHECKSUM_CHECK = "session_video_checksum"
+PLAYABLE_CHECK = "session_video_playable"
+VIDEO_CHECKS = (CHECKSUM_CHECK, PLAYABLE_CHECK)
+
+
+def _latest_materialization(instance: dg.DagsterInstance, session_id: str) -> dg.EventLogRecord | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=SESSION_VIDEO_KEY, asset_partitions=[session_id]), limit=1
+    ).records
+    return records[0] if records and records[0].asset_materialization is not None else None
+
+
+def _evaluation(
+    check_name: str,
+    session_id: str,
+    passed: bool,
+    description: str,
+    target: dg.EventLogRecord | None,
+    metadata: dict[str, dg.RawMetadataValue] | None = None,
+) -> dg.AssetCheckEvaluation:
+    return dg.AssetCheckEvaluation(
+        asset_key=SESSION_VIDEO_KEY,
+        check_name=check_name,
+        passed=passed,
+        partition=session_id,
+        description=description,
+        metadata=metadata or {},
+        severity=dg.AssetCheckSeverity.ERROR,
+        blocking=True,
+        target_materialization_data=(
+            AssetCheckEvaluationTargetMaterializationData(
+                storage_id=target.storage_id, run_id=target.run_id, timestamp=target.timestamp
+            )
+            if target is not None
+            else None
+        ),
+    )
+
+
+def checksum_evaluation(instance: dg.DagsterInstance, store: VideoStore, session_id: str) -> dg.AssetCheckEvaluation:
+    """Re-read the stored video and compare its SHA-256 with the one its materialization recorded."""
+    target = _latest_materialization(instance, session_id)
+    session = lookup_session(instance, session_id)
+    if session is None:
+        return _evaluation(CHECKSUM_CHECK, session_id, False, f"session {session_id} was never discovered", target)
+    value = target.asset_materialization.metadata.get("sha256") if target and target.asset_materialization else None
+    expected = str(value.value) if value is not None else ""
+    if not expected:
+        return _evaluation(CHECKSUM_CHECK, session_id, False, "no recorded checksum for this partition", target)
+    try:
+        result = store.verify_video(session.test_id, session_id, expected)
+    except StorageError as exc:
+        return _evaluation(CHECKSUM_CHECK, session_id, False, str(exc), target)
+    return _evaluation(
+        CHECKSUM_CHECK,
+        session_id,
+        result.ok,
+        result.reason,
+        target,
+        {
+            "expected_sha256": expected,
+            "actual_sha256": result.actual_sha256 or "",
+            "bytes_read": result.size or 0,
+            "storage_path": dg.MetadataValue.path(store.uri(store.video_key(session.test_id, session_id))),
+        },
+    )
+
+
+def playable_evaluation(instance: dg.DagsterInstance, store: VideoStore, session_id: str) -> dg.AssetCheckEvaluation:
+    """Open the stored object as a video through ranged reads and decode a frame."""
+    target = _latest_materialization(instance, session_id)
+    session = lookup_session(instance, session_id)
+    if session is None:
+        return _evaluation(PLAYABLE_CHECK, session_id, False, f"session {session_id} was never discovered", target)
+    try:
+        stored = store.head_video(session.test_id, session_id)
+        if stored is None:
+            return _evaluation(PLAYABLE_CHECK, session_id, False, "no stored object", target)
+        with open_stored_video(store, stored) as reader:
+            info = probe(reader, decode_frames=1)
+    except StorageError as exc:
+        return _evaluation(PLAYABLE_CHECK, session_id, False, str(exc), target)
+    except NotAVideoError as exc:
+        return _evaluation(PLAYABLE_CHECK, session_id, False, f"not a playable video: {exc}", target)
+    return _evaluation(
+        PLAYABLE_CHECK,
+        session_id,
+        True,
+        f"{info.container} {info.resolution} {info.video_codec}/{info.audio_codec or 'no audio'}",
+        target,
+        {"duration_seconds": info.duration_seconds or 0.0, "resolution": info.resolution},
+    )
+
+
+def video_check_evaluations(
+    instance: dg.DagsterInstance, store: VideoStore, session_id: str
+) -> list[dg.AssetCheckEvaluation]:
+    return [checksum_evaluation(instance, store, session_id), playable_evaluation(instance, store, session_id)]
