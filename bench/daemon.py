@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
+
 from bench.common import median, tool
 from ut_video_assets.sandbox.scenario import SandboxConfig
 from ut_video_assets.sandbox.stack import LocalStack, StackOptions, read_progress
@@ -71,6 +73,7 @@ def budget_leg(sessions: int, overhead_runs: int, echo: Any = print, timeout: fl
                     break
                 time.sleep(0.5)
             stats = stack.sandbox.stats()
+            runs = instance.get_runs(dg.RunsFilter(job_name="session_video_job"))
             accepted = sorted(float(t) for t in stats["acceptedTimes"])
             by_endpoint = {k: int(v) for k, v in stats["requests"].items()}
             pages_needed = tests * (math.floor(math.ceil(sessions / tests) / PAGE_SIZE) + 1)
@@ -90,6 +93,8 @@ def budget_leg(sessions: int, overhead_runs: int, echo: Any = print, timeout: fl
                 "minimum_seconds": minimum,
                 "checked": len(checked),
                 "failed_runs": failed,
+                "session_video_runs": len(runs),
+                "sessions_per_run": stack.env().get("UT_SESSIONS_PER_RUN", "default"),
                 "timeout_seconds": timeout,
             }
             if done_at is not None and accepted:

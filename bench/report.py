@@ -90,7 +90,8 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
         "- **Destination**: a bucket in the same store. Every tool's object is checked afterwards (its size), ours "
         "also reads back its recorded SHA-256 and stores every part with an S3 SHA-256 checksum.",
         "- **Ours** = `python -m bench.ingest`: a fresh process running `download_video` (streaming to a spool "
-        "file with SHA-256) then `VideoStore.upload_video` (multipart, per-part SHA-256, read-back), the code "
+        "file with SHA-256) with a `StreamingUpload` sending each finished 64 MiB part alongside (multipart, "
+        "per-part SHA-256), then `finish` (last part, complete, metadata with the SHA-256, read-back): the code "
         "the asset and the IO manager run. Wall time of the whole process, start-up included, like the peers'.",
         "- **Peers**: `rclone copyurl URL dest:bucket/key` (S3 remote from `RCLONE_CONFIG_DEST_*` variables, "
         "`provider=Other`, path style, defaults otherwise) and `curl -sSf URL | aws s3 cp - s3://bucket/key` "
@@ -101,7 +102,8 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
         "and ours (`UT_RATE_LIMIT_PER_MINUTE=10`, `UT_RATE_LIMIT_WINDOW_SECONDS=10`) at 10 requests per 10 s. "
         "Wall time runs from the first API request the sandbox accepted until every session's video is stored "
         "and both its checks passed; the minimum is requests needed (list pages + one URL per session) x 10 s / "
-        "10. One repetition: the leg takes minutes.",
+        "10. The pipeline runs with its defaults otherwise: the sensor requests runs of up to 10 sessions "
+        "(`UT_SESSIONS_PER_RUN`), at most 4 downloading at once. One repetition: the leg takes minutes.",
         "- **Dagster overhead**: CPU (user + system) of `dagster asset materialize` for one partition (small "
         "video, forced download, both checks), as the growth of the bench's `RUSAGE_CHILDREN`: the run and any "
         "process it starts are counted, nothing else.",
@@ -251,6 +253,7 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
                 "ratio",
                 "429s",
                 "from daemon start s",
+                "session_video runs",
             ],
             [
                 [
@@ -262,6 +265,7 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
                     _f(budget.get("ratio_to_minimum"), 2),
                     budget["rate_limited_429"],
                     budget.get("wall_seconds_from_daemon_start"),
+                    budget.get("session_video_runs", "-"),
                 ]
             ],
         )
@@ -361,6 +365,38 @@ def _baseline_section(baseline: dict[str, Any], results: dict[str, Any]) -> list
                 "peak RSS, largest video, MiB",
                 max(r["median_peak_rss_mib"] for r in before["rows"]),
                 max(r["median_peak_rss_mib"] for r in after["rows"]),
+            ]
+        )
+    before, after = baseline["legs"].get("budget"), results["legs"].get("budget")
+    if before and after:
+        rows.append(
+            ["budget leg: wall / minimum", _f(before.get("ratio_to_minimum"), 2), _f(after.get("ratio_to_minimum"), 2)]
+        )
+        rows.append(
+            [
+                "budget leg: API requests (list pages + video URLs)",
+                f"{before['api_requests']} ({before['api_requests_by_endpoint'].get('list', 0)} + "
+                f"{before['api_requests_by_endpoint'].get('video_url', 0)})",
+                f"{after['api_requests']} ({after['api_requests_by_endpoint'].get('list', 0)} + "
+                f"{after['api_requests_by_endpoint'].get('video_url', 0)})",
+            ]
+        )
+        rows.append(
+            [
+                "CPU s per one-partition run",
+                _f(before["overhead"]["median_cpu_seconds_per_run"], 2),
+                _f(after["overhead"]["median_cpu_seconds_per_run"], 2),
+            ]
+        )
+    before, after = baseline["legs"].get("scale"), results["legs"].get("scale")
+    if before and after:
+        old_catalog, new_catalog = before["catalog"], after["catalog"]
+        rows.append(
+            [
+                f"catalog over {new_catalog['sessions']:,} sessions, s",
+                _f(old_catalog.get("median_seconds", old_catalog.get("median_cold_seconds")), 1),
+                f"{_f(new_catalog['median_cold_seconds'], 1)} from scratch, "
+                f"{_f(new_catalog['median_incremental_seconds'], 1)} refresh",
             ]
         )
     if not rows:

@@ -31,6 +31,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ut_video_assets.ids import normalize_uuid
+from ut_video_assets.rawio import SizedReader
 from ut_video_assets.redact import redact_text
 
 if TYPE_CHECKING:
@@ -359,7 +360,7 @@ def record_to_json(record: object) -> dict[str, Any]:
     return asdict(record)  # type: ignore[call-overload, no-any-return]
 
 
-class S3RangeReader(io.RawIOBase):
+class S3RangeReader(SizedReader):
     """A seekable, read-only file over one S3 object, fetched with ranged GETs.
 
     Lets PyAV probe a stored video (it seeks to the ``moov`` box wherever it is) without downloading all of it
@@ -367,44 +368,28 @@ class S3RangeReader(io.RawIOBase):
     """
 
     def __init__(self, client: Any, bucket: str, key: str, size: int, block_size: int = 4 * MiB) -> None:
-        super().__init__()
+        super().__init__(size)
         self._client = client
         self._bucket = bucket
         self._key = key
-        self._size = size
-        self._position = 0
         self._block_size = block_size
         self._block_start = -1
         self._block = b""
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
     def readinto(self, buffer: Any) -> int:
-        if self._position >= self._size:
+        if self.position >= self.size:
             return 0
         view = memoryview(buffer).cast("B")
-        if not self._block_start <= self._position < self._block_start + len(self._block):
-            start = self._position
-            end = min(start + max(self._block_size, len(view)), self._size) - 1
+        if not self._block_start <= self.position < self._block_start + len(self._block):
+            start = self.position
+            end = min(start + max(self._block_size, len(view)), self.size) - 1
             response = self._client.get_object(Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{end}")
             self._block = response["Body"].read()
             self._block_start = start
-        offset = self._position - self._block_start
+        offset = self.position - self._block_start
         count = min(len(view), len(self._block) - offset)
         view[:count] = self._block[offset : offset + count]
-        self._position += count
+        self.position += count
         return count
 
 

@@ -19,7 +19,6 @@ for the same key.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ut_video_assets.ids import normalize_uuid
+from ut_video_assets.rawio import SizedReader
 
 if TYPE_CHECKING:
     from ut_video_assets.storage import StoredVideo, VideoStore
@@ -47,38 +47,22 @@ _SINGLE_COPY_LIMIT = 5 * 1024 * MiB
 _STORE_ERRORS = (BotoCoreError, ClientError, S3UploadFailedError)
 
 
-class _FileWindow(io.RawIOBase):
+class _FileWindow(SizedReader):
     """Bytes ``[start, start + length)`` of a file as a seekable stream (what botocore needs for a part body:
     it reads once to checksum, seeks back, reads again to send; never more than a block in memory)."""
 
     def __init__(self, path: Path, start: int, length: int) -> None:
-        super().__init__()
+        super().__init__(length)
         self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
         self._start = start
-        self._length = length
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, min(self._length, base + offset))
-        return self._pos
 
     def readinto(self, buffer: Any) -> int:
-        count = min(len(buffer), self._length - self._pos)
+        count = min(len(buffer), self.size - self.position)
         if count <= 0:
             return 0
-        self._file.seek(self._start + self._pos)
+        self._file.seek(self._start + self.position)
         got = self._file.readinto(memoryview(buffer)[:count]) or 0
-        self._pos += got
+        self.position += got
         return got
 
     def close(self) -> None:

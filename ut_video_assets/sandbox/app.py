@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import threading
@@ -210,12 +211,18 @@ class SandboxState:
         path = self.clip_dir / f"clip-{seed}.mp4"
         if path.exists():
             return path.read_bytes()
-        data = media.make_clip(seed)
+        # The encoder is not byte-for-byte reproducible, so the first clip written wins: a process that encoded
+        # the same seed at the same time uses the stored one, and every process serves the same bytes.
         self.clip_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        return data
+        tmp.write_bytes(media.make_clip(seed))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return path.read_bytes()
 
     def video_for(self, session: Session) -> bytes | media.PaddedVideo:
         clip = self.clip(session.video_seed)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ut_video_assets.rawio import SizedReader
+
 RESOLUTIONS: tuple[tuple[int, int], ...] = ((320, 240), (480, 270), (640, 360))
 DURATIONS_S: tuple[int, ...] = (2, 3, 4, 5, 6)
 FPS = 10
@@ -50,7 +52,8 @@ class ClipSpec:
 def make_clip(spec: ClipSpec | int) -> bytes:
     """Encode the clip for ``spec`` (or a seed): H.264 yuv420p video with a moving box, AAC mono audio.
 
-    Deterministic for a given seed and PyAV build. Tens of KB for the sizes in `RESOLUTIONS`.
+    The picture and sound follow the seed; the bytes do not always (x264 in the PyAV wheel is not
+    byte-for-byte reproducible), so the sandbox encodes each clip once and keeps it. Tens of KB.
     """
     import av
 
@@ -66,7 +69,6 @@ def make_clip(spec: ClipSpec | int) -> bytes:
     with av.open(buffer, mode="w", format="mp4") as container:
         video: Any = container.add_stream("libx264", rate=spec.fps)
         video.width, video.height, video.pix_fmt = spec.width, spec.height, "yuv420p"
-        # Fixed encoder settings (single thread, no scene-cut randomness) keep the output byte-identical.
         video.options = {"preset": "veryfast", "crf": "30", "threads": "1"}
         audio: Any = container.add_stream("aac", rate=AUDIO_RATE)
         audio.layout = "mono"
@@ -151,30 +153,16 @@ class PaddedVideo:
         return _PaddedReader(self)
 
 
-class _PaddedReader(io.RawIOBase):
+class _PaddedReader(SizedReader):
     def __init__(self, video: PaddedVideo) -> None:
+        super().__init__(video.total_size)
         self._video = video
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._video.total_size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        data = self._video.read_range(self._pos, self._pos + len(view))
+        data = self._video.read_range(self.position, self.position + len(view))
         view[: len(data)] = data
-        self._pos += len(data)
+        self.position += len(data)
         return len(data)
 
 
