@@ -88,10 +88,10 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
         "source is); *proxy* URLs go through the sandbox's download proxy, a Python asyncio relay that is what "
         "the sandbox API hands out, and that burns CPU on the same cores for every tool. Direct is the headline.",
         "- **Destination**: a bucket in the same store. Every tool's object is checked afterwards (its size), ours "
-        "also reads back its recorded SHA-256 and stores every part with an S3 SHA-256 checksum.",
+        "also reads back its recorded SHA-256 and stores every part with an S3 CRC-32 checksum the store verifies.",
         "- **Ours** = `python -m bench.ingest`: a fresh process running `download_video` (streaming to a spool "
         "file with SHA-256) with a `StreamingUpload` sending each finished 64 MiB part alongside (multipart, "
-        "per-part SHA-256), then `finish` (last part, complete, metadata with the SHA-256, read-back): the code "
+        "per-part CRC-32), then `finish` (last part, complete, metadata with the SHA-256, read-back): the code "
         "the asset and the IO manager run. Wall time of the whole process, start-up included, like the peers'.",
         "- **Peers**: `rclone copyurl URL dest:bucket/key` (S3 remote from `RCLONE_CONFIG_DEST_*` variables, "
         "`provider=Other`, path style, defaults otherwise) and `curl -sSf URL | aws s3 cp - s3://bucket/key` "

@@ -8,7 +8,7 @@ Layout (``prefix`` may be empty)::
 
 Writes are idempotent per session (the key is a function of the IDs) and all-or-nothing: the video arrives by a
 multipart upload that only becomes visible at ``CompleteMultipartUpload`` (sent while the download is still
-running: `ut_video_assets.upload`), each part carries a SHA-256 S3 checksum the store verifies, a failed upload is
+running: `ut_video_assets.upload`), each part carries a CRC-32 S3 checksum the store verifies, a failed upload is
 aborted, and the stored object is checked (size and recorded SHA-256) before the upload counts as done. Nothing
 here knows about Dagster.
 """

@@ -10,8 +10,9 @@ writes the object's metadata, which includes the SHA-256 of the whole video, kno
 has arrived. S3 fixes user metadata when an upload starts, so `finish` sets it by copying the object onto
 itself with ``MetadataDirective=REPLACE`` (a metadata-only update on SeaWeedFS; a server-side copy on AWS,
 which never passes the bytes through this process). A video smaller than one part is sent by a single
-``PutObject`` that carries the metadata directly. Every part carries a SHA-256 checksum the store verifies,
-and the finished object is read back (size and recorded SHA-256) before it counts as stored. Any failure,
+``PutObject`` that carries the metadata directly. Every part carries a CRC-32 checksum the store verifies on
+arrival (`PART_CHECKSUM`), and the finished object is read back (size and recorded SHA-256) before it counts
+as stored. Any failure,
 and `abort`, aborts the multipart upload; an upload orphaned by a killed process is aborted by the next one
 for the same key.
 """
@@ -45,6 +46,12 @@ MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 # CopyObject copies up to 5 GiB in one request; boto3's managed copy switches to UploadPartCopy above that.
 _SINGLE_COPY_LIMIT = 5 * 1024 * MiB
 _STORE_ERRORS = (BotoCoreError, ClientError, S3UploadFailedError)
+# What each part (and a single-request upload) carries for the store to verify on arrival: a transport check,
+# like the AWS SDKs' default. CRC-32 rather than SHA-256 because botocore already hashes every part with SHA-256
+# for the request signature over plain HTTP, and a second SHA-256 pass, here and in the store, cost the
+# transfer leg several percent on two cores (docs/BENCHMARKS.md). The video's own SHA-256, computed while
+# downloading, is in the object's metadata and is what `session_video_checksum` verifies end to end.
+PART_CHECKSUM = "CRC32"
 
 
 class _FileWindow(SizedReader):
@@ -202,7 +209,7 @@ class StreamingUpload:
     def _submit(self, start: int, length: int) -> None:
         if self._upload_id is None:
             self._upload_id = self.store.client.create_multipart_upload(
-                Bucket=self.store.bucket, Key=self.key, ChecksumAlgorithm="SHA256", **self._object_args()
+                Bucket=self.store.bucket, Key=self.key, ChecksumAlgorithm=PART_CHECKSUM, **self._object_args()
             )["UploadId"]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.store.max_concurrency, thread_name_prefix="upload-part")
@@ -220,13 +227,14 @@ class StreamingUpload:
                 UploadId=upload_id,
                 PartNumber=number,
                 Body=body,
-                ChecksumAlgorithm="SHA256",
+                ChecksumAlgorithm=PART_CHECKSUM,
             )
         with self._lock:
             self.bytes_sent += length
         if self._on_progress is not None:
             self._on_progress(length)
-        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": response.get("ChecksumSHA256")}
+        checksum = f"Checksum{PART_CHECKSUM}"
+        return {"PartNumber": number, "ETag": response["ETag"], checksum: response.get(checksum)}
 
     def _raise_failed(self) -> None:
         for future in self._futures:
@@ -265,7 +273,7 @@ class StreamingUpload:
                 Key=self.key,
                 Body=body,
                 Metadata=metadata,
-                ChecksumAlgorithm="SHA256",
+                ChecksumAlgorithm=PART_CHECKSUM,
                 **self._object_args(),
             )
         self.bytes_sent = self.path.stat().st_size

@@ -39,7 +39,7 @@ def test_layout_metadata_and_checksum(video_store: VideoStore, tmp_path: Path) -
     assert stored.metadata["original-filename"] == "session.mp4"
     assert stored.metadata["ingestion-timestamp"].endswith("+00:00")
     head = video_store.client.head_object(Bucket=video_store.bucket, Key=stored.key, ChecksumMode="ENABLED")
-    assert head["ChecksumSHA256"].endswith("-3")  # three 5 MiB parts, each verified by the store
+    assert head["ChecksumCRC32"].endswith("-3")  # three 5 MiB parts, each verified by the store
     assert stored.etag.endswith("-3")
 
 
