@@ -3,6 +3,7 @@
 import base64
 import os
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from ut_video_assets.defs.verification import video_check_evaluations
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
 from ut_video_assets.media import MediaInfo, NotAVideoError, probe, thumbnail_jpeg
 from ut_video_assets.progress import ProgressReporter
-from ut_video_assets.settings import DOWNLOAD_POOL, SettingsError
+from ut_video_assets.settings import DEFAULT_SESSIONS_PER_RUN, DOWNLOAD_POOL, SettingsError, parse_positive_int
 from ut_video_assets.spool import remove_orphan_spool_files
 from ut_video_assets.storage import StorageError, StoredVideo, VideoStore
 from ut_video_assets.transfer import DownloadResult, TransferError, download_video
@@ -51,6 +52,15 @@ usertesting_session = dg.AssetSpec(
 )
 
 
+# Backfills launched from the UI or the CLI group their sessions too, like the discovery sensor does: a run's
+# start-up costs seconds of CPU, a session a fraction of that (docs/BENCHMARKS.md). Read when the code location
+# loads. `backfill_policy` is a Dagster beta parameter (dagster-1.13-notes §3); silence just that notice.
+SESSIONS_PER_RUN = parse_positive_int(
+    os.environ.get("UT_SESSIONS_PER_RUN"), "UT_SESSIONS_PER_RUN", DEFAULT_SESSIONS_PER_RUN
+)
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+
+
 class SessionVideoConfig(dg.Config):
     force_download: bool = False
     """Download and store the video again even when a verified copy is already stored."""
@@ -66,6 +76,7 @@ class SessionVideoConfig(dg.Config):
     owners=["team:research-ops"],
     tags={"pii": "true"},
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SESSIONS_PER_RUN),
 )
 def session_video(
     context: dg.AssetExecutionContext,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,61 @@ def test_video_catalog_shows_row_count_schema_and_preview(page: Any, ui: UiStack
     preview = page.get_by_role("row").filter(has=page.get_by_role("cell", name="preview", exact=True))
     expect(preview.get_by_text(ui.session_ids[0]).first).to_be_visible()
     shot(page, "11_catalog", doc=True, full_page=True)
+
+
+def test_a_backfill_of_several_sessions_runs_them_together(ui: UiStack) -> None:
+    """A backfill (here through the webserver's GraphQL API, as the UI's "Launch backfill" does) is split by the
+    daemon into runs of up to UT_SESSIONS_PER_RUN partitions: one run for two sessions, each materialized and
+    checked under its own partition. The first is already stored (skipped), the second downloaded."""
+    import dagster as dg
+    import httpx
+
+    from ut_video_assets.defs.verification import VIDEO_CHECKS
+
+    keys = ui.session_ids[:2]  # consecutive in the partitions' order; the first was materialized above
+    mutation = """
+    mutation Launch($params: LaunchBackfillParams!) {
+      launchPartitionBackfill(backfillParams: $params) {
+        __typename
+        ... on LaunchBackfillSuccess { backfillId }
+        ... on PythonError { message }
+      }
+    }"""
+    params = {"partitionNames": keys, "assetSelection": [{"path": ["session_video"]}]}
+    response = httpx.post(f"{ui.url}/graphql", json={"query": mutation, "variables": {"params": params}}, timeout=60)
+    launched = response.json()["data"]["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    instance = ui.stack.instance()
+    backfill_runs = dg.RunsFilter(tags={"dagster/backfill": launched["backfillId"]})
+    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        runs = instance.get_runs(backfill_runs)
+        if runs and all(run.is_finished for run in runs):
+            backfill = instance.get_backfill(launched["backfillId"])
+            if backfill is not None and backfill.status.value != "REQUESTED":
+                break
+        time.sleep(1)
+    runs = instance.get_runs(backfill_runs)
+    assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS]
+    (run,) = runs
+    assert (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]) == (
+        keys[0],
+        keys[1],
+    )
+    materialized = {
+        record.partition_key
+        for record in instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("session_video")), limit=20
+        ).records
+        if record.run_id == run.run_id
+    }
+    assert materialized == set(keys)
+    for name in VIDEO_CHECKS:
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("session_video"), name), limit=20
+        )
+        in_run = {h.partition: h.status.value for h in history if h.run_id == run.run_id}
+        assert in_run == dict.fromkeys(keys, "SUCCEEDED"), (name, in_run)
 
 
 def test_no_request_left_loopback(requests_seen: list[str]) -> None:
