@@ -220,8 +220,10 @@ class DownloadProxy:
     async def _send(self, writer: asyncio.StreamWriter, data: bytes, session_id: str) -> None:
         if data:
             writer.write(data)
-            await writer.drain()
+            # Counted when handed to the transport, not after `drain()`: the client may hold the last bytes (and a
+            # test read the stats) before this coroutine resumes.
             self.stats.served(session_id, len(data))
+            await writer.drain()
 
 
 def _shape(chunk: bytes, fault: Fault | None, position: int, budget: int | None) -> bytes:
