@@ -19,7 +19,7 @@ import dagster as dg
 
 from bench.common import median, tool
 from ut_video_assets.sandbox.scenario import SandboxConfig
-from ut_video_assets.sandbox.stack import LocalStack, StackOptions, read_progress
+from ut_video_assets.sandbox.stack import SESSION_VIDEO_JOB, LocalStack, StackOptions, read_progress
 
 RATE_LIMIT, RATE_WINDOW = 10, 10.0
 PAGE_SIZE = 500  # the Results API's maximum page size, which discovery uses
@@ -73,7 +73,7 @@ def budget_leg(sessions: int, overhead_runs: int, echo: Any = print, timeout: fl
                     break
                 time.sleep(0.5)
             stats = stack.sandbox.stats()
-            runs = instance.get_runs(dg.RunsFilter(job_name="session_video_job"))
+            runs = instance.get_runs(dg.RunsFilter(job_name=SESSION_VIDEO_JOB))
             accepted = sorted(float(t) for t in stats["acceptedTimes"])
             by_endpoint = {k: int(v) for k, v in stats["requests"].items()}
             pages_needed = tests * (math.floor(math.ceil(sessions / tests) / PAGE_SIZE) + 1)

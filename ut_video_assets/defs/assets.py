@@ -97,12 +97,16 @@ def session_video(
     as it has arrived. If some of them fail, the others still count: they are recorded as materialized and
     checked, and the run fails naming the sessions that did not make it.
     """
+    try:
+        store = storage.store()  # one client for the whole run, however many sessions it covers
+    except SettingsError as exc:
+        raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
     keys = context.partition_keys
     if len(keys) == 1:
-        video, metadata = _ingest(context, keys[0], config, api, storage, downloads)
+        video, metadata = _ingest(context, keys[0], config, api, store, downloads)
         yield dg.Output(video, metadata=metadata)
         return
-    yield from _ingest_range(context, keys, config, api, storage, downloads)
+    yield from _ingest_range(context, keys, config, api, store, downloads)
 
 
 def _ingest(
@@ -110,7 +114,7 @@ def _ingest(
     key: str,
     config: SessionVideoConfig,
     api: UserTestingApiResource,
-    storage: VideoStorageResource,
+    store: VideoStore,
     downloads: DownloadSettingsResource,
 ) -> tuple[DownloadedVideo | StoredVideo, dict[str, Any]]:
     """One session: the stored video when it is already there, else its downloaded and probed spool file with
@@ -122,7 +126,6 @@ def _ingest(
         raise dg.Failure(f"{exc}; partitions are session UUIDs", allow_retries=False) from None
     try:
         session = _discovered_session(context, session_id)
-        store = storage.store()
         if not config.force_download:
             existing = store.head_video(session.test_id, session_id)
             if existing is not None and existing.sha256 and store.get_record(session.test_id, session_id):
@@ -154,10 +157,9 @@ def _ingest_range(
     keys: Sequence[str],
     config: SessionVideoConfig,
     api: UserTestingApiResource,
-    storage: VideoStorageResource,
+    store: VideoStore,
     downloads: DownloadSettingsResource,
 ) -> Iterator[Any]:
-    store = storage.store()
     context.log.info(f"this run stores {len(keys)} sessions, one after the other")
     stored: dict[str, StoredVideo] = {}
     metadata: dict[str, dict[str, Any]] = {}
@@ -165,7 +167,7 @@ def _ingest_range(
     for number, key in enumerate(keys, start=1):
         context.log.info(f"session {number} of {len(keys)}: {key}")
         try:
-            video, video_metadata = _ingest(context, key, config, api, storage, downloads)
+            video, video_metadata = _ingest(context, key, config, api, store, downloads)
             if isinstance(video, DownloadedVideo):
                 try:
                     video = complete_video(context.log, video, store)

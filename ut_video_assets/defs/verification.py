@@ -16,7 +16,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 
-from ut_video_assets.defs.registry import lookup_session
+from ut_video_assets.defs.registry import SessionRecord, lookup_session
 from ut_video_assets.media import NotAVideoError, probe
 from ut_video_assets.storage import StorageError, VideoStore, open_stored_video
 
@@ -62,8 +62,27 @@ def _evaluation(
 
 def checksum_evaluation(instance: dg.DagsterInstance, store: VideoStore, session_id: str) -> dg.AssetCheckEvaluation:
     """Re-read the stored video and compare its SHA-256 with the one its materialization recorded."""
-    target = _latest_materialization(instance, session_id)
-    session = lookup_session(instance, session_id)
+    session, target = lookup_session(instance, session_id), _latest_materialization(instance, session_id)
+    return _checksum(store, session_id, session, target)
+
+
+def playable_evaluation(instance: dg.DagsterInstance, store: VideoStore, session_id: str) -> dg.AssetCheckEvaluation:
+    """Open the stored object as a video through ranged reads and decode a frame."""
+    session, target = lookup_session(instance, session_id), _latest_materialization(instance, session_id)
+    return _playable(store, session_id, session, target)
+
+
+def video_check_evaluations(
+    instance: dg.DagsterInstance, store: VideoStore, session_id: str
+) -> list[dg.AssetCheckEvaluation]:
+    """Both checks, looking up the session and its latest materialization once."""
+    session, target = lookup_session(instance, session_id), _latest_materialization(instance, session_id)
+    return [_checksum(store, session_id, session, target), _playable(store, session_id, session, target)]
+
+
+def _checksum(
+    store: VideoStore, session_id: str, session: SessionRecord | None, target: dg.EventLogRecord | None
+) -> dg.AssetCheckEvaluation:
     if session is None:
         return _evaluation(CHECKSUM_CHECK, session_id, False, f"session {session_id} was never discovered", target)
     value = target.asset_materialization.metadata.get("sha256") if target and target.asset_materialization else None
@@ -89,10 +108,9 @@ def checksum_evaluation(instance: dg.DagsterInstance, store: VideoStore, session
     )
 
 
-def playable_evaluation(instance: dg.DagsterInstance, store: VideoStore, session_id: str) -> dg.AssetCheckEvaluation:
-    """Open the stored object as a video through ranged reads and decode a frame."""
-    target = _latest_materialization(instance, session_id)
-    session = lookup_session(instance, session_id)
+def _playable(
+    store: VideoStore, session_id: str, session: SessionRecord | None, target: dg.EventLogRecord | None
+) -> dg.AssetCheckEvaluation:
     if session is None:
         return _evaluation(PLAYABLE_CHECK, session_id, False, f"session {session_id} was never discovered", target)
     try:
@@ -113,9 +131,3 @@ def playable_evaluation(instance: dg.DagsterInstance, store: VideoStore, session
         target,
         {"duration_seconds": info.duration_seconds or 0.0, "resolution": info.resolution},
     )
-
-
-def video_check_evaluations(
-    instance: dg.DagsterInstance, store: VideoStore, session_id: str
-) -> list[dg.AssetCheckEvaluation]:
-    return [checksum_evaluation(instance, store, session_id), playable_evaluation(instance, store, session_id)]

@@ -546,7 +546,9 @@ def _run_partitions(tags: Mapping[str, str], discovered: list[str], position: di
     """The session partitions a run covers: its partition, or the range (in insertion order) it was given."""
     if "dagster/partition" in tags:
         return [tags["dagster/partition"]]
-    first, last = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    first, last = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
     if first not in position or last not in position:
         return []
     return discovered[position[first] : position[last] + 1]
