@@ -9,12 +9,14 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from dagster._core.utils import make_new_run_id
 
 from ut_video_assets.catalog import COLUMNS
 from ut_video_assets.definitions import build_defs
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.ratelimit import SqliteBudget
 from ut_video_assets.sandbox.scenario import Session
+from ut_video_assets.settings import DOWNLOAD_TAG
 from ut_video_assets.storage import StoredVideo
 from ut_video_assets_tests.defs.conftest import Pipeline
 
@@ -55,6 +57,25 @@ def test_sensor_adds_partitions_records_tests_and_requests_runs(pipeline: Pipeli
     third = pipeline.tick()
     assert isinstance(third, dg.SensorResult)
     assert [r.partition_key for r in third.run_requests or []] == [newcomer.session_id]
+
+
+def test_discovery_leaves_the_api_alone_while_downloads_run(pipeline: Pipeline) -> None:
+    """After a look that found sessions, a tick with a download run still in flight does not call the API."""
+    assert isinstance(pipeline.tick(), dg.SensorResult)
+    listed = pipeline.sandbox.stats()["requests"]["list"]
+    queued = dg.DagsterRun(
+        job_name="session_video_job",
+        run_id=make_new_run_id(),
+        status=dg.DagsterRunStatus.STARTED,
+        tags={DOWNLOAD_TAG: "true"},
+    )
+    pipeline.instance.add_run(queued)
+    pipeline.sandbox.complete_session(pipeline.sandbox.test_ids[0])
+    busy = pipeline.tick()
+    assert isinstance(busy, dg.SkipReason) and "queued or running" in (busy.skip_message or "")
+    assert pipeline.sandbox.stats()["requests"]["list"] == listed
+    pipeline.instance.delete_run(queued.run_id)  # the run is gone: the next tick looks again, finds the newcomer
+    assert isinstance(pipeline.tick(), dg.SensorResult)
 
 
 def test_sensor_skips_with_a_reason_when_the_budget_is_spent(
