@@ -14,12 +14,16 @@ Two rules on top of the sliding-window limit:
 
 - a slot is taken *before* a request is sent, so the limit holds even for requests that fail;
 - a 429 means the server's view differs from ours (another client on the account, a restart): `back_off`
-  records a "nobody sends before T" mark in the same shared store, and every caller honours it.
+  records a "nobody sends before T" mark in the same shared store, and every caller honours it;
+- that mark never lies more than ``max_backoff_seconds`` (``UT_MAX_BACKOFF_SECONDS``) ahead, whatever it is
+  asked for (``inf``, NaN, ``1e12``) and whatever an older version or another process left in the store: a
+  mark found beyond the cap is pulled back to it, so one hostile ``Retry-After`` cannot freeze every host.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import threading
 import time
@@ -31,6 +35,7 @@ from pyrate_limiter import Limiter, PostgresBucket, Rate, RateItem, RedisBucket,
 
 from ut_video_assets.redact import redact_url
 from ut_video_assets.usertesting.errors import BudgetExhaustedError
+from ut_video_assets.usertesting.waits import DEFAULT_MAX_BACKOFF_SECONDS, bounded_wait
 
 if TYPE_CHECKING:
     import redis
@@ -59,6 +64,8 @@ class RequestBudget(Protocol):
 
     limit: int
     window_seconds: float
+    max_backoff_seconds: float
+    """The longest back-off `back_off` ever records."""
 
     def acquire(self, max_wait: float | None = None) -> None:
         """Take one request slot, waiting up to ``max_wait`` seconds (``None``: as long as it takes).
@@ -67,7 +74,8 @@ class RequestBudget(Protocol):
         """
 
     def back_off(self, seconds: float) -> None:
-        """Tell every caller sharing this budget not to send anything for ``seconds``."""
+        """Tell every caller sharing this budget not to send anything for ``seconds`` (clamped to
+        ``[0, max_backoff_seconds]``; NaN is no back-off, infinity the cap)."""
 
     def close(self) -> None: ...
 
@@ -81,14 +89,23 @@ class _BudgetBase:
 
     limit: int
     window_seconds: float
+    max_backoff_seconds: float
     _limiter: Limiter
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
 
-    def _set_limits(self, limit: int, window_seconds: float) -> None:
+    def _set_limits(self, limit: int, window_seconds: float, max_backoff_seconds: float) -> None:
         if limit < 1:
             raise ValueError("the rate limit must be at least 1 request per window")
+        if not (math.isfinite(window_seconds) and window_seconds > 0):
+            raise ValueError("the rate window must be a positive number of seconds")
+        if not (math.isfinite(max_backoff_seconds) and max_backoff_seconds > 0):
+            raise ValueError("the back-off cap must be a positive number of seconds")
         self.limit = limit
         self.window_seconds = window_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+
+    def _bounded(self, seconds: float) -> float:
+        return bounded_wait(seconds, self.max_backoff_seconds)
 
     def _close_limiter_then(self, close_connection: Callable[[], None]) -> None:
         """Stop the limiter, then close the backend's connection once its leak thread has let go of it.
@@ -158,8 +175,15 @@ class _BudgetBase:
 class SqliteBudget(_BudgetBase):
     """Budget shared by every process on one host through a SQLite file and a file lock."""
 
-    def __init__(self, path: Path, limit: int, window_seconds: float = 60.0) -> None:
-        self._set_limits(limit, window_seconds)
+    def __init__(
+        self,
+        path: Path,
+        limit: int,
+        window_seconds: float = 60.0,
+        *,
+        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_SECONDS,
+    ) -> None:
+        self._set_limits(limit, window_seconds, max_backoff_seconds)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rate = Rate(limit, effective_window_ms(window_seconds))
@@ -172,14 +196,27 @@ class SqliteBudget(_BudgetBase):
         self._conn.execute("INSERT OR IGNORE INTO backoff (id, until) VALUES (1, 0)")
 
     def _backoff_remaining(self) -> float:
+        now = time.time()
         with self._lock:
             row = self._conn.execute("SELECT until FROM backoff WHERE id = 1").fetchone()
-        return (float(row[0]) if row else 0.0) - time.time()
+            until = row[0] if row else None  # NULL: a NaN written by an older version
+            remaining = (float(until) if until is not None else now) - now
+            if not remaining <= self.max_backoff_seconds:
+                # Beyond the cap (an older version, a process with a longer cap): pull it back for everyone.
+                latest = now + self.max_backoff_seconds
+                self._conn.execute(
+                    "UPDATE backoff SET until = ? WHERE id = 1 AND (until IS NULL OR until > ?)", (latest, latest)
+                )
+                remaining = self.max_backoff_seconds
+        return remaining
 
     def back_off(self, seconds: float) -> None:
-        until = time.time() + max(seconds, 0.0)
+        now = time.time()
+        until, latest = now + self._bounded(seconds), now + self.max_backoff_seconds
         with self._lock:
-            self._conn.execute("UPDATE backoff SET until = MAX(until, ?) WHERE id = 1", (until,))
+            self._conn.execute(
+                "UPDATE backoff SET until = MIN(MAX(COALESCE(until, 0), ?), ?) WHERE id = 1", (until, latest)
+            )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -210,12 +247,13 @@ class PostgresBudget(_BudgetBase):
         *,
         name: str = SHARED_BUDGET_NAME,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_SECONDS,
     ) -> None:
         import psycopg
         from psycopg import sql
         from psycopg_pool import ConnectionPool
 
-        self._set_limits(limit, window_seconds)
+        self._set_limits(limit, window_seconds, max_backoff_seconds)
         self.name = name
         self._where = redact_url(url)
         # Two connections: one for the limiter's lock-count-insert, one for the clock or back-off read that
@@ -255,19 +293,31 @@ class PostgresBudget(_BudgetBase):
         query = sql.SQL(
             "SELECT COALESCE(MAX(until), 0) - EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM {} WHERE name = %s"
         ).format(self._backoff_table)
+        # Beyond the cap (an older version, a process with a longer cap; NaN sorts above everything in
+        # PostgreSQL): pull it back for everyone.
+        repair = sql.SQL(
+            "UPDATE {} SET until = EXTRACT(EPOCH FROM clock_timestamp())::float8 + %s "
+            "WHERE name = %s AND until > EXTRACT(EPOCH FROM clock_timestamp())::float8 + %s"
+        ).format(self._backoff_table)
+        cap = self.max_backoff_seconds
         with self._pool.connection() as conn:
             row = conn.execute(query, (self.name,)).fetchone()
-        return float(row[0]) if row else 0.0
+            remaining = float(row[0]) if row else 0.0
+            if not remaining <= cap:
+                conn.execute(repair, (cap, self.name, cap))
+                remaining = cap
+        return remaining
 
     def back_off(self, seconds: float) -> None:
         from psycopg import sql
 
         query = sql.SQL(
             "INSERT INTO {table} (name, until) VALUES (%s, EXTRACT(EPOCH FROM clock_timestamp())::float8 + %s) "
-            "ON CONFLICT (name) DO UPDATE SET until = GREATEST({table}.until, EXCLUDED.until)"
+            "ON CONFLICT (name) DO UPDATE SET until = LEAST(GREATEST({table}.until, EXCLUDED.until), "
+            "EXTRACT(EPOCH FROM clock_timestamp())::float8 + %s)"
         ).format(table=self._backoff_table)
         with self._pool.connection() as conn:
-            conn.execute(query, (self.name, max(seconds, 0.0)))
+            conn.execute(query, (self.name, self._bounded(seconds), self.max_backoff_seconds))
 
     def close(self) -> None:
         self._close_limiter_then(self._pool.close)
@@ -310,10 +360,11 @@ class RedisBudget(_BudgetBase):
         *,
         name: str = SHARED_BUDGET_NAME,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_SECONDS,
     ) -> None:
         import redis
 
-        self._set_limits(limit, window_seconds)
+        self._set_limits(limit, window_seconds, max_backoff_seconds)
         self._where = redact_url(url)
         self._redis: redis.Redis = redis.Redis.from_url(
             url, socket_connect_timeout=connect_timeout, socket_timeout=connect_timeout * 3
@@ -335,10 +386,15 @@ class RedisBudget(_BudgetBase):
 
     def _backoff_remaining(self) -> float:
         ttl_ms = int(self._redis.pttl(self._backoff_key))  # -2: no key, -1: no expiry (never set so)
+        cap_ms = int(self.max_backoff_seconds * 1000)
+        if ttl_ms > cap_ms:
+            # Beyond the cap (an older version, a process with a longer cap): pull it back for everyone.
+            self._redis.pexpire(self._backoff_key, cap_ms)
+            ttl_ms = cap_ms
         return ttl_ms / 1000.0 if ttl_ms > 0 else 0.0
 
     def back_off(self, seconds: float) -> None:
-        milliseconds = int(max(seconds, 0.0) * 1000)
+        milliseconds = int(self._bounded(seconds) * 1000)  # bounded first: int(inf) raises OverflowError
         if milliseconds > 0:
             self._back_off_script(keys=[self._backoff_key], args=[milliseconds])
 
@@ -353,6 +409,7 @@ def build_budget(
     window_seconds: float = 60.0,
     path: Path | None = None,
     url: str | None = None,
+    max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_SECONDS,
 ) -> RequestBudget:
     """The request budget for ``backend``: ``sqlite`` (a file at ``path``), ``postgres`` or ``redis`` (``url``).
 
@@ -363,11 +420,11 @@ def build_budget(
     if backend == "sqlite":
         if path is None:
             raise ValueError("the sqlite budget needs a file path")
-        return SqliteBudget(path, limit, window_seconds)
+        return SqliteBudget(path, limit, window_seconds, max_backoff_seconds=max_backoff_seconds)
     if backend in ("postgres", "redis"):
         if not url:
             raise ValueError(f"the {backend} budget needs a URL")
         if backend == "postgres":
-            return PostgresBudget(url, limit, window_seconds)
-        return RedisBudget(url, limit, window_seconds)
+            return PostgresBudget(url, limit, window_seconds, max_backoff_seconds=max_backoff_seconds)
+        return RedisBudget(url, limit, window_seconds, max_backoff_seconds=max_backoff_seconds)
     raise ValueError(f"unknown request budget backend {backend!r}")

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
 from ut_video_assets.usertesting.auth import DEFAULT_TOKEN_SCOPE, DEFAULT_TOKEN_URL
 from ut_video_assets.usertesting.client import DEFAULT_BASE_URL
+from ut_video_assets.usertesting.waits import DEFAULT_MAX_BACKOFF_SECONDS
 
 DEFAULT_RATE_LIMIT_PER_MINUTE = 10
 DEFAULT_MAX_CONCURRENT_DOWNLOADS = 4
@@ -88,6 +89,11 @@ def parse_positive_float(value: str | float | None, name: str, default: float) -
     if number <= 0:
         raise SettingsError(f"{name} must be positive, got {number}")
     return number
+
+
+def parse_max_backoff(value: str | float | None, name: str = "UT_MAX_BACKOFF_SECONDS") -> float:
+    """The longest wait a server hint (``Retry-After``, ``x-ratelimit-reset``) may impose on every process."""
+    return parse_positive_float(value, name, DEFAULT_MAX_BACKOFF_SECONDS)
 
 
 def parse_prefix(value: str | None, name: str = "UT_VIDEO_PREFIX") -> str:
@@ -246,6 +252,7 @@ def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
 __all__ = [
     "BUDGET_BACKENDS",
     "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_BACKOFF_SECONDS",
     "DEFAULT_MAX_CONCURRENT_DOWNLOADS",
     "DEFAULT_RATE_LIMIT_PER_MINUTE",
     "DOWNLOAD_POOL",
@@ -258,6 +265,7 @@ __all__ = [
     "parse_bucket",
     "parse_budget",
     "parse_credentials",
+    "parse_max_backoff",
     "parse_positive_float",
     "parse_positive_int",
     "parse_prefix",

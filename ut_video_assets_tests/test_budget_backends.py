@@ -218,3 +218,75 @@ def test_redis_back_off_is_shared_and_only_extended(redis_url: str, redis_budget
     finally:
         first.close()
         second.close()
+
+
+# --- The back-off mark is bounded, whatever the backend -------------------------------------------------------
+# A hostile Retry-After ("inf", "1e12") reached `back_off` unchecked and froze the mark, which only grows, for
+# every process on every host. Each backend must clamp what it is asked for and pull back a mark found beyond
+# the cap (left by an older version or a process with a longer cap).
+
+CAP = 5.0
+HOSTILE_BACK_OFFS = [float("inf"), float("nan"), 1e12, -1.0]
+
+
+def _assert_back_off_bounded(budget: SqliteBudget | PostgresBudget | RedisBudget) -> None:
+    for seconds in HOSTILE_BACK_OFFS:
+        budget.back_off(seconds)  # never raises (Redis raised OverflowError on inf)
+        assert budget._backoff_remaining() <= CAP
+    budget.back_off(2)
+    assert 0 < budget._backoff_remaining() <= CAP
+
+
+def test_sqlite_back_off_is_capped_and_a_frozen_mark_is_pulled_back(tmp_path: Path) -> None:
+    path = tmp_path / "budget.sqlite"
+    budget = SqliteBudget(path, 100, 60, max_backoff_seconds=CAP)
+    try:
+        _assert_back_off_bounded(budget)
+        budget._conn.execute("UPDATE backoff SET until = 1e300 WHERE id = 1")  # as an older version left it
+        assert budget._backoff_remaining() <= CAP
+        budget._conn.execute("UPDATE backoff SET until = NULL WHERE id = 1")  # a NaN, as SQLite stores it
+        assert budget._backoff_remaining() <= CAP
+        budget.back_off(1)
+        (until,) = budget._conn.execute("SELECT until FROM backoff").fetchone()
+        assert time.time() < until <= time.time() + CAP
+    finally:
+        budget.close()
+
+
+@pytest.mark.postgres
+def test_postgres_back_off_is_capped_and_a_frozen_mark_is_pulled_back(postgres_url: str, budget_name: str) -> None:
+    budget = PostgresBudget(postgres_url, 100, 60, name=budget_name, max_backoff_seconds=CAP)
+    try:
+        _assert_back_off_bounded(budget)
+        for frozen in ("Infinity", "NaN", "1e300"):
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                conn.execute(
+                    f"UPDATE {POSTGRES_BACKOFF_TABLE} SET until = %s::float8 WHERE name = %s", (frozen, budget_name)
+                )
+            assert budget._backoff_remaining() <= CAP
+            assert budget._backoff_remaining() <= CAP  # pulled back in the table, not just in this answer
+    finally:
+        budget.close()
+
+
+def test_redis_back_off_is_capped_and_a_frozen_mark_is_pulled_back(redis_url: str, redis_budget_name: str) -> None:
+    budget = RedisBudget(redis_url, 100, 60, name=redis_budget_name, max_backoff_seconds=CAP)
+    try:
+        _assert_back_off_bounded(budget)
+        with redis.Redis.from_url(redis_url) as client:
+            client.set(budget._backoff_key, "1", px=10**12)  # as an older version or a longer cap left it
+            assert budget._backoff_remaining() <= CAP
+            assert 0 < client.pttl(budget._backoff_key) <= CAP * 1000
+    finally:
+        budget.close()
+
+
+def test_build_budget_passes_the_cap(tmp_path: Path) -> None:
+    budget = build_budget("sqlite", limit=5, window_seconds=60, path=tmp_path / "b.sqlite", max_backoff_seconds=CAP)
+    try:
+        budget.back_off(float("inf"))
+        assert budget.max_backoff_seconds == CAP
+        with pytest.raises(Exception, match="no free slot"):
+            budget.acquire(max_wait=0.1)
+    finally:
+        budget.close()

@@ -16,7 +16,7 @@ from ut_video_assets.progress import ProgressReporter
 from ut_video_assets.redact import RedactingFilter, redact_text, redact_url
 from ut_video_assets.spool import remove_orphan_spool_files
 from ut_video_assets.transfer import Progress
-from ut_video_assets.usertesting.client import retry_after_seconds
+from ut_video_assets.usertesting.waits import retry_after_seconds
 
 SIGNED = (
     "https://bucket.s3.amazonaws.com/videos/x/session.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"

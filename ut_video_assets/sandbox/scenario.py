@@ -353,6 +353,8 @@ class Fault:
     retry_after: bool = True  # rate_limit: send Retry-After
     reset_header: bool = True  # rate_limit: send x-ratelimit-* headers
     retry_after_seconds: int = 1  # rate_limit: value of Retry-After / x-ratelimit-reset
+    retry_after_text: str | None = None  # rate_limit: raw Retry-After value instead (hostile: "inf", "1e12")
+    reset_text: str | None = None  # rate_limit: raw x-ratelimit-reset value instead (e.g. epoch milliseconds)
     lifetime_seconds: int = 2  # short_url
     total_delta: int = 7  # lying_total
     count: int = 1  # duplicate_sessions

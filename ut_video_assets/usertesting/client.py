@@ -8,11 +8,8 @@ Everything else (400, 404, malformed bodies) fails at once with an exception tha
 
 from __future__ import annotations
 
-import email.utils
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -33,6 +30,7 @@ from ut_video_assets.usertesting.errors import (
     TransportError,
 )
 from ut_video_assets.usertesting.models import SessionPage, SessionSummary, VideoUrl, parse_timestamp
+from ut_video_assets.usertesting.waits import retry_after_seconds
 
 if TYPE_CHECKING:  # ratelimit imports this package's errors
     from ut_video_assets.ratelimit import RequestBudget
@@ -51,27 +49,6 @@ class RetryPolicy:
     wait_initial: float = 1.0
     wait_max: float = 60.0
     wait_jitter: float = 1.0
-
-
-def retry_after_seconds(response: httpx.Response, default: float) -> float:
-    """Seconds to wait after a 429: ``Retry-After`` (seconds or HTTP date), else ``x-ratelimit-reset``
-    (seconds to the window's end; a value over a day is taken as an epoch timestamp), else ``default``."""
-    retry_after = response.headers.get("retry-after")
-    if retry_after:
-        try:
-            return max(float(retry_after), 0.0)
-        except ValueError:
-            parsed = email.utils.parsedate_to_datetime(retry_after) if retry_after else None
-            if parsed is not None:
-                return max(float((parsed - datetime.now(UTC)).total_seconds()), 0.0)
-    reset = response.headers.get("x-ratelimit-reset")
-    if reset:
-        try:
-            value = float(reset)
-        except ValueError:
-            return default
-        return max(value - time.time(), 0.0) if value > 86_400 else max(value, 0.0)
-    return default
 
 
 class ResultsApiClient:
@@ -241,7 +218,10 @@ class ResultsApiClient:
             return response
         detail = _error_detail(response)
         if status == 429:
-            wait = retry_after_seconds(response, default=self._budget.window_seconds)
+            # Bounded: a hostile or broken hint must not freeze the budget every process shares.
+            wait = retry_after_seconds(
+                response, default=self._budget.window_seconds, cap=self._budget.max_backoff_seconds
+            )
             self._budget.back_off(wait)
             raise RateLimitedError(
                 f"{resource}: rate limited, retry in {wait:.0f} s", retry_after=wait, resource=resource
