@@ -23,8 +23,9 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# dev: the test and lint tools; sandbox: the local stand-ins the demo, dev stack and tests run on.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,sandbox]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -62,5 +63,5 @@ screenshots: $(STAMP) browser-deps
 
 # Benchmarks against peers and the API budget (docs/BENCHMARKS.md); not part of `make test` (~30 min).
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,sandbox,bench]'
 	$(PY) -m bench.run

