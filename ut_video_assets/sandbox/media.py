@@ -4,7 +4,7 @@ Why real files: the pipeline probes every video (duration, codecs, resolution) a
 sandbox must serve something PyAV can decode, and different seeds must give visibly different videos.
 
 Why padding: transfer code has to be tested with hundreds of MiB to GiB objects. A valid MP4 stays decodable
-when a top-level ``free`` box is appended after its last box (usertesting-api-facts.md §10), so a ~30 KB clip
+when a top-level ``free`` box is appended after its last box (docs/NOTES.md §3), so a ~30 KB clip
 plus a ``free`` box of zeros gives a video of any exact size that is generated on the fly, chunk by chunk.
 """
 

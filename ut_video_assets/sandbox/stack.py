@@ -155,7 +155,7 @@ class ManagedProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         # A new session: a Ctrl-C in the terminal reaches only us, and we stop the group in order. Default
-        # signal handling is restored by Popen in the child (browser-tests.md, pitfall 1).
+        # signal handling is restored by Popen in the child (docs/NOTES.md §5).
         self.proc = subprocess.Popen(
             self.args,
             stdin=subprocess.DEVNULL,

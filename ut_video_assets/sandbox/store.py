@@ -2,7 +2,7 @@
 
 Why SeaweedFS: it enforces SigV4 signatures and pre-signed URL expiry (403 "Request has expired"), serves
 Range requests, keeps user metadata and S3 checksums and persists across restarts, so tests that rely on
-those behaviours test something real (shared/reference/local-s3.md).
+those behaviours test something real (docs/NOTES.md §4: why, and the flags).
 
 Every one of its ~10 listeners gets an explicit free loopback port, so two stores (a test run next to a dev
 stack) never collide, and nothing listens on a public interface. Telemetry is off.
