@@ -14,12 +14,12 @@ import functools
 import io
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ut_video_assets.storage import RECORD_NAME, VIDEO_NAME, VideoStore
+from ut_video_assets.storage import RECORD_NAME, VIDEO_NAME, BadRecord, VideoStore
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ class CatalogBuild:
     reused_rows: int
     records_read: int
     videos_without_record: int
+    bad_records: list[BadRecord] = field(default_factory=list)
+    """Records that exist but could not be used; their sessions are missing from the catalog until re-run."""
 
 
 def build_catalog(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -118,20 +120,63 @@ def build_from_store(store: VideoStore) -> CatalogBuild:
             reuse.add((test_id, session_id))
         else:
             wanted.append((test_id, session_id, record.etag))
-    bodies = store.get_json_many([store.record_key(t, s) for t, s, _etag in wanted])
-    fresh: list[dict[str, Any]] = []
-    for (test_id, session_id, etag), body in zip(wanted, bodies, strict=True):
-        # A record that vanished since the listing, or names another session, does not describe this video.
-        if body is None or (body.get("test_id"), body.get("session_id")) != (test_id, session_id):
-            without_record += 1
-            continue
-        fresh.append({**body, "record_etag": etag})
-    parts = [build_catalog(fresh)]
+    fresh, bad, vanished = _read_records(store, wanted)
+    without_record += vanished
+    try:
+        fresh_frame = build_catalog(fresh)
+    except (ValueError, TypeError, ArithmeticError):
+        # Some record has values that do not convert to the schema (pyarrow's errors derive from these): find
+        # which, one by one (only on this rare path), and leave them out.
+        fresh, unusable = _convertible(fresh)
+        bad += [BadRecord(store.record_key(r["test_id"], r["session_id"]), reason) for r, reason in unusable]
+        fresh_frame = build_catalog(fresh)
+    for problem in bad:
+        log.warning("catalog: skipping %s: %s", store.uri(problem.key), problem.reason)
+    parts = [fresh_frame]
     if previous is not None and reuse:
         keys = pd.Series(list(zip(previous["test_id"], previous["session_id"], strict=True)), index=previous.index)
         parts.append(previous[keys.isin(reuse)])
     frame = _sorted(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else parts[0]
-    return CatalogBuild(frame, len(frame) - len(fresh), len(wanted), without_record)
+    return CatalogBuild(frame, len(frame) - len(fresh), len(wanted), without_record, bad)
+
+
+def _read_records(
+    store: VideoStore, wanted: list[tuple[str, str, str]]
+) -> tuple[list[dict[str, Any]], list[BadRecord], int]:
+    """The usable records among ``wanted`` (with their ETags), the unusable ones, and how many vanished."""
+    bodies = store.get_json_many([store.record_key(t, s) for t, s, _etag in wanted])
+    fresh: list[dict[str, Any]] = []
+    bad: list[BadRecord] = []
+    vanished = 0
+    for (test_id, session_id, etag), body in zip(wanted, bodies, strict=True):
+        if body is None:  # vanished since the listing
+            vanished += 1
+            continue
+        # A record that is not JSON, or names another session, does not describe this video: reported, skipped
+        # (the session's next run stores it again), never allowed to fail the whole catalog.
+        if isinstance(body, BadRecord):
+            bad.append(body)
+            continue
+        if (body.get("test_id"), body.get("session_id")) != (test_id, session_id):
+            bad.append(BadRecord(store.record_key(test_id, session_id), "the record describes another session"))
+            continue
+        fresh.append({**body, "record_etag": etag})
+    return fresh, bad, vanished
+
+
+def _convertible(
+    records: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
+    good: list[dict[str, Any]] = []
+    bad: list[tuple[dict[str, Any], str]] = []
+    for record in records:
+        try:
+            build_catalog([record])
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            bad.append((record, f"unusable values ({str(exc)[:80]})"))
+        else:
+            good.append(record)
+    return good, bad
 
 
 def previous_catalog(store: VideoStore) -> pd.DataFrame | None:

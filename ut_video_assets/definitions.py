@@ -46,6 +46,8 @@ def build_defs() -> dg.Definitions:
         kms_key_id=_env("UT_S3_SSE_KMS_KEY_ID"),
         part_size_mib=_env("UT_S3_PART_SIZE_MIB"),
         upload_concurrency=_env("UT_S3_UPLOAD_CONCURRENCY"),
+        lease_seconds=_env("UT_LEASE_SECONDS"),
+        deep_verify=_env("UT_DEEP_VERIFY"),
     )
     api = UserTestingApiResource(
         base_url=_env("UT_API_BASE_URL", DEFAULT_BASE_URL),
@@ -59,6 +61,7 @@ def build_defs() -> dg.Definitions:
         rate_limit_window_seconds=_env("UT_RATE_LIMIT_WINDOW_SECONDS"),
         discovery_budget_share=_env("UT_DISCOVERY_BUDGET_SHARE"),
         discovery_busy_interval_seconds=_env("UT_DISCOVERY_BUSY_INTERVAL_SECONDS"),
+        max_backoff_seconds=_env("UT_MAX_BACKOFF_SECONDS"),
         budget_path=_env("UT_BUDGET_PATH"),
         budget_backend=_env("UT_BUDGET_BACKEND"),
         budget_url=_env("UT_BUDGET_URL"),

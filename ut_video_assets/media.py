@@ -43,7 +43,7 @@ def probe(
 
     try:
         container = av.open(str(source) if isinstance(source, (str, Path)) else source, mode="r", options=options or {})
-    except (av.FFmpegError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - FFmpegError, EOFError, OSError, ValueError, ...: all "not a video"
         raise NotAVideoError(f"not a readable video container: {_ffmpeg_reason(exc)}") from None
     with container:
         if not container.streams.video:
@@ -56,7 +56,7 @@ def probe(
                 frames += 1
                 if frames >= decode_frames:
                     break
-        except (av.FFmpegError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - PyAV raises EOFError and others besides FFmpegError
             raise NotAVideoError(f"the video stream does not decode: {_ffmpeg_reason(exc)}") from None
         if frames == 0 and decode_frames > 0:
             raise NotAVideoError("the video stream has no decodable frame")

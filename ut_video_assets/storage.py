@@ -1,55 +1,65 @@
-"""The destination object store: key layout, verified multipart uploads, records, verification.
+"""The destination store as the pipeline sees it: key layout, stored videos, their records, verification.
 
 Layout (``prefix`` may be empty)::
 
-    {prefix}test_id={test}/session_id={session}/session.mp4     the video
-    {prefix}test_id={test}/session_id={session}/session.json    its catalog record (written after the video)
+    {prefix}test_id={test}/session_id={session}/session.mp4     the video (committed all or nothing)
+    {prefix}test_id={test}/session_id={session}/session.json    its record (written after the video)
+    {prefix}test_id={test}/session_id={session}/thumbnail.jpg   a frame of it (same access as the video)
     {prefix}catalog/video_catalog.parquet                       the catalog
+    {prefix}_leases/session_id={session}.json                   a writer's lease, while one writes (`lease`)
 
-Writes are idempotent per session (the key is a function of the IDs) and all-or-nothing: the video arrives by a
-multipart upload that only becomes visible at ``CompleteMultipartUpload`` (sent while the download is still
-running: `ut_video_assets.upload`), each part carries a CRC-32 S3 checksum the store verifies, a failed upload is
-aborted, and the stored object is checked (size and recorded SHA-256) before the upload counts as done. Nothing
-here knows about Dagster.
+Videos are written through the commit protocol (`ut_video_assets.commit`; S3 in `ut_video_assets.s3store`):
+nothing is visible at a video's key before the store has verified the whole object's CRC-32, and the SHA-256 is
+a label (object tag) and a field of the record. Verifying a stored video therefore needs no read of its bytes:
+the store's own whole-object checksum and size against what was computed while downloading (`verify_stored`);
+`deep_verify` reads it back for scheduled scrubs. Nothing here knows about Dagster.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+import re
+import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any
 
-from boto3.exceptions import S3UploadFailedError
-from botocore.exceptions import BotoCoreError, ClientError
-
+from ut_video_assets.commit import ObjectBackend, ObjectInfo, StorageError, crc32_to_base64
 from ut_video_assets.ids import normalize_uuid
-from ut_video_assets.rawio import SizedReader
-from ut_video_assets.redact import redact_text
+from ut_video_assets.s3store import S3Backend, describe_store_error
 
-if TYPE_CHECKING:
-    from ut_video_assets.upload import StreamingUpload
+__all__ = [
+    "CATALOG_KEY",
+    "RECORD_NAME",
+    "THUMBNAIL_NAME",
+    "VIDEO_NAME",
+    "BadRecord",
+    "ListedFile",
+    "StorageError",
+    "StoredVideo",
+    "VerifyResult",
+    "VideoStore",
+    "ascii_metadata",
+    "describe_store_error",
+    "open_stored_video",
+]
 
 log = logging.getLogger(__name__)
 
 VIDEO_NAME = "session.mp4"
 RECORD_NAME = "session.json"
+THUMBNAIL_NAME = "thumbnail.jpg"
 CATALOG_KEY = "catalog/video_catalog.parquet"
+SHA256_LABEL = "sha256"
 MiB = 1024 * 1024
-# boto3's default 8 MiB parts mean ~128 requests per GiB; 64 MiB keeps request overhead low while a 10,000-part
-# upload still holds 625 GiB. Grown automatically for larger files.
+# 64 MiB parts keep request overhead low (~16 requests a GiB) while 10,000 parts still hold 625 GiB; grown
+# automatically for larger files.
 DEFAULT_PART_SIZE = 64 * MiB
-
-
-class StorageError(Exception):
-    """The store refused or failed a write or read; the message names the key, never credentials."""
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -60,14 +70,19 @@ class StoredVideo:
     key: str
     size: int
     sha256: str
+    """From the object's label (tag), or its metadata for videos stored by earlier versions; may be empty."""
     etag: str
+    """The store's version of the object (S3 ETag)."""
     metadata: dict[str, str] = field(default_factory=dict)
     content_type: str = "video/mp4"
     last_modified: datetime | None = None
+    crc32: int | None = None
+    """The store's own whole-object CRC-32 (None for objects stored without one)."""
+    uri_scheme: str = "s3"
 
     @property
     def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
+        return f"{self.uri_scheme}://{self.bucket}/{self.key}"
 
     @property
     def session_id(self) -> str:
@@ -87,18 +102,27 @@ class ListedFile:
 
 
 @dataclass(frozen=True)
+class BadRecord:
+    """A record that exists but cannot be used (not JSON, not an object, or about another session)."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class VerifyResult:
-    """Outcome of re-reading a stored video and hashing it."""
+    """Outcome of verifying a stored video against what was computed while downloading it."""
 
     ok: bool
     reason: str
     expected_sha256: str
     actual_sha256: str | None
     size: int | None
+    bytes_read: int = 0
 
 
 class VideoStore:
-    """Typed access to the destination bucket. ``client`` is a boto3 S3 client."""
+    """The destination: layout, records and verification over an `ObjectBackend` (S3 from a boto3 client)."""
 
     def __init__(
         self,
@@ -122,8 +146,9 @@ class VideoStore:
         self.prefix = prefix
         self.part_size = part_size
         self.max_concurrency = max_concurrency
-        self.server_side_encryption = server_side_encryption
-        self.kms_key_id = kms_key_id
+        self.backend: ObjectBackend = S3Backend(
+            client, bucket, server_side_encryption=server_side_encryption, kms_key_id=kms_key_id
+        )
 
     # --- layout --------------------------------------------------------------------------------------
 
@@ -138,169 +163,141 @@ class VideoStore:
     def record_key(self, test_id: str, session_id: str) -> str:
         return self.session_prefix(test_id, session_id) + RECORD_NAME
 
+    def thumbnail_key(self, test_id: str, session_id: str) -> str:
+        return self.session_prefix(test_id, session_id) + THUMBNAIL_NAME
+
     @property
     def catalog_key(self) -> str:
         return self.prefix + CATALOG_KEY
 
     def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
+        return self.backend.uri(key)
 
-    # --- writes --------------------------------------------------------------------------------------
-
-    def encryption_args(self) -> dict[str, str]:
-        args: dict[str, str] = {}
-        if self.server_side_encryption:
-            args["ServerSideEncryption"] = self.server_side_encryption
-        if self.kms_key_id:
-            args["SSEKMSKeyId"] = self.kms_key_id
-        return args
-
-    def start_upload(
-        self, path: Path, *, test_id: str, session_id: str, on_progress: Callable[[int], None] | None = None
-    ) -> StreamingUpload:
-        """An upload of the spool file at ``path`` to the session's key that can start before the file is
-        complete (`StreamingUpload`); it aborts whatever a killed process left unfinished at that key."""
-        from ut_video_assets.upload import StreamingUpload
-
-        return StreamingUpload(self, path, test_id=test_id, session_id=session_id, on_progress=on_progress)
-
-    def upload_video(
-        self,
-        path: Path,
-        *,
-        test_id: str,
-        session_id: str,
-        sha256: str,
-        original_filename: str,
-        extra_metadata: dict[str, str] | None = None,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> StoredVideo:
-        """Upload a complete, verified spool file to the session's key and return the stored object's record.
-
-        The object appears only once complete; afterwards its size and recorded SHA-256 are read back and a
-        mismatch deletes it again and raises `StorageError`.
-        """
-        upload = self.start_upload(path, test_id=test_id, session_id=session_id, on_progress=on_progress)
-        size = path.stat().st_size
-        upload.written(size, size)
-        return upload.finish(size, sha256, original_filename=original_filename, extra_metadata=extra_metadata)
-
-    def confirm_video(self, test_id: str, session_id: str, size: int, sha256: str) -> StoredVideo:
-        """Read back a just-stored video: its size and recorded SHA-256 must be what was sent, or it is deleted
-        again and `StorageError` raised."""
-        stored = self.head_video(test_id, session_id)
-        if stored is None or stored.size != size or stored.sha256 != sha256:
-            key = self.video_key(test_id, session_id)
-            with contextlib.suppress(BotoCoreError, ClientError):
-                self.client.delete_object(Bucket=self.bucket, Key=key)
-            raise StorageError(f"{self.uri(key)} did not read back as written (size or checksum differs); removed")
-        return stored
-
-    def abort_stale_uploads(self, key: str, older_than: timedelta = timedelta(0)) -> int:
-        """Abort unfinished multipart uploads of ``key`` (left by a killed process); returns how many."""
-        aborted = 0
-        cutoff = datetime.now(UTC) - older_than
-        try:
-            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-        except (BotoCoreError, ClientError) as exc:
-            log.warning("could not list unfinished uploads of %s: %s", key, describe_store_error(exc))
-            return 0
-        for upload in listing.get("Uploads", []):
-            initiated = upload.get("Initiated")
-            if upload.get("Key") != key or (isinstance(initiated, datetime) and initiated > cutoff):
-                continue
-            with contextlib.suppress(BotoCoreError, ClientError):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
-                aborted += 1
-        if aborted:
-            log.info("aborted %d unfinished upload(s) of %s", aborted, key)
-        return aborted
-
-    def put_record(self, test_id: str, session_id: str, record: dict[str, Any]) -> str:
-        """Write the session's catalog record (JSON) next to its video; returns the key."""
-        key = self.record_key(test_id, session_id)
-        body = json.dumps(record, sort_keys=True, default=str).encode()
-        self._put(key, body, "application/json")
-        return key
-
-    def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
-        self._put(key, body, content_type)
-
-    def _put(self, key: str, body: bytes, content_type: str) -> None:
-        try:
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=body,
-                ContentType=content_type,
-                ChecksumAlgorithm="SHA256",
-                **self.encryption_args(),
-            )
-        except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"writing {self.uri(key)} failed: {describe_store_error(exc)}") from None
-
-    # --- reads ---------------------------------------------------------------------------------------
+    # --- videos --------------------------------------------------------------------------------------
 
     def head_video(self, test_id: str, session_id: str) -> StoredVideo | None:
-        """The stored video's record, or None when there is no object at the session's key."""
+        """The stored video's description (one HEAD and one tag read), or None when there is none."""
         key = self.video_key(test_id, session_id)
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
-        except BotoCoreError as exc:
-            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
-        metadata = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
+        info = self.backend.head(key)
+        if info is None:
+            return None
+        labels = self.backend.get_labels(key)
+        return self._stored(info, labels.get(SHA256_LABEL) or info.metadata.get("sha256", ""))
+
+    def _stored(self, info: ObjectInfo, sha256: str) -> StoredVideo:
+        scheme = self.uri(info.key).split("://", 1)[0]
         return StoredVideo(
             bucket=self.bucket,
-            key=key,
-            size=int(head["ContentLength"]),
-            sha256=metadata.get("sha256", ""),
-            etag=str(head.get("ETag", "")).strip('"'),
-            metadata=metadata,
-            content_type=head.get("ContentType", ""),
-            last_modified=head.get("LastModified"),
+            key=info.key,
+            size=info.size,
+            sha256=sha256,
+            etag=info.version,
+            metadata=info.metadata,
+            content_type=info.content_type,
+            last_modified=info.last_modified,
+            crc32=info.crc32,
+            uri_scheme=scheme,
         )
 
-    def get_record(self, test_id: str, session_id: str) -> dict[str, Any] | None:
-        return self.get_json(self.record_key(test_id, session_id))
+    def label_video(self, key: str, sha256: str) -> None:
+        """Attach the video's SHA-256 as a label (an S3 object tag): no copy, the bytes are not touched."""
+        self.backend.set_labels(key, {SHA256_LABEL: sha256})
 
-    def get_json(self, key: str) -> dict[str, Any] | None:
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
-        value = json.loads(body)
-        return value if isinstance(value, dict) else None
+    def verify_stored(self, stored: StoredVideo, *, sha256: str, crc32: int | None, size: int) -> VerifyResult:
+        """Verify without reading the bytes: the store's own whole-object CRC-32 (which it checked itself at the
+        commit) and size against what was computed while downloading, and the SHA-256 label against the record.
+        """
+        problems = []
+        if stored.size != size:
+            problems.append(f"size is {stored.size}, expected {size}")
+        if crc32 is None:
+            problems.append("no CRC-32 was recorded while downloading")
+        elif stored.crc32 is None:
+            problems.append("the store keeps no whole-object CRC-32 for this object")
+        elif stored.crc32 != crc32:
+            problems.append(f"the store's CRC-32 is {crc32_to_base64(stored.crc32)}, expected {crc32_to_base64(crc32)}")
+        if stored.sha256 != sha256:
+            problems.append(f"the SHA-256 label is {stored.sha256 or 'missing'}, expected {sha256}")
+        if problems:
+            return VerifyResult(False, f"{stored.uri}: " + "; ".join(problems), sha256, stored.sha256, stored.size)
+        return VerifyResult(
+            True, "the store's CRC-32, the size and the SHA-256 label match the download", sha256, sha256, stored.size
+        )
 
-    def verify_video(self, test_id: str, session_id: str, expected_sha256: str) -> VerifyResult:
-        """Stream the stored video back, hash it and compare with ``expected_sha256`` (constant memory)."""
+    def deep_verify(self, test_id: str, session_id: str, expected_sha256: str) -> VerifyResult:
+        """Stream the stored video back, hash it and compare (constant memory; a scrub, not the hot path)."""
         key = self.video_key(test_id, session_id)
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return VerifyResult(False, f"no object at {self.uri(key)}", expected_sha256, None, None)
-            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
-        digest = hashlib.sha256()
-        size = 0
-        for chunk in response["Body"].iter_chunks(chunk_size=MiB):
+        info = self.backend.head(key)
+        if info is None:
+            return VerifyResult(False, f"no object at {self.uri(key)}", expected_sha256, None, None)
+        digest, crc, size = hashlib.sha256(), 0, 0
+        for chunk in self.backend.iter_chunks(key, MiB):
             digest.update(chunk)
+            crc = zlib.crc32(chunk, crc)
             size += len(chunk)
         actual = digest.hexdigest()
         if actual != expected_sha256:
-            return VerifyResult(
-                False,
-                f"SHA-256 of {self.uri(key)} is {actual}, expected {expected_sha256}",
-                expected_sha256,
-                actual,
-                size,
-            )
-        return VerifyResult(True, "checksum matches", expected_sha256, actual, size)
+            reason = f"SHA-256 of {self.uri(key)} is {actual}, expected {expected_sha256}"
+            return VerifyResult(False, reason, expected_sha256, actual, size, size)
+        if info.crc32 is not None and info.crc32 != crc:
+            reason = f"{self.uri(key)}: the bytes do not match the store's own CRC-32"
+            return VerifyResult(False, reason, expected_sha256, actual, size, size)
+        return VerifyResult(True, "read back in full: checksum matches", expected_sha256, actual, size, size)
+
+    # kept for callers that think in "verify" (tests, the reliability suite): a full read-back
+    verify_video = deep_verify
+
+    def digest_stored(self, key: str) -> tuple[str, int, int]:
+        """(SHA-256, CRC-32, size) of a stored object read back in full (repairs after a crash)."""
+        digest, crc, size = hashlib.sha256(), 0, 0
+        for chunk in self.backend.iter_chunks(key, MiB):
+            digest.update(chunk)
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+        return digest.hexdigest(), crc, size
+
+    # --- records -------------------------------------------------------------------------------------
+
+    def put_record(self, test_id: str, session_id: str, record: dict[str, Any]) -> str:
+        """Write the session's record (JSON) next to its video; returns its version."""
+        key = self.record_key(test_id, session_id)
+        body = json.dumps(record, sort_keys=True, default=str).encode()
+        return self.backend.put_bytes(key, body, "application/json")
+
+    def get_record(self, test_id: str, session_id: str) -> dict[str, Any] | None:
+        """The session's record, or None when there is none or it is unusable (see `read_record`)."""
+        record = self.read_record(test_id, session_id)
+        return record if isinstance(record, dict) else None
+
+    def read_record(self, test_id: str, session_id: str) -> dict[str, Any] | BadRecord | None:
+        key = self.record_key(test_id, session_id)
+        record = self.get_json(key)
+        if isinstance(record, dict) and (record.get("test_id"), record.get("session_id")) != (test_id, session_id):
+            return BadRecord(key, "the record describes another session")
+        if isinstance(record, dict) and not _SHA256.match(str(record.get("checksum_sha256", ""))):
+            return BadRecord(key, "the record has no valid SHA-256")
+        return record
+
+    def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
+        self.backend.put_bytes(key, body, content_type)
+
+    def get_json(self, key: str) -> dict[str, Any] | BadRecord | None:
+        """A small JSON object; None when absent, `BadRecord` when it is not a JSON object."""
+        got = self.backend.get_bytes(key)
+        if got is None:
+            return None
+        try:
+            value = json.loads(got[0])
+        except ValueError as exc:
+            return BadRecord(key, f"not JSON ({str(exc)[:80]})")
+        return value if isinstance(value, dict) else BadRecord(key, "not a JSON object")
+
+    def get_json_many(self, keys: list[str], max_workers: int = 10) -> list[dict[str, Any] | BadRecord | None]:
+        """`get_json` of each key, ``max_workers`` at a time (boto3's default connection pool holds 10)."""
+        with ThreadPoolExecutor(max_workers=max_workers) as pool:
+            return list(pool.map(self.get_json, keys))
+
+    # --- listings ------------------------------------------------------------------------------------
 
     def iter_session_prefixes(self) -> Iterator[tuple[str, str, dict[str, ListedFile]]]:
         """(test_id, session_id, {file name: its size and ETag}) for each ``test_id=…/session_id=…/`` under the
@@ -322,77 +319,15 @@ class VideoStore:
         if current is not None:
             yield (*current, files)
 
-    def get_json_many(self, keys: list[str], max_workers: int = 10) -> list[dict[str, Any] | None]:
-        """`get_json` of each key, ``max_workers`` at a time (boto3's default connection pool holds 10)."""
-        with ThreadPoolExecutor(max_workers=max_workers) as pool:
-            return list(pool.map(self.get_json, keys))
-
     def object_exists(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return False
-            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
-        return True
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def describe_store_error(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'error')} ({_status(exc)}): {str(error.get('Message', ''))[:200]}"
-    if isinstance(exc, S3UploadFailedError):
-        return redact_text(str(exc))[:300]
-    return type(exc).__name__
+        return self.backend.head(key) is not None
 
 
 def ascii_metadata(value: str) -> str:
-    """S3 user metadata travels in HTTP headers: keep it printable ASCII."""
+    """Object metadata travels in HTTP headers: keep it printable ASCII."""
     return "".join(c if 32 <= ord(c) < 127 else "_" for c in str(value))[:512]
 
 
-def record_to_json(record: object) -> dict[str, Any]:
-    """A dataclass as a JSON-ready dict."""
-    return asdict(record)  # type: ignore[call-overload, no-any-return]
-
-
-class S3RangeReader(SizedReader):
-    """A seekable, read-only file over one S3 object, fetched with ranged GETs.
-
-    Lets PyAV probe a stored video (it seeks to the ``moov`` box wherever it is) without downloading all of it
-    and without a pre-signed URL that could end up in FFmpeg's log lines.
-    """
-
-    def __init__(self, client: Any, bucket: str, key: str, size: int, block_size: int = 4 * MiB) -> None:
-        super().__init__(size)
-        self._client = client
-        self._bucket = bucket
-        self._key = key
-        self._block_size = block_size
-        self._block_start = -1
-        self._block = b""
-
-    def readinto(self, buffer: Any) -> int:
-        if self.position >= self.size:
-            return 0
-        view = memoryview(buffer).cast("B")
-        if not self._block_start <= self.position < self._block_start + len(self._block):
-            start = self.position
-            end = min(start + max(self._block_size, len(view)), self.size) - 1
-            response = self._client.get_object(Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{end}")
-            self._block = response["Body"].read()
-            self._block_start = start
-        offset = self.position - self._block_start
-        count = min(len(view), len(self._block) - offset)
-        view[:count] = self._block[offset : offset + count]
-        self.position += count
-        return count
-
-
-def open_stored_video(store: VideoStore, video: StoredVideo) -> io.BufferedReader:
-    """A buffered, seekable reader over a stored video (see `S3RangeReader`)."""
-    return io.BufferedReader(S3RangeReader(store.client, video.bucket, video.key, video.size), buffer_size=MiB)
+def open_stored_video(store: VideoStore, video: StoredVideo) -> IO[bytes]:
+    """A buffered, seekable reader over a stored video (ranged reads; never all of it in memory)."""
+    return store.backend.open_reader(video.key, video.size)

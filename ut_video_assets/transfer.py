@@ -2,8 +2,9 @@
 
 What it guarantees, whatever the network does:
 
-- constant memory: the body is streamed in chunks to disk, hashed (SHA-256, plus MD5 when the source's ETag
-  is a plain MD5 that can verify it) as it passes;
+- constant memory: the body is streamed in chunks to disk, hashed as it passes: SHA-256 (the video's identity
+  in the record), CRC-32 (what the object store verifies at commit, `ut_video_assets.commit`), plus MD5 when
+  the source's ETag is a plain MD5 that can verify it;
 - no silent truncation: the byte count must match ``Content-Length`` / ``Content-Range``, and a body that ends
   early is resumed, never accepted;
 - resume, not restart: after a dropped connection or a stalled stream it continues with a ``Range`` request
@@ -26,6 +27,7 @@ import os
 import random
 import re
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +111,8 @@ class DownloadResult:
     path: Path
     size: int
     sha256: str
+    crc32: int
+    """CRC-32 of the whole video (zlib's), computed while downloading: the store checks it at commit."""
     content_type: str
     original_filename: str
     source_etag: str | None
@@ -123,12 +127,16 @@ class DownloadResult:
 
 
 class _Hashes:
+    """The checksums of bytes ``[0, offset)`` of the spool file, always from byte 0 (never of a suffix)."""
+
     def __init__(self, with_md5: bool) -> None:
         self.sha256 = hashlib.sha256()
+        self.crc32 = 0
         self.md5 = hashlib.md5(usedforsecurity=False) if with_md5 else None
 
     def update(self, data: bytes | memoryview) -> None:
         self.sha256.update(data)
+        self.crc32 = zlib.crc32(data, self.crc32)
         if self.md5 is not None:
             self.md5.update(data)
 
@@ -324,9 +332,16 @@ class VideoDownloader:
                 f"store answered a range we did not ask for ({response.headers.get('content-range')})"
             )
         if match.group(3) != "*":
-            self._set_total(int(match.group(3)))
+            total = int(match.group(3))
+            if self._total is not None and total != self._total:
+                # Another object now: this body is the middle of it. Start again from byte 0 with a new request.
+                self._restart(f"object size changed from {self._total} to {total}")
+                raise _RetryableError("source size changed; restarting from byte 0", progress=True)
+            self._total = total
         if self._etag is None:
-            self._pin_etag(response)
+            # The first answer had no ETag: pin this one for the next resumes. The hashes are those of
+            # [0, offset) and stay; only a download from byte 0 can be checked against an MD5 ETag.
+            self._etag = response.headers.get("etag")
 
     def _reject_status(self, response: httpx.Response) -> None:
         """Classify a non-2xx answer: raise for retryable and fatal ones; return for 416 (handled by caller)."""
@@ -358,9 +373,11 @@ class VideoDownloader:
         self._total = total
 
     def _pin_etag(self, response: httpx.Response) -> None:
+        """A 200 answer: the body starts at byte 0, so the hashes start afresh (with MD5 when the ETag is one)."""
+        assert self._offset == 0
         etag = response.headers.get("etag")
         self._etag = etag
-        self._hashes = _Hashes(with_md5=bool(etag and _PLAIN_MD5_ETAG.match(etag)) and self._offset == 0)
+        self._hashes = _Hashes(with_md5=bool(etag and _PLAIN_MD5_ETAG.match(etag)))
 
     def _restart(self, why: str) -> None:
         log.warning("session %s: %s; discarding %d bytes", self._session_id, why, self._offset)
@@ -427,18 +444,27 @@ class VideoDownloader:
         match = re.match(r"^bytes \*/(\d+)$", response.headers.get("content-range", ""))
         size = int(match.group(1)) if match else self._total
         if size is not None and size == self._offset:
+            # Every byte arrived before a drop; the MD5 (when the source has one) must still agree.
             self._total = size
+            self._check_md5()
             return True
         raise _RetryableError(f"store answered 416 at byte {self._offset} (object size {size})")
 
+    def _check_md5(self) -> bool:
+        """Compare the MD5 of the received bytes with the source's plain-MD5 ETag; True when it was compared.
+        A mismatch restarts the download from byte 0 (raises)."""
+        if self._hashes.md5 is None or not self._etag:
+            return False
+        match = _PLAIN_MD5_ETAG.match(self._etag)
+        assert match is not None
+        if self._hashes.md5.hexdigest() != match.group(1).lower():
+            self._restart("MD5 of the received bytes differs from the source ETag (corrupted in transit)")
+            raise _RetryableError("checksum mismatch against the source; downloading again")
+        return True
+
     def _verify_complete(self, url: VideoUrl, out: IO[bytes]) -> bool:
         """The body ended where the headers said it would. Prove it is the whole object."""
-        if self._hashes.md5 is not None and self._etag:
-            match = _PLAIN_MD5_ETAG.match(self._etag)
-            assert match is not None
-            if self._hashes.md5.hexdigest() != match.group(1).lower():
-                self._restart("MD5 of the received bytes differs from the source ETag (corrupted in transit)")
-                raise _RetryableError("checksum mismatch against the source; downloading again")
+        if self._check_md5():
             return True
         if self._total is None:
             raise TransferError(
@@ -446,7 +472,14 @@ class VideoDownloader:
                 reason="unverifiable",
             )
         # Without a content checksum, make sure a lying Content-Length did not end the body early: a range
-        # starting at the size we believe must be unsatisfiable.
+        # starting at the size we believe must be unsatisfiable. A network error here is one more retry of the
+        # main loop (which ends at a 416 for a complete object), never a lost download.
+        try:
+            return self._probe_end(url)
+        except httpx.HTTPError as exc:
+            raise _RetryableError(f"could not confirm the end of the object ({type(exc).__name__})") from None
+
+    def _probe_end(self, url: VideoUrl) -> bool:
         with self._http.stream(
             "GET",
             url.url,
@@ -482,6 +515,7 @@ class VideoDownloader:
             path=self._dest,
             size=self._offset,
             sha256=self._hashes.sha256.hexdigest(),
+            crc32=self._hashes.crc32,
             content_type=self._content_type if self._content_type.startswith("video/") else "video/mp4",
             original_filename=original,
             source_etag=self._etag,

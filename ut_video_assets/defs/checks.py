@@ -38,16 +38,25 @@ def _per_partition(
     yield dg.Output(None)
 
 
+def _checksum_evaluator(storage: VideoStorageResource) -> Callable[[dg.DagsterInstance, VideoStore, str], Any]:
+    deep = storage.deep_verification()
+    return lambda instance, store, session_id: checksum_evaluation(instance, store, session_id, deep=deep)
+
+
 @dg.asset_check(
     asset=session_video,
     name=CHECKSUM_CHECK,
     blocking=True,
     partitions_def=session_partitions,
-    description="Re-reads the stored video and compares its SHA-256 with the one computed while downloading.",
+    description=(
+        "Compares the store's own whole-object CRC-32 (verified by the store at commit) and the size with what "
+        "was computed while downloading, and the object's SHA-256 tag with the recorded SHA-256, without reading "
+        "the video again. With UT_DEEP_VERIFY=true it also reads the video back in full."
+    ),
 )
 def session_video_checksum(context: dg.AssetCheckExecutionContext, storage: VideoStorageResource) -> Any:
     # `Any`: Dagster types a check as returning one AssetCheckResult; this one yields per-partition evaluations.
-    yield from _per_partition(context, storage, checksum_evaluation)
+    yield from _per_partition(context, storage, _checksum_evaluator(storage))
 
 
 @dg.asset_check(

@@ -1,62 +1,128 @@
-"""The S3 IO manager for ``session_video``: spool file in, verified object (and its record) out.
+"""The IO manager of ``session_video``: the one place a video is committed to the store and loaded back.
 
-``handle_output`` receives a `DownloadedVideo` (a spool file that passed every check, most of it already sent
-by the streaming upload that ran alongside the download) and completes its upload under
-``test_id=…/session_id=…/session.mp4`` with its metadata, then writes the catalog record next to it, and removes
-the spool file whatever happens. When the asset found the video already stored it hands over the `StoredVideo`
-and nothing is written. ``load_input`` gives downstream assets the `StoredVideo` record, never the bytes.
+``handle_output`` receives a `VideoBatch`: the run's sessions, each either a `PreparedVideo` (downloaded,
+probed, every byte in a pending write; nothing visible at its key yet) or an `IngestedVideo` (already stored).
+It commits each prepared video through the ingest engine (`ut_video_assets.ingest`): the store verifies the
+whole object's CRC-32 under a create-only (or replace-only-what-was-seen) precondition, then the SHA-256 label,
+thumbnail and record follow. Single-partition and range runs take the same path. ``load_input`` gives
+downstream assets the `StoredVideo` description, never the bytes (`open_stored_video` reads them as a stream).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import dagster as dg
 
+from ut_video_assets.commit import crc32_to_base64
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import VideoStorageResource
-from ut_video_assets.media import MediaInfo
+from ut_video_assets.ingest import IngestedVideo, IngestEngine, IngestError, PreparedVideo
 from ut_video_assets.storage import StoredVideo, VideoStore
-from ut_video_assets.transfer import DownloadResult
-from ut_video_assets.upload import StreamingUpload
 
 
-@dataclass(frozen=True)
-class DownloadedVideo:
-    """What ``session_video`` hands its IO manager: a verified spool file and what is known about it."""
+@dataclass
+class VideoBatch:
+    """What ``session_video`` hands its IO manager: the run's sessions by partition key, and the engine that
+    prepared them (it holds their write leases until they are committed)."""
 
-    test_id: str
-    download: DownloadResult
-    upload: StreamingUpload
-    """The upload to the final key, started during the download; completed (or aborted) by the IO manager."""
-    media: MediaInfo
-    start_time: datetime | None
-    finish_time: datetime | None
+    engine: IngestEngine
+    items: dict[str, PreparedVideo | IngestedVideo] = field(default_factory=dict)
+    failures: dict[str, IngestError] = field(default_factory=dict)
 
-    def catalog_record(self, stored: StoredVideo) -> dict[str, Any]:
-        return {
-            "session_id": self.download.session_id,
-            "test_id": self.test_id,
-            "storage_path": stored.uri,
-            "size_bytes": stored.size,
-            "checksum_sha256": stored.sha256,
-            "ingestion_timestamp": stored.metadata.get("ingestion-timestamp") or datetime.now(UTC).isoformat(),
-            "original_filename": self.download.original_filename,
-            "duration_seconds": self.media.duration_seconds,
-            "width": self.media.width,
-            "height": self.media.height,
-            "video_codec": self.media.video_codec,
-            "audio_codec": self.media.audio_codec,
-            "start_time": self.start_time.isoformat() if self.start_time else None,
-            "finish_time": self.finish_time.isoformat() if self.finish_time else None,
-            "source_etag": self.download.source_etag,
-            "url_refreshes": self.download.url_refreshes,
-            "resumes": self.download.resumes,
+    def add(self, key: str, item: PreparedVideo | IngestedVideo) -> None:
+        self.items[key] = item
+
+    def abandon(self) -> None:
+        """Abort every prepared video and release the leases (a run interrupted before its commit)."""
+        for item in self.items.values():
+            if isinstance(item, PreparedVideo):
+                self.engine.abandon(item)
+        self.engine.close()
+
+
+def commit_batch(batch: VideoBatch, log: Any) -> dict[str, IngestedVideo]:
+    """Commit every prepared video of ``batch`` (the stored ones pass through); failures are added to
+    ``batch.failures``. Releases every lease. ``log`` is a Dagster logger."""
+    done: dict[str, IngestedVideo] = {}
+    try:
+        for key, item in batch.items.items():
+            if isinstance(item, IngestedVideo):
+                done[key] = item
+                continue
+            try:
+                done[key] = batch.engine.commit(item)
+            except IngestError as exc:
+                log.error(f"session {key}: {exc}")
+                batch.failures[key] = exc
+    finally:
+        batch.abandon()  # nothing is left to abort by now; releases what is still held
+    return done
+
+
+def prepared_metadata(item: PreparedVideo | IngestedVideo, store: VideoStore) -> dict[str, Any]:
+    """What the UI shows of a session's video, known before its commit (or read from its record)."""
+    if isinstance(item, IngestedVideo):
+        record = item.record
+        uri = item.stored.uri
+        size, sha256, crc32 = item.stored.size, item.stored.sha256, item.stored.crc32
+        media: dict[str, Any] = {
+            "duration_seconds": dg.MetadataValue.float(float(record.get("duration_seconds") or 0.0)),
+            "resolution": f"{record.get('width')}x{record.get('height')}" if record.get("width") else "unknown",
+            "video_codec": str(record.get("video_codec") or ""),
+            "audio_codec": str(record.get("audio_codec") or "none"),
         }
+        extra: dict[str, Any] = {"download_skipped": item.outcome == "already_stored", "outcome": item.outcome}
+    else:
+        download, info = item.download, item.media
+        uri = store.uri(item.key)
+        size, sha256, crc32 = download.size, download.sha256, download.crc32
+        media = {
+            "duration_seconds": dg.MetadataValue.float(info.duration_seconds or 0.0),
+            "resolution": info.resolution,
+            "video_codec": info.video_codec or "",
+            "audio_codec": info.audio_codec or "none",
+            "container": info.container,
+        }
+        extra = {
+            "download_skipped": False,
+            "outcome": "stored",
+            "url_requests": download.url_requests,
+            "url_refreshes": download.url_refreshes,
+            "resumes": download.resumes,
+            "retries": download.retries,
+            "source_md5_verified": download.source_md5_verified,
+            "download_seconds": dg.MetadataValue.float(round(download.seconds, 3)),
+            "download_mib_per_second": dg.MetadataValue.float(
+                round(download.size / 1048576 / download.seconds, 1) if download.seconds > 0 else 0.0
+            ),
+            "uploaded_while_downloading_mib": dg.MetadataValue.float(
+                round(item.uploaded_while_downloading / 1048576, 1)
+            ),
+        }
+        if item.thumbnail is not None:
+            # A link to the image next to the video (same encryption and access), never the image itself:
+            # the event log is readable by every UI user and outside the bucket's access control.
+            thumb = store.uri(store.thumbnail_key(item.session.test_id, item.session.session_id))
+            extra["thumbnail"] = dg.MetadataValue.path(thumb)
+    session = item.session
+    return {
+        "test_id": session.test_id,
+        "session_start_time": session.start_time.isoformat() if session.start_time else "",
+        "storage_path": dg.MetadataValue.path(uri),
+        # The standard key: Dagster shows it as the asset's location and links it in search.
+        "dagster/uri": dg.MetadataValue.path(uri),
+        "size_bytes": dg.MetadataValue.int(size),
+        "size_mib": dg.MetadataValue.float(round(size / 1048576, 2)),
+        "sha256": dg.MetadataValue.text(sha256),
+        # The whole-object CRC-32 the store verified at commit: the checksum check compares it without a read.
+        "crc32": dg.MetadataValue.int(crc32 if crc32 is not None else -1),
+        "crc32_base64": dg.MetadataValue.text(crc32_to_base64(crc32) if crc32 is not None else ""),
+        **media,
+        **extra,
+    }
 
 
 def console_url(store: VideoStore, stored: StoredVideo) -> str | None:
@@ -77,64 +143,40 @@ def console_url(store: VideoStore, stored: StoredVideo) -> str | None:
     )
 
 
-def stored_metadata(stored: StoredVideo, store: VideoStore | None = None) -> dict[str, Any]:
-    """What the UI shows of a stored video; with ``store``, a link to the object in the store's console."""
+def ingested_metadata(video: IngestedVideo, store: VideoStore) -> dict[str, Any]:
+    """What only the commit tells: the object's version and when it was stored, and a console link."""
+    stored = video.stored
     metadata: dict[str, Any] = {
-        "storage_path": dg.MetadataValue.path(stored.uri),
-        # The standard key: Dagster shows it as the asset's location and links it in search.
-        "dagster/uri": dg.MetadataValue.path(stored.uri),
-        "size_bytes": dg.MetadataValue.int(stored.size),
-        "size_mib": dg.MetadataValue.float(round(stored.size / 1048576, 2)),
-        "sha256": dg.MetadataValue.text(stored.sha256),
         "s3_etag": dg.MetadataValue.text(stored.etag),
         "ingestion_timestamp": dg.MetadataValue.text(stored.metadata.get("ingestion-timestamp", "")),
     }
-    link = console_url(store, stored) if store is not None else None
+    link = console_url(store, stored)
     if link:
         metadata["open_in_console"] = dg.MetadataValue.url(link)
     return metadata
 
 
-def complete_video(log: Any, video: DownloadedVideo, store: VideoStore) -> StoredVideo:
-    """Finish the video's upload (make it visible at its key with its metadata), write its catalog record next
-    to it, and remove the spool file whatever happens. ``log`` is a Dagster logger."""
-    download, upload = video.download, video.upload
-    try:
-        log.info(
-            f"session {download.session_id}: completing the upload to S3 ({upload.bytes_sent / 1048576:,.1f} of "
-            f"{download.size / 1048576:,.1f} MiB sent while downloading)"
-        )
-        stored = upload.finish(
-            download.size,
-            download.sha256,
-            original_filename=download.original_filename,
-            extra_metadata={
-                k: v.isoformat() for k, v in (("start-time", video.start_time), ("finish-time", video.finish_time)) if v
-            },
-        )
-        store.put_record(video.test_id, download.session_id, video.catalog_record(stored))
-    finally:
-        Path(download.path).unlink(missing_ok=True)
-    log.info(f"session {download.session_id}: stored at {stored.uri}")
-    return stored
-
-
 class SessionVideoIOManager(dg.ConfigurableIOManager):
-    """Stores session videos in S3 (multipart, checksummed, all-or-nothing) and loads their records."""
+    """Commits session videos to the destination store (verified, conditional, all-or-nothing) and loads
+    their descriptions."""
 
     storage: VideoStorageResource
 
-    def handle_output(
-        self, context: dg.OutputContext, obj: DownloadedVideo | StoredVideo | dict[str, StoredVideo]
-    ) -> None:
-        if isinstance(obj, dict):
-            # A run over several sessions stores each one as soon as it is downloaded (so spool files never
-            # pile up) with `complete_video`, and records each partition's metadata itself.
-            context.log.info(f"{len(obj)} session videos stored by this run")
-            return
+    def handle_output(self, context: dg.OutputContext, obj: VideoBatch) -> None:
         store = self.storage.store()
-        stored = obj if isinstance(obj, StoredVideo) else complete_video(context.log, obj, store)
-        context.add_output_metadata(stored_metadata(stored, store))
+        done = commit_batch(obj, context.log)
+        if obj.failures:
+            summary = "; ".join(f"{key}: {failure}" for key, failure in obj.failures.items())
+            raise dg.Failure(
+                f"{len(obj.failures)} of {len(obj.items)} sessions could not be committed "
+                f"({len(done)} stored; they are recorded by the next run without downloading again): {summary}",
+                allow_retries=any(f.retryable for f in obj.failures.values()),
+            )
+        if len(done) == 1:
+            (video,) = done.values()
+            context.add_output_metadata(ingested_metadata(video, store))
+        else:
+            context.log.info(f"{len(done)} session videos stored by this run")
 
     def load_input(self, context: dg.InputContext) -> StoredVideo:
         session_id = context.asset_partition_key

@@ -28,6 +28,7 @@ from ut_video_assets.settings import (
     parse_bucket,
     parse_budget,
     parse_credentials,
+    parse_max_backoff,
     parse_positive_float,
     parse_positive_int,
     parse_prefix,
@@ -69,6 +70,7 @@ class UserTestingApiResource(dg.ConfigurableResource):
     instance_postgres_url: str | None = None
     discovery_budget_share: str | None = None
     discovery_busy_interval_seconds: str | None = None
+    max_backoff_seconds: str | None = None
 
     _http: httpx.Client | None = PrivateAttr(default=None)
     _client: ResultsApiClient | None = PrivateAttr(default=None)
@@ -90,6 +92,7 @@ class UserTestingApiResource(dg.ConfigurableResource):
             window_seconds=window,
             path=Path(self.budget_path) if self.budget_path else default_budget_path(),
             url=budget.url,
+            max_backoff_seconds=parse_max_backoff(self.max_backoff_seconds),
         )
         self._http = make_http_client()
         tokens: TokenSource
@@ -152,6 +155,26 @@ class VideoStorageResource(dg.ConfigurableResource):
     kms_key_id: str | None = None
     part_size_mib: str | None = None
     upload_concurrency: str | None = None
+    lease_seconds: str | None = None
+    deep_verify: str | None = None
+
+    def lease_ttl(self) -> float:
+        """How long a session's write lease lives without renewal (``UT_LEASE_SECONDS``): a killed run's sessions
+        can be taken over this long after it died; a live one renews it every third of this."""
+        ttl = parse_positive_float(self.lease_seconds, "UT_LEASE_SECONDS", 120.0)
+        if not 3 <= ttl <= 3600:
+            raise SettingsError(f"UT_LEASE_SECONDS must be between 3 and 3600, got {ttl:g}")
+        return ttl
+
+    def deep_verification(self) -> bool:
+        """``UT_DEEP_VERIFY``: the checksum check also reads every stored video back in full (off by default:
+        the store's own whole-object checksum, verified at commit, is compared without reading the bytes)."""
+        value = (self.deep_verify or "").strip().lower()
+        if value in ("", "0", "false", "no", "off"):
+            return False
+        if value in ("1", "true", "yes", "on"):
+            return True
+        raise SettingsError(f"UT_DEEP_VERIFY must be true or false, got {value[:20]!r}")
 
     def store(self) -> VideoStore:
         sse = (self.server_side_encryption or "").strip() or None

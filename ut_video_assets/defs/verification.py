@@ -8,6 +8,8 @@ functions to check the sessions it did store when others in its range failed (th
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
 # Not exported at the top level; it links an evaluation to the materialization it checked (the UI shows a
@@ -16,6 +18,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 
+from ut_video_assets.commit import crc32_to_base64
 from ut_video_assets.defs.registry import SessionRecord, lookup_session
 from ut_video_assets.media import NotAVideoError, probe
 from ut_video_assets.storage import StorageError, VideoStore, open_stored_video
@@ -60,10 +63,12 @@ def _evaluation(
     )
 
 
-def checksum_evaluation(instance: dg.DagsterInstance, store: VideoStore, session_id: str) -> dg.AssetCheckEvaluation:
-    """Re-read the stored video and compare its SHA-256 with the one its materialization recorded."""
+def checksum_evaluation(
+    instance: dg.DagsterInstance, store: VideoStore, session_id: str, *, deep: bool = False
+) -> dg.AssetCheckEvaluation:
+    """Compare the store's own checksum and size of the stored video with what its materialization recorded."""
     session, target = lookup_session(instance, session_id), _latest_materialization(instance, session_id)
-    return _checksum(store, session_id, session, target)
+    return _checksum(store, session_id, session, target, deep)
 
 
 def playable_evaluation(instance: dg.DagsterInstance, store: VideoStore, session_id: str) -> dg.AssetCheckEvaluation:
@@ -73,24 +78,45 @@ def playable_evaluation(instance: dg.DagsterInstance, store: VideoStore, session
 
 
 def video_check_evaluations(
-    instance: dg.DagsterInstance, store: VideoStore, session_id: str
+    instance: dg.DagsterInstance, store: VideoStore, session_id: str, *, deep: bool = False
 ) -> list[dg.AssetCheckEvaluation]:
     """Both checks, looking up the session and its latest materialization once."""
     session, target = lookup_session(instance, session_id), _latest_materialization(instance, session_id)
-    return [_checksum(store, session_id, session, target), _playable(store, session_id, session, target)]
+    return [_checksum(store, session_id, session, target, deep), _playable(store, session_id, session, target)]
+
+
+def _recorded(target: dg.EventLogRecord | None, name: str) -> Any:
+    materialization = target.asset_materialization if target is not None else None
+    value = materialization.metadata.get(name) if materialization is not None else None
+    return value.value if value is not None else None
 
 
 def _checksum(
-    store: VideoStore, session_id: str, session: SessionRecord | None, target: dg.EventLogRecord | None
+    store: VideoStore,
+    session_id: str,
+    session: SessionRecord | None,
+    target: dg.EventLogRecord | None,
+    deep: bool,
 ) -> dg.AssetCheckEvaluation:
     if session is None:
         return _evaluation(CHECKSUM_CHECK, session_id, False, f"session {session_id} was never discovered", target)
-    value = target.asset_materialization.metadata.get("sha256") if target and target.asset_materialization else None
-    expected = str(value.value) if value is not None else ""
-    if not expected:
+    expected = str(_recorded(target, "sha256") or "")
+    size = _recorded(target, "size_bytes")
+    crc32 = _recorded(target, "crc32")
+    if not expected or not isinstance(size, int):
         return _evaluation(CHECKSUM_CHECK, session_id, False, "no recorded checksum for this partition", target)
     try:
-        result = store.verify_video(session.test_id, session_id, expected)
+        stored = store.head_video(session.test_id, session_id)
+        if stored is None:
+            key = store.video_key(session.test_id, session_id)
+            return _evaluation(CHECKSUM_CHECK, session_id, False, f"no object at {store.uri(key)}", target)
+        if isinstance(crc32, int) and crc32 >= 0 and stored.crc32 is not None:
+            result = store.verify_stored(stored, sha256=expected, crc32=crc32, size=size)
+            if result.ok and deep:
+                result = store.deep_verify(session.test_id, session_id, expected)
+        else:
+            # Stored by an earlier version without a whole-object checksum: only reading it back can tell.
+            result = store.deep_verify(session.test_id, session_id, expected)
     except StorageError as exc:
         return _evaluation(CHECKSUM_CHECK, session_id, False, str(exc), target)
     return _evaluation(
@@ -102,8 +128,10 @@ def _checksum(
         {
             "expected_sha256": expected,
             "actual_sha256": result.actual_sha256 or "",
-            "bytes_read": result.size or 0,
-            "storage_path": dg.MetadataValue.path(store.uri(store.video_key(session.test_id, session_id))),
+            "store_crc32": crc32_to_base64(stored.crc32) if stored.crc32 is not None else "",
+            "size_bytes": stored.size,
+            "bytes_read": result.bytes_read,
+            "storage_path": dg.MetadataValue.path(stored.uri),
         },
     )
 

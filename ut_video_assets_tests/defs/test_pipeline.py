@@ -143,7 +143,11 @@ def test_materializes_a_session_with_checks_metadata_and_no_spool_left(pipeline:
     assert metadata["test_id"].value == session.test_id
     assert metadata["video_codec"].value == "h264" and metadata["audio_codec"].value == "aac"
     assert float(metadata["duration_seconds"].value) > 1  # type: ignore[arg-type]
-    assert "data:image/jpeg;base64," in str(metadata["thumbnail"].value)
+    # the thumbnail stays next to the video (same access control); the event log only links to it
+    thumbnail = str(metadata["thumbnail"].value)
+    assert thumbnail == stored.uri.replace("session.mp4", "thumbnail.jpg") and "base64" not in thumbnail
+    assert pipeline.store.object_exists(pipeline.store.thumbnail_key(session.test_id, session.session_id))
+    assert metadata["crc32"].value == stored.crc32 and stored.crc32 is not None
     assert metadata["url_requests"].value == 1
     assert list(pipeline.spool_dir.glob("*")) == []
     record = pipeline.store.get_record(session.test_id, session.session_id)
@@ -260,10 +264,28 @@ def test_checksum_check_fails_after_the_object_is_overwritten(pipeline: Pipeline
     )
     result = pipeline.run_checks(SESSION_VIDEO, session.session_id)
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert evaluations["session_video_checksum"].passed is False
-    assert evaluations["session_video_checksum"].metadata["actual_sha256"].value == hashlib.sha256(tampered).hexdigest()
+    checksum = evaluations["session_video_checksum"]
+    assert checksum.passed is False  # told by the store's own checksum and size, without reading the bytes
+    assert "size is" in str(checksum.description) and checksum.metadata["bytes_read"].value == 0
     assert evaluations["session_video_playable"].passed is False
     assert not result.success  # blocking ERROR checks fail the run
+
+
+
+def test_deep_verification_reads_the_stored_video_back(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline.tick()
+    session = with_video(pipeline)
+    first = pipeline.materialize(session.session_id)
+    assert first.success
+    quick = next(e for e in first.get_asset_check_evaluations() if e.check_name == "session_video_checksum")
+    assert quick.passed and quick.metadata["bytes_read"].value == 0  # the standard check reads no video bytes
+    monkeypatch.setenv("UT_DEEP_VERIFY", "true")
+    pipeline.defs = build_defs()
+    result = pipeline.run_checks(SESSION_VIDEO, session.session_id)
+    deep = next(e for e in result.get_asset_check_evaluations() if e.check_name == "session_video_checksum")
+    size = len(pipeline.sandbox.video_bytes(session))
+    assert deep.passed and deep.metadata["bytes_read"].value == size
+    assert deep.metadata["actual_sha256"].value == hashlib.sha256(pipeline.sandbox.video_bytes(session)).hexdigest()
 
 
 def test_catalog_tabulates_stored_videos_as_parquet(pipeline: Pipeline) -> None:
