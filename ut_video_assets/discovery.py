@@ -10,6 +10,10 @@ The list endpoint pages with offset/limit, newest first, and grows at its head w
 - ``totalCount`` is not trusted to end the scan: a short or empty page, or the API's offset cap, ends it.
 
 Invalid entries (non-UUID IDs, missing fields) are skipped and reported; they never become partition keys.
+
+What a tick spends is counted in HTTP requests (a page retried after a 503 costs every request it took, a 401
+re-send costs two), also when the API fails part-way: the failure is reported in the result next to what was
+found and spent, so the sensor can record both instead of losing them with an exception.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ut_video_assets.usertesting.client import MAX_OFFSET, MAX_PAGE_SIZE, ResultsApiClient
-from ut_video_assets.usertesting.errors import BudgetExhaustedError
+from ut_video_assets.usertesting.errors import (
+    ApiError,
+    BadRequestError,
+    BudgetExhaustedError,
+    MalformedResponseError,
+    NotFoundError,
+    TimeLimitError,
+)
 from ut_video_assets.usertesting.models import SessionPage, SessionSummary
 
 CURSOR_VERSION = 1
@@ -114,9 +125,12 @@ class DiscoveryResult:
     new_sessions: list[SessionSummary]
     cursor: DiscoveryCursor
     requests: int = 0
+    """HTTP requests sent, retries and re-sends included (what discovery's share is charged)."""
     rejected: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
     """Why a test's scan stopped early (budget, share, time); the cursor resumes it."""
+    errors: list[str] = field(default_factory=list)
+    """API failures (after the client's retries); the cursor resumes where each happened."""
 
 
 def discover_new_sessions(
@@ -131,8 +145,11 @@ def discover_new_sessions(
 ) -> DiscoveryResult:
     """New completed sessions of ``test_ids``, oldest first (so partitions are added in completion order).
 
-    Spends at most ``max_requests`` list requests (None: no cap), starting with the test the previous tick
-    ended on.
+    Starts no page once ``max_requests`` HTTP requests are spent (None: no cap; retries inside a page may
+    overshoot it, and are counted), starting with the test the previous tick ended on. Nothing waits past
+    ``time_limit_seconds``. API failures do not raise: a test that is not there (404) or answers nonsense is
+    reported in ``errors`` and the scan moves on; any other failure (credentials, an outage) ends the scan
+    there, also reported in ``errors``.
     """
     tests = list(test_ids)
     first = cursor.next_test % len(tests) if tests else 0
@@ -184,19 +201,30 @@ class _Scan:
         return added, hit_known
 
     def fetch(self, test_id: str, offset: int) -> SessionPage | str:
-        """The page at ``offset``, or why this tick must stop before reading it."""
+        """The page at ``offset``, or why this tick must stop before reading it.
+
+        Raises the client's `ApiError` when the API fails; what the attempt cost is counted either way.
+        """
         if self.max_requests is not None and self.result.requests >= self.max_requests:
             return f"test {test_id}: discovery's share of the request budget used at offset {offset}"
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             return f"test {test_id}: tick time used up at offset {offset}"
+        sent_before = self.client.requests_sent
         try:
             page = self.client.list_sessions(
-                test_id, limit=MAX_PAGE_SIZE, offset=offset, max_wait=min(self.budget_wait_seconds, remaining)
+                test_id,
+                limit=MAX_PAGE_SIZE,
+                offset=offset,
+                max_wait=min(self.budget_wait_seconds, remaining),
+                deadline=self.deadline,
             )
         except BudgetExhaustedError:
             return f"test {test_id}: request budget spent at offset {offset}"
-        self.result.requests += 1
+        except TimeLimitError:
+            return f"test {test_id}: tick time used up at offset {offset}"
+        finally:
+            self.result.requests += self.client.requests_sent - sent_before
         self.result.rejected.extend(page.rejected)
         return page
 
@@ -205,7 +233,15 @@ class _Scan:
         pending = self.result.cursor.pending_offsets.pop(test_id, None)
         offset, head_new, scanning_head = 0, 0, True
         while offset <= MAX_OFFSET:
-            page = self.fetch(test_id, offset)
+            try:
+                page = self.fetch(test_id, offset)
+            except ApiError as exc:
+                self.result.errors.append(f"test {test_id}: {exc}")
+                resume = offset or pending
+                if resume:  # an older scan to finish; otherwise the next tick starts at the head anyway
+                    self.result.cursor.pending_offsets[test_id] = resume
+                # This test's own problem (gone, no permission, nonsense): the other tests still get their turn.
+                return isinstance(exc, (NotFoundError, BadRequestError, MalformedResponseError))
             if isinstance(page, str):
                 self.result.unfinished.append(page)
                 # Resume here next time: re-reading a page costs a request but never loses a session.

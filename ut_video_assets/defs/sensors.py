@@ -89,13 +89,23 @@ def completed_sessions_sensor(
         result.cursor.looked_at = now
     for reason in result.rejected[:20]:
         context.log.warning(f"ignored an invalid session entry: {reason}")
+    for error in result.errors:
+        context.log.error(f"the Results API failed during discovery: {error}")
     notes = "; ".join(result.unfinished)
     if not result.new_sessions:
         context.update_cursor(result.cursor.to_json())
+        if result.errors:
+            # Not raised: Dagster drops the cursor of a tick that raises, and with it what the tick spent
+            # (and where each test's scan stands); the next tick would spend it again.
+            return dg.SkipReason(
+                f"the Results API failed ({'; '.join(result.errors)}); {result.requests} API request(s) spent "
+                "and charged to discovery's share; trying again next tick"
+            )
         if result.unfinished and result.requests == 0:
             return dg.SkipReason(f"Results API budget spent; trying again next tick ({notes})")
         return dg.SkipReason(f"no new completed sessions in {len(test_ids)} test(s)" + (f" ({notes})" if notes else ""))
     keys = [session.session_id for session in result.new_sessions]
+    notes = "; ".join(result.unfinished + result.errors)
     context.log.info(
         f"discovered {len(keys)} new session(s) with {result.requests} API request(s){'; ' + notes if notes else ''}"
     )

@@ -17,6 +17,8 @@ from ut_video_assets.usertesting.errors import (
     NotFoundError,
     RateLimitedError,
     ServerError,
+    TimeLimitError,
+    TokenEndpointError,
     TransportError,
 )
 from ut_video_assets.usertesting.http import make_http_client
@@ -40,6 +42,8 @@ __all__ = [
     "SessionPage",
     "SessionSummary",
     "StaticToken",
+    "TimeLimitError",
+    "TokenEndpointError",
     "TokenSource",
     "TransportError",
     "VideoUrl",

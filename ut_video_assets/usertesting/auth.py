@@ -2,6 +2,10 @@
 
 Client-credentials tokens live one hour and have no refresh token: we mint a new one a minute before the old
 one expires, and once more when the API answers 401 (a token revoked or expired early).
+
+A 429 or 5xx from the token endpoint (or no answer at all) is an outage of the token service, not a verdict on
+the credentials: it is retried with back-off (honouring a bounded ``Retry-After``) and, if it persists, raised
+as `TokenEndpointError`. Only a 4xx other than 429 means "credentials rejected".
 """
 
 from __future__ import annotations
@@ -13,19 +17,24 @@ from typing import Protocol
 import httpx
 import stamina
 
-from ut_video_assets.usertesting.errors import AuthenticationError, ServerError, TransportError
+from ut_video_assets.usertesting.errors import AuthenticationError, TokenEndpointError
 from ut_video_assets.usertesting.models import AccessToken
+from ut_video_assets.usertesting.waits import retry_after_seconds
 
 DEFAULT_TOKEN_URL = "https://auth.usertesting.com/oauth2/aus1p3vtd8vtm4Bxv0h8/v1/token"  # noqa: S105 - a public endpoint, not a secret
 DEFAULT_TOKEN_SCOPE = "studies:read"  # noqa: S105 - an OAuth scope name
 REFRESH_MARGIN_SECONDS = 60.0
+MINT_ATTEMPTS = 5
+MINT_TIMEOUT_SECONDS = 120.0
+MINT_MAX_WAIT_SECONDS = 30.0
+"""The longest pause between two token requests, whatever ``Retry-After`` says."""
 
 
 class TokenSource(Protocol):
     """Where bearer tokens come from."""
 
-    def token(self) -> str:
-        """A token valid for at least the next request."""
+    def token(self, deadline: float | None = None) -> str:
+        """A token valid for at least the next request; minting one gives up at ``deadline`` (monotonic)."""
 
     def invalidate(self, token: str) -> bool:
         """The API rejected ``token``; return True when a different token can be tried."""
@@ -39,7 +48,7 @@ class StaticToken:
             raise ValueError("the access token is empty")
         self._value = value.strip()
 
-    def token(self) -> str:
+    def token(self, deadline: float | None = None) -> str:
         return self._value
 
     def invalidate(self, token: str) -> bool:
@@ -74,11 +83,11 @@ class ClientCredentialsTokens:
     def __repr__(self) -> str:
         return f"ClientCredentialsTokens(client_id={self._client_id!r}, secret=<redacted>)"
 
-    def token(self) -> str:
+    def token(self, deadline: float | None = None) -> str:
         with self._lock:
             current = self._current
             if current is None or time.monotonic() >= current.expires_at_monotonic - self._refresh_margin:
-                current = self._current = self._mint()
+                current = self._current = self._mint(deadline)
             return current.value
 
     def invalidate(self, token: str) -> bool:
@@ -87,10 +96,29 @@ class ClientCredentialsTokens:
                 self._current = None
         return True
 
-    def _mint(self) -> AccessToken:
-        for attempt in stamina.retry_context(on=(ServerError, TransportError), attempts=4, timeout=60.0):
-            with attempt:
-                return self._request_token()
+    def _mint(self, deadline: float | None) -> AccessToken:
+        failures = 0
+
+        def retry(exc: Exception) -> bool | float:
+            nonlocal failures
+            if not isinstance(exc, _UnavailableError):
+                return False
+            failures += 1
+            wait = exc.wait if exc.wait is not None else min(0.5 * 2 ** (failures - 1), MINT_MAX_WAIT_SECONDS)
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                return False
+            return wait
+
+        try:
+            for attempt in stamina.retry_context(on=retry, attempts=MINT_ATTEMPTS, timeout=MINT_TIMEOUT_SECONDS):
+                with attempt:
+                    return self._request_token()
+        except _UnavailableError as exc:
+            raise TokenEndpointError(
+                f"the token endpoint is unavailable ({exc}) after {failures + 1} attempt(s); "
+                "this is not a credentials problem, the next run or tick tries again",
+                status=exc.status,
+            ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _request_token(self) -> AccessToken:
@@ -103,9 +131,12 @@ class ClientCredentialsTokens:
                 headers={"Accept": "application/json"},
             )
         except httpx.HTTPError as exc:
-            raise TransportError(f"token endpoint unreachable: {type(exc).__name__}") from None
-        if response.status_code >= 500:
-            raise ServerError(f"token endpoint answered {response.status_code}", status=response.status_code)
+            raise _UnavailableError(f"unreachable: {type(exc).__name__}") from None
+        if response.status_code == 429 or response.status_code >= 500:
+            wait = None
+            if "retry-after" in response.headers or "x-ratelimit-reset" in response.headers:
+                wait = retry_after_seconds(response, MINT_MAX_WAIT_SECONDS, MINT_MAX_WAIT_SECONDS)
+            raise _UnavailableError(f"HTTP {response.status_code}", status=response.status_code, wait=wait)
         if response.status_code != 200:
             reason = _oauth_error(response)
             raise AuthenticationError(
@@ -123,6 +154,15 @@ class ClientCredentialsTokens:
             raise AuthenticationError("the token endpoint answered 200 with an empty access_token")
         self.minted += 1
         return AccessToken(value=value, expires_at_monotonic=started + lifetime)
+
+
+class _UnavailableError(Exception):
+    """One token request that met an outage (429, 5xx, no answer); retried, then a `TokenEndpointError`."""
+
+    def __init__(self, message: str, *, status: int | None = None, wait: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.wait = wait
 
 
 def _oauth_error(response: httpx.Response) -> str:

@@ -4,10 +4,18 @@ Every request first takes a slot from the shared `RequestBudget`, so retries nev
 limit. What is retried: network failures, 429 (after the shared back-off mark the server asked for) and 5xx,
 with capped exponential backoff and jitter, bounded in attempts and total time. A 401 re-mints the token once.
 Everything else (400, 404, malformed bodies) fails at once with an exception that says what and why.
+
+Every HTTP request counts, retries and the re-send after a 401 included: each takes its own budget slot and
+adds one to `ResultsApiClient.requests_sent`, which is how callers with a share of the budget (discovery) know
+what a call really cost. A caller with a hard time limit (a sensor tick) passes ``deadline``: no budget wait,
+retry pause or request timeout then reaches past it.
 """
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +35,7 @@ from ut_video_assets.usertesting.errors import (
     NotFoundError,
     RateLimitedError,
     ServerError,
+    TimeLimitError,
     TransportError,
 )
 from ut_video_assets.usertesting.models import SessionPage, SessionSummary, VideoUrl, parse_timestamp
@@ -49,6 +58,12 @@ class RetryPolicy:
     wait_initial: float = 1.0
     wait_max: float = 60.0
     wait_jitter: float = 1.0
+
+    def backoff(self, failures: int) -> float:
+        """The pause after the ``failures``-th failed attempt: exponential, capped, with jitter."""
+        jitter = random.uniform(0, self.wait_jitter) if self.wait_jitter > 0 else 0.0  # noqa: S311 - not crypto
+        exponential: float = self.wait_initial * 2.0 ** max(failures - 1, 0)
+        return min(self.wait_max, exponential) + jitter
 
 
 class ResultsApiClient:
@@ -74,14 +89,31 @@ class ResultsApiClient:
         self._base_url = base_url.rstrip("/")
         self._policy = policy or RetryPolicy()
         self._on_event = on_event or (lambda _event: None)
+        self._sent = 0
+        self._sent_lock = threading.Lock()
+
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests sent to the API so far by this client (each one took a budget slot)."""
+        with self._sent_lock:
+            return self._sent
 
     # --- endpoints -------------------------------------------------------------------------------------
 
     def list_sessions(
-        self, test_id: str, *, limit: int = MAX_PAGE_SIZE, offset: int = 0, max_wait: float | None = None
+        self,
+        test_id: str,
+        *,
+        limit: int = MAX_PAGE_SIZE,
+        offset: int = 0,
+        max_wait: float | None = None,
+        deadline: float | None = None,
     ) -> SessionPage:
         """One page of a test's completed sessions, newest first. Entries with invalid IDs are dropped and
-        reported in ``SessionPage.rejected``; a body without the documented shape raises."""
+        reported in ``SessionPage.rejected``; a body without the documented shape raises.
+
+        ``deadline`` (a `time.monotonic` value) bounds the whole call, retries included: `TimeLimitError`
+        when it comes before a request could be sent, the last error when a retry would not fit before it."""
         test_id = normalize_uuid(test_id, "test ID")
         if not 1 <= limit <= MAX_PAGE_SIZE or not 0 <= offset <= MAX_OFFSET:
             raise BadRequestError(f"limit must be 1-{MAX_PAGE_SIZE} and offset 0-{MAX_OFFSET}")
@@ -90,30 +122,34 @@ class ResultsApiClient:
             params={"testId": test_id, "limit": limit, "offset": offset},
             resource=f"test {test_id}",
             max_wait=max_wait,
+            deadline=deadline,
         )
         return _parse_page(body, test_id, limit, offset)
 
     def iter_pages(
-        self, test_id: str, *, start_offset: int = 0, max_wait: float | None = None
+        self, test_id: str, *, start_offset: int = 0, max_wait: float | None = None, deadline: float | None = None
     ) -> Iterator[SessionPage]:
         """Pages of 500 from ``start_offset`` until a short page, an empty page or the API's offset cap
         (``totalCount`` is not trusted: the list grows at its head while we page)."""
         offset = start_offset
         while offset <= MAX_OFFSET:
-            page = self.list_sessions(test_id, limit=MAX_PAGE_SIZE, offset=offset, max_wait=max_wait)
+            page = self.list_sessions(test_id, limit=MAX_PAGE_SIZE, offset=offset, max_wait=max_wait, deadline=deadline)
             yield page
             received = len(page.sessions) + len(page.rejected)
             if received < MAX_PAGE_SIZE:
                 return
             offset += MAX_PAGE_SIZE
 
-    def get_video_url(self, session_id: str, *, max_wait: float | None = None) -> VideoUrl:
+    def get_video_url(
+        self, session_id: str, *, max_wait: float | None = None, deadline: float | None = None
+    ) -> VideoUrl:
         """A fresh pre-signed URL of the session's video (valid about an hour). Never store or log it."""
         session_id = normalize_uuid(session_id, "session ID")
         body = self._get_json(
             f"/api/v2/sessionResults/{session_id}/videoDownloadUrl",
             resource=f"session {session_id}",
             max_wait=max_wait,
+            deadline=deadline,
         )
         if not isinstance(body, dict):
             raise MalformedResponseError(f"session {session_id}: video URL answer is not a JSON object")
@@ -129,21 +165,26 @@ class ResultsApiClient:
         expires_at = parse_timestamp(body.get("expiresAt"), f"session {session_id} expiresAt")
         return VideoUrl(session_id=session_id, url=url, expires_at=expires_at)
 
-    def get_session_details(self, session_id: str, *, max_wait: float | None = None) -> dict[str, Any]:
+    def get_session_details(
+        self, session_id: str, *, max_wait: float | None = None, deadline: float | None = None
+    ) -> dict[str, Any]:
         """The v3 session details (participant, tasks) as the API returns them."""
         session_id = normalize_uuid(session_id, "session ID")
         body = self._get_json(
-            f"/api/v3/sessionResults/{session_id}", resource=f"session {session_id}", max_wait=max_wait
+            f"/api/v3/sessionResults/{session_id}",
+            resource=f"session {session_id}",
+            max_wait=max_wait,
+            deadline=deadline,
         )
         if not isinstance(body, dict):
             raise MalformedResponseError(f"session {session_id}: details are not a JSON object")
         return body
 
-    def get_transcript(self, session_id: str, *, max_wait: float | None = None) -> str:
+    def get_transcript(self, session_id: str, *, max_wait: float | None = None, deadline: float | None = None) -> str:
         """The session's WebVTT transcript."""
         session_id = normalize_uuid(session_id, "session ID")
         response = self._request(
-            f"/api/v2/sessionResults/{session_id}/transcript", None, f"session {session_id}", max_wait
+            f"/api/v2/sessionResults/{session_id}/transcript", None, f"session {session_id}", max_wait, deadline
         )
         text = response.text
         if not text.startswith("WEBVTT"):
@@ -153,9 +194,15 @@ class ResultsApiClient:
     # --- plumbing --------------------------------------------------------------------------------------
 
     def _get_json(
-        self, path: str, *, params: dict[str, Any] | None = None, resource: str, max_wait: float | None
+        self,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        resource: str,
+        max_wait: float | None,
+        deadline: float | None = None,
     ) -> Any:
-        response = self._request(path, params, resource, max_wait)
+        response = self._request(path, params, resource, max_wait, deadline)
         try:
             return response.json()
         except ValueError:
@@ -163,51 +210,73 @@ class ResultsApiClient:
             raise MalformedResponseError(f"{resource}: the API answered 200 with a non-JSON body ({kind})") from None
 
     def _request(
-        self, path: str, params: dict[str, Any] | None, resource: str, max_wait: float | None
+        self,
+        path: str,
+        params: dict[str, Any] | None,
+        resource: str,
+        max_wait: float | None,
+        deadline: float | None = None,
     ) -> httpx.Response:
         policy = self._policy
-        for attempt in stamina.retry_context(
-            on=self._retry_hook,
-            attempts=policy.attempts,
-            timeout=policy.total_seconds,
-            wait_initial=policy.wait_initial,
-            wait_max=policy.wait_max,
-            wait_jitter=policy.wait_jitter,
-        ):
+        failures = 0
+
+        def retry(exc: Exception) -> bool | float:
+            nonlocal failures
+            if not isinstance(exc, RETRYABLE):
+                return False
+            failures += 1
+            if isinstance(exc, RateLimitedError):
+                self._on_event("rate_limited")
+                # The shared back-off mark already makes every caller wait; pause just a moment here so the
+                # budget decides when the next request goes.
+                wait = 0.05
+            else:
+                self._on_event("retry")
+                wait = policy.backoff(failures)
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                return False  # no time left for another try: the caller gets this error now
+            return wait
+
+        for attempt in stamina.retry_context(on=retry, attempts=policy.attempts, timeout=policy.total_seconds):
             with attempt:
-                return self._send_with_auth(path, params, resource, max_wait)
+                return self._send_with_auth(path, params, resource, max_wait, deadline)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _retry_hook(self, exc: Exception) -> bool | float:
-        if isinstance(exc, RateLimitedError):
-            self._on_event("rate_limited")
-            # The shared back-off mark already makes every caller wait; sleep just a moment here so the
-            # budget decides when the next request goes.
-            return 0.05
-        if isinstance(exc, RETRYABLE):
-            self._on_event("retry")
-            return True
-        return False
-
     def _send_with_auth(
-        self, path: str, params: dict[str, Any] | None, resource: str, max_wait: float | None
+        self, path: str, params: dict[str, Any] | None, resource: str, max_wait: float | None, deadline: float | None
     ) -> httpx.Response:
-        token = self._tokens.token()
-        response = self._send(path, params, token, resource, max_wait)
+        token = self._tokens.token(deadline)
+        response = self._send(path, params, token, resource, max_wait, deadline)
         if response.status_code == 401 and self._tokens.invalidate(token):
             self._on_event("token_reminted")
-            response = self._send(path, params, self._tokens.token(), resource, max_wait)
+            response = self._send(path, params, self._tokens.token(deadline), resource, max_wait, deadline)
         return self._check(response, resource)
 
     def _send(
-        self, path: str, params: dict[str, Any] | None, token: str, resource: str, max_wait: float | None
+        self,
+        path: str,
+        params: dict[str, Any] | None,
+        token: str,
+        resource: str,
+        max_wait: float | None,
+        deadline: float | None,
     ) -> httpx.Response:
+        """One HTTP request: a budget slot first (every request takes one), counted in `requests_sent`."""
+        if deadline is not None:
+            left = _time_left(deadline, resource)
+            max_wait = left if max_wait is None else min(max_wait, left)
         self._budget.acquire(max_wait=max_wait)
+        timeout = self._http.timeout
+        if deadline is not None:
+            timeout = _within(timeout, _time_left(deadline, resource))
+        with self._sent_lock:
+            self._sent += 1
         try:
             return self._http.get(
                 self._base_url + path,
                 params=params,
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                timeout=timeout,
             )
         except httpx.HTTPError as exc:
             raise TransportError(f"{resource}: request failed ({type(exc).__name__})", resource=resource) from None
@@ -240,6 +309,24 @@ class ResultsApiClient:
         if status >= 500:
             raise ServerError(f"{resource}: server error ({status})", status=status, resource=resource)
         raise ApiError(f"{resource}: unexpected HTTP {status}{detail}", status=status, resource=resource)
+
+
+def _time_left(deadline: float, resource: str) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeLimitError(f"{resource}: the caller's time limit ran out before the request", resource=resource)
+    return left
+
+
+def _within(timeout: httpx.Timeout, seconds: float) -> httpx.Timeout:
+    """``timeout`` with every phase cut to ``seconds`` (so a stalled answer cannot outlast a deadline)."""
+
+    def cut(value: float | None) -> float:
+        return seconds if value is None else min(value, seconds)
+
+    return httpx.Timeout(
+        connect=cut(timeout.connect), read=cut(timeout.read), write=cut(timeout.write), pool=cut(timeout.pool)
+    )
 
 
 def _error_detail(response: httpx.Response) -> str:

@@ -52,4 +52,13 @@ class BudgetExhaustedError(ApiError):
     """Our own request budget had no slot within the caller's wait limit (no request was sent)."""
 
 
+class TimeLimitError(ApiError):
+    """The caller's deadline (a sensor tick's time limit) came before the next request could be sent."""
+
+
+class TokenEndpointError(ApiError):
+    """The token endpoint answered 429 or 5xx, or could not be reached, through every retry: a transient
+    outage of the token service, never a verdict on the credentials."""
+
+
 RETRYABLE = (RateLimitedError, ServerError, TransportError)
