@@ -119,11 +119,10 @@ class StreamingUpload:
         the spool file is not needed any more; the returned pending write awaits its commit."""
         if self.closed:
             raise StorageError("the upload was already aborted")
-        actual = self.path.stat().st_size
-        if actual != size:
-            self.abort()
-            raise StorageError(f"spool file holds {actual} bytes, expected {size}")
         with self._failing_aborts():
+            actual = self.path.stat().st_size
+            if actual != size:
+                raise StorageError(f"spool file holds {actual} bytes, expected {size}")
             self.written(size, size)
             if self._next_part * self._part_size < size or self._next_part == 0:
                 start = self._next_part * self._part_size

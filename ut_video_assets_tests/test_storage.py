@@ -3,100 +3,81 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
 
 from ut_video_assets.catalog import CatalogBuild, build_from_store, to_parquet_bytes
+from ut_video_assets.commit import Precondition
 from ut_video_assets.ids import InvalidIdError
-from ut_video_assets.sandbox.store import StoreEndpoint, free_port
-from ut_video_assets.storage import StorageError, VideoStore, open_stored_video
+from ut_video_assets.storage import BadRecord, StoredVideo, VideoStore, open_stored_video
 
 MiB = 1024 * 1024
 TEST_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 
 
-def spool_file(tmp_path: Path, size: int) -> tuple[Path, str]:
-    path = tmp_path / "video.part"
+def store_video(store: VideoStore, session_id: str, size: int) -> tuple[StoredVideo, bytes]:
+    """A video committed the way the engine commits one (parts, whole-object CRC-32, create-only), labelled."""
     data = b"\x00\x00\x00\x18ftypmp42" + os.urandom(size - 12)
-    path.write_bytes(data)
-    return path, hashlib.sha256(data).hexdigest()
+    key = store.video_key(TEST_ID, session_id)
+    pending = store.backend.begin(key, content_type="video/mp4", metadata={"session-id": session_id})
+    for number, start in enumerate(range(0, size, 5 * MiB), start=1):
+        chunk = data[start : start + 5 * MiB]
+        pending.send_part(number, io.BytesIO(chunk), len(chunk))
+    pending.commit(size=size, crc32=zlib.crc32(data), precondition=Precondition.absent())
+    store.label_video(key, hashlib.sha256(data).hexdigest())
+    stored = store.head_video(TEST_ID, session_id)
+    assert stored is not None
+    return stored, data
 
 
-def test_layout_metadata_and_checksum(video_store: VideoStore, tmp_path: Path) -> None:
+def test_layout_labels_and_the_stores_own_checksum(video_store: VideoStore) -> None:
     session_id = str(uuid.uuid4())
-    path, sha = spool_file(tmp_path, 12 * MiB)
-    stored = video_store.upload_video(
-        path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="session.mp4"
-    )
+    stored, data = store_video(video_store, session_id, 12 * MiB)
     assert stored.key == f"videos/test_id={TEST_ID}/session_id={session_id}/session.mp4"
     assert stored.uri == f"s3://{video_store.bucket}/{stored.key}"
-    assert stored.size == 12 * MiB and stored.sha256 == sha
-    assert stored.content_type == "video/mp4"
-    assert stored.metadata["session-id"] == session_id and stored.metadata["test-id"] == TEST_ID
-    assert stored.metadata["original-filename"] == "session.mp4"
-    assert stored.metadata["ingestion-timestamp"].endswith("+00:00")
-    head = video_store.client.head_object(Bucket=video_store.bucket, Key=stored.key, ChecksumMode="ENABLED")
-    assert head["ChecksumCRC32"].endswith("-3")  # three 5 MiB parts, each verified by the store
-    assert stored.etag.endswith("-3")
+    assert stored.size == 12 * MiB and stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert stored.crc32 == zlib.crc32(data) and stored.content_type == "video/mp4"
+    assert video_store.thumbnail_key(TEST_ID, session_id).endswith(f"session_id={session_id}/thumbnail.jpg")
 
 
-def test_verify_detects_an_overwritten_object(video_store: VideoStore, tmp_path: Path) -> None:
+def test_verification_without_reading_and_in_full(video_store: VideoStore) -> None:
     session_id = str(uuid.uuid4())
-    path, sha = spool_file(tmp_path, MiB)
-    stored = video_store.upload_video(
-        path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="s.mp4"
-    )
-    assert video_store.verify_video(TEST_ID, session_id, sha).ok
+    stored, data = store_video(video_store, session_id, MiB)
+    sha, crc = hashlib.sha256(data).hexdigest(), zlib.crc32(data)
+    quick = video_store.verify_stored(stored, sha256=sha, crc32=crc, size=len(data))
+    assert quick.ok and quick.bytes_read == 0
+    assert not video_store.verify_stored(stored, sha256=sha, crc32=crc ^ 1, size=len(data)).ok
+    assert "SHA-256 label" in video_store.verify_stored(stored, sha256="0" * 64, crc32=crc, size=len(data)).reason
+    deep = video_store.deep_verify(TEST_ID, session_id, sha)
+    assert deep.ok and deep.bytes_read == len(data)
+
     video_store.client.put_object(Bucket=video_store.bucket, Key=stored.key, Body=b"<html>oops</html>")
-    result = video_store.verify_video(TEST_ID, session_id, sha)
-    assert not result.ok and "expected" in result.reason and result.size == 17
+    replaced = video_store.head_video(TEST_ID, session_id)
+    assert replaced is not None
+    result = video_store.verify_stored(replaced, sha256=sha, crc32=crc, size=len(data))
+    assert not result.ok and "size is 17" in result.reason
+    deep = video_store.deep_verify(TEST_ID, session_id, sha)
+    assert not deep.ok and deep.actual_sha256 == hashlib.sha256(b"<html>oops</html>").hexdigest()
     video_store.client.delete_object(Bucket=video_store.bucket, Key=stored.key)
-    missing = video_store.verify_video(TEST_ID, session_id, sha)
+    missing = video_store.deep_verify(TEST_ID, session_id, sha)
     assert not missing.ok and "no object" in missing.reason
 
 
-def test_failed_upload_leaves_nothing_behind(video_store: VideoStore, tmp_path: Path) -> None:
+def test_records_that_cannot_be_used_are_named(video_store: VideoStore) -> None:
     session_id = str(uuid.uuid4())
-    path, sha = spool_file(tmp_path, 11 * MiB)
-    sent = 0
-
-    def fail_midway(count: int) -> None:
-        nonlocal sent
-        sent += count
-        if sent > 6 * MiB:
-            raise OSError("disk vanished")
-
-    with pytest.raises(OSError, match="disk vanished"):
-        video_store.upload_video(
-            path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="s.mp4", on_progress=fail_midway
-        )
-    key = video_store.video_key(TEST_ID, session_id)
-    assert video_store.head_video(TEST_ID, session_id) is None
-    assert video_store.client.list_multipart_uploads(Bucket=video_store.bucket, Prefix=key).get("Uploads", []) == []
-
-
-def test_stale_multipart_uploads_are_aborted_before_a_new_upload(video_store: VideoStore, tmp_path: Path) -> None:
-    session_id = str(uuid.uuid4())
-    key = video_store.video_key(TEST_ID, session_id)
-    orphan = video_store.client.create_multipart_upload(Bucket=video_store.bucket, Key=key)["UploadId"]
-    path, sha = spool_file(tmp_path, MiB)
-    video_store.upload_video(path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="s.mp4")
-    uploads = video_store.client.list_multipart_uploads(Bucket=video_store.bucket, Prefix=key).get("Uploads", [])
-    assert orphan not in [u["UploadId"] for u in uploads]
-
-
-def test_a_dead_store_is_a_clear_error(store: StoreEndpoint, tmp_path: Path) -> None:
-    dead = StoreEndpoint(f"http://127.0.0.1:{free_port()}", store.access_key, store.secret_key)
-    client = dead.client(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1})
-    path, sha = spool_file(tmp_path, MiB)
-    with pytest.raises(StorageError, match=r"upload of s3://dest/.*failed: EndpointConnectionError") as info:
-        VideoStore(client, "dest").upload_video(
-            path, test_id=TEST_ID, session_id=str(uuid.uuid4()), sha256=sha, original_filename="s.mp4"
-        )
-    assert store.secret_key not in str(info.value)
+    key = video_store.record_key(TEST_ID, session_id)
+    video_store.put_bytes(key, b"{not json", "application/json")
+    record = video_store.read_record(TEST_ID, session_id)
+    assert isinstance(record, BadRecord) and "not JSON" in record.reason
+    video_store.put_record(TEST_ID, session_id, {"session_id": str(uuid.uuid4()), "test_id": TEST_ID})
+    record = video_store.read_record(TEST_ID, session_id)
+    assert isinstance(record, BadRecord) and "another session" in record.reason
+    assert video_store.get_record(TEST_ID, session_id) is None
 
 
 @pytest.mark.parametrize("bad", ["../../etc", "a" * 300, "3fa85f64-5717-4562-b3fc-2c963f66afa6/..", "", "x\ny"])
@@ -107,18 +88,17 @@ def test_keys_are_only_built_from_uuids(video_store: VideoStore, bad: str) -> No
         video_store.video_key(bad, TEST_ID)
 
 
-def test_records_listing_and_ranged_reader(video_store: VideoStore, tmp_path: Path) -> None:
+def test_records_listing_and_ranged_reader(video_store: VideoStore) -> None:
     sessions = [str(uuid.uuid4()) for _ in range(3)]
     for session_id in sessions:
-        path, sha = spool_file(tmp_path, 256 * 1024)
-        video_store.upload_video(path, test_id=TEST_ID, session_id=session_id, sha256=sha, original_filename="s.mp4")
+        store_video(video_store, session_id, 256 * 1024)
         video_store.put_record(TEST_ID, session_id, {"session_id": session_id, "test_id": TEST_ID})
     video_store.client.put_object(Bucket=video_store.bucket, Key="videos/test_id=x/stray.txt", Body=b"")
     listed = {(t, s): files for t, s, files in video_store.iter_session_prefixes()}
     assert set(listed) == {(TEST_ID, s) for s in sessions}
     assert all(files["session.mp4"].size == 256 * 1024 and files["session.json"].etag for files in listed.values())
     records = video_store.get_json_many([video_store.record_key(TEST_ID, s) for s in sessions])
-    assert [r["session_id"] if r else None for r in records] == sessions
+    assert [r["session_id"] if isinstance(r, dict) else None for r in records] == sessions
     stored = video_store.head_video(TEST_ID, sessions[0])
     assert stored is not None
     with open_stored_video(video_store, stored) as reader:
@@ -159,7 +139,8 @@ def test_catalog_rebuild_reads_only_new_or_changed_records(video_store: VideoSto
     store.client.put_object(Bucket=store.bucket, Key=store.video_key(TEST_ID, stray), Body=b"\0")
     store.put_record(TEST_ID, stray, {"session_id": sessions[2], "test_id": TEST_ID})
     second = rebuild()
-    assert (second.reused_rows, second.records_read, second.videos_without_record) == (1, 3, 1)
+    assert (second.reused_rows, second.records_read, second.videos_without_record) == (1, 3, 0)
+    assert [b.key for b in second.bad_records] == [store.record_key(TEST_ID, stray)]  # named, left out
     sizes = dict(zip(second.frame["session_id"], second.frame["size_bytes"], strict=True))
     assert sizes == {sessions[0]: 2000, sessions[2]: 1000, sessions[3]: 1000}
     assert second.frame["record_etag"].notna().all()
@@ -168,5 +149,18 @@ def test_catalog_rebuild_reads_only_new_or_changed_records(video_store: VideoSto
     assert (third.reused_rows, third.records_read) == (3, 1)  # only the stray record is read again
     assert third.frame.equals(second.frame)
 
+    # One corrupt record (not JSON) and one with values of the wrong type are named and left out; the rest of
+    # the catalog is built as usual.
+    broken, odd = str(uuid.uuid4()), str(uuid.uuid4())
+    add(broken)
+    store.put_bytes(store.record_key(TEST_ID, broken), b'{"session_id": "trunc', "application/json")
+    add(odd)
+    store.put_record(TEST_ID, odd, {"session_id": odd, "test_id": TEST_ID, "size_bytes": "many"})
+    fourth = rebuild()
+    assert sorted(b.key for b in fourth.bad_records) == sorted(
+        [store.record_key(TEST_ID, broken), store.record_key(TEST_ID, odd), store.record_key(TEST_ID, stray)]
+    )
+    assert set(fourth.frame["session_id"]) == {sessions[0], sessions[2], sessions[3]}
+
     store.put_bytes(store.catalog_key, b"not parquet", "application/octet-stream")
-    assert build_from_store(store).records_read == 4
+    assert build_from_store(store).records_read == 6  # the four above and the two unusable ones

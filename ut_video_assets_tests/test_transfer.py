@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tracemalloc
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -225,3 +226,59 @@ def test_memory_stays_flat_for_a_large_video(sandbox: Sandbox, api_client: Resul
         tracemalloc.stop()
     assert result.size == 96 * MiB
     assert peak < 12 * MiB, f"peak traced memory {peak / MiB:.1f} MiB for a 96 MiB video"
+
+
+# --- regressions: each of these once produced a wrong record or a lost download ------------------------------
+
+
+def test_a_resume_after_a_response_without_etag_keeps_the_whole_videos_checksums(
+    sandbox: Sandbox, store: StoreEndpoint, large_session: Session, fetch: Callable[..., DownloadResult]
+) -> None:
+    """The first answer has no ETag and drops mid-way; the 206 that resumes it has one. The SHA-256 and CRC-32
+    are those of the whole video (they were once reset to the suffix's at the 206)."""
+    sid = large_session.session_id
+    sandbox.add_fault(kind="no_etag", session_id=sid)
+    sandbox.add_fault(kind="drop", session_id=sid, after_bytes=9 * MiB)
+    result = fetch(large_session)
+    assert result.resumes == 1
+    assert_identical(result, source_sha256(store, sandbox, large_session))
+    assert result.crc32 == zlib.crc32(result.path.read_bytes())
+
+
+def test_a_drop_after_the_last_byte_still_compares_the_md5(
+    sandbox: Sandbox, store: StoreEndpoint, small_session: Session, fetch: Callable[..., DownloadResult]
+) -> None:
+    """A flipped byte, then the body ends early by the headers' count although every byte arrived: the resume
+    meets a 416 at the end of the object. The MD5 is still compared there, so the corruption is caught and the
+    video downloaded again (it was once accepted with source_md5_verified = true)."""
+    sid = small_session.session_id
+    sandbox.add_fault(kind="corrupt", session_id=sid, offset=1000)
+    sandbox.add_fault(kind="lying_length", session_id=sid, length_delta=100)  # all bytes, then "ended early"
+    result = fetch(small_session)
+    assert_identical(result, source_sha256(store, sandbox, small_session))
+    assert result.source_md5_verified
+    assert sandbox.stats()["statuses"]["download"].get("416", 0) >= 1  # the resume met the end of the object
+
+
+def test_a_size_change_on_a_206_starts_again_from_byte_zero(
+    sandbox: Sandbox, store: StoreEndpoint, large_session: Session, fetch: Callable[..., DownloadResult]
+) -> None:
+    """The resume's Content-Range announces another size: that body is the middle of another object and is
+    never written at offset 0; the download starts again and ends with the real bytes."""
+    sid = large_session.session_id
+    sandbox.add_fault(kind="drop", session_id=sid, after_bytes=5 * MiB)
+    sandbox.add_fault(kind="resize", session_id=sid, length_delta=4096)
+    result = fetch(large_session)
+    assert_identical(result, source_sha256(store, sandbox, large_session))
+
+
+def test_a_network_error_in_the_end_probe_is_retried_not_fatal(
+    sandbox: Sandbox, store: StoreEndpoint, large_session: Session, fetch: Callable[..., DownloadResult]
+) -> None:
+    """Without an MD5 the downloader proves the end of the object with a ranged GET at its size; a connection
+    reset there is one more retry (it once escaped as a raw httpx error and threw the whole video away)."""
+    expected = source_sha256(store, sandbox, large_session)
+    sandbox.add_fault(kind="reset_ranged", session_id=large_session.session_id, offset=expected[1])
+    result = fetch(large_session)
+    assert_identical(result, expected)
+    assert result.retries >= 1

@@ -1,20 +1,23 @@
 """The streaming upload against the real S3-compatible server: parts leave while the file grows, restarts void
-what was sent, nothing is visible before `finish`, and a download through the fault proxy lands intact."""
+what was sent, nothing is visible before the commit, and a download through the fault proxy lands intact."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
 
+from ut_video_assets.commit import PendingWrite, Precondition, StorageError
 from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets.sandbox.server import Sandbox
 from ut_video_assets.sandbox.store import StoreEndpoint
-from ut_video_assets.storage import StorageError, VideoStore
+from ut_video_assets.storage import VideoStore
 from ut_video_assets.transfer import TransferPolicy, download_video
+from ut_video_assets.upload import StreamingUpload
 from ut_video_assets.usertesting import ResultsApiClient, make_http_client
 
 MiB = 1024 * 1024
@@ -22,77 +25,100 @@ TEST_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 
 
 def unfinished_uploads(store: VideoStore, key: str) -> list[str]:
-    listing = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=key)
-    return [u["UploadId"] for u in listing.get("Uploads", []) if u["Key"] == key]
+    return [p.upload_id for p in store.backend.pending_uploads(key)]
 
 
 def video_bytes(size: int) -> bytes:
     return b"\x00\x00\x00\x18ftypmp42" + os.urandom(size - 12)
 
 
-def test_parts_leave_while_the_file_grows_and_nothing_shows_before_finish(
+def streaming(store: VideoStore, spool: Path, session_id: str) -> StreamingUpload:
+    key = store.video_key(TEST_ID, session_id)
+
+    def begin() -> PendingWrite:
+        return store.backend.begin(key, content_type="video/mp4", metadata={"session-id": session_id})
+
+    return StreamingUpload(
+        begin, spool, part_size=store.part_size, min_part_size=5 * MiB, max_parts=10_000, max_concurrency=2
+    )
+
+
+def test_parts_leave_while_the_file_grows_and_nothing_shows_before_the_commit(
     video_store: VideoStore, tmp_path: Path
 ) -> None:
     session_id = str(uuid.uuid4())
+    key = video_store.video_key(TEST_ID, session_id)
     data = video_bytes(17 * MiB)  # three full 5 MiB parts and a 2 MiB last one
     spool = tmp_path / "v.part"
-    upload = video_store.start_upload(spool, test_id=TEST_ID, session_id=session_id)
+    upload = streaming(video_store, spool, session_id)
     with open(spool, "wb") as out:
         for start in range(0, len(data), MiB):
             out.write(data[start : start + MiB])
             out.flush()
             upload.written(min(start + MiB, len(data)), len(data))
-    assert unfinished_uploads(video_store, upload.key)  # the parts went to a multipart upload ...
-    assert video_store.head_video(TEST_ID, session_id) is None  # ... that is not an object yet
-    sha = hashlib.sha256(data).hexdigest()
-    stored = upload.finish(len(data), sha, original_filename="clip.mp4", extra_metadata={"start-time": "t0"})
+    assert upload.parts_started == 3 and unfinished_uploads(video_store, key)  # sent while "downloading" ...
+    assert video_store.head_video(TEST_ID, session_id) is None  # ... and not an object yet
+    pending = upload.send_rest(len(data))
     assert upload.bytes_sent == len(data)
-    assert stored.size == len(data) and stored.sha256 == sha
-    assert stored.metadata["original-filename"] == "clip.mp4" and stored.metadata["start-time"] == "t0"
-    assert stored.metadata["session-id"] == session_id and stored.content_type == "video/mp4"
-    assert video_store.verify_video(TEST_ID, session_id, sha).ok
-    head = video_store.client.head_object(Bucket=video_store.bucket, Key=stored.key, ChecksumMode="ENABLED")
-    assert head["ChecksumCRC32"].endswith("-4")  # four parts, each checked by the store on arrival
-    assert unfinished_uploads(video_store, upload.key) == []
+    spool.unlink()  # not needed any more: every byte is in the pending write
+    pending.commit(size=len(data), crc32=zlib.crc32(data), precondition=Precondition.absent())
+    stored = video_store.head_video(TEST_ID, session_id)
+    assert stored is not None and stored.size == len(data) and stored.crc32 == zlib.crc32(data)
+    assert video_store.deep_verify(TEST_ID, session_id, hashlib.sha256(data).hexdigest()).ok
+    assert unfinished_uploads(video_store, key) == []
 
 
 def test_a_restart_voids_the_parts_already_sent(video_store: VideoStore, tmp_path: Path) -> None:
     session_id = str(uuid.uuid4())
+    key = video_store.video_key(TEST_ID, session_id)
     spool = tmp_path / "v.part"
-    upload = video_store.start_upload(spool, test_id=TEST_ID, session_id=session_id)
+    upload = streaming(video_store, spool, session_id)
     first = video_bytes(12 * MiB)
     spool.write_bytes(first)
     upload.written(len(first), 20 * MiB)
-    first_upload = unfinished_uploads(video_store, upload.key)
-    assert first_upload
+    assert unfinished_uploads(video_store, key)
     upload.restarted()  # e.g. the source changed (412) or its MD5 did not match: start from byte 0
-    assert unfinished_uploads(video_store, upload.key) == []
+    assert unfinished_uploads(video_store, key) == []
     second = video_bytes(11 * MiB)
     spool.write_bytes(second)
     upload.written(len(second), len(second))
-    stored = upload.finish(len(second), hashlib.sha256(second).hexdigest(), original_filename="s.mp4")
-    body = video_store.client.get_object(Bucket=video_store.bucket, Key=stored.key)["Body"].read()
-    assert body == second
+    upload.send_rest(len(second)).commit(size=len(second), crc32=zlib.crc32(second), precondition=Precondition.absent())
+    assert b"".join(video_store.backend.iter_chunks(key, MiB)) == second
 
 
-def test_abort_leaves_nothing_and_finish_checks_the_spool_size(video_store: VideoStore, tmp_path: Path) -> None:
+def test_abort_leaves_nothing_and_the_spool_size_is_checked(video_store: VideoStore, tmp_path: Path) -> None:
     session_id = str(uuid.uuid4())
+    key = video_store.video_key(TEST_ID, session_id)
     spool = tmp_path / "v.part"
     data = video_bytes(12 * MiB)
     spool.write_bytes(data)
-    upload = video_store.start_upload(spool, test_id=TEST_ID, session_id=session_id)
+    upload = streaming(video_store, spool, session_id)
     upload.written(len(data))
     upload.abort()
-    assert unfinished_uploads(video_store, upload.key) == []
-    assert video_store.head_video(TEST_ID, session_id) is None
-    with pytest.raises(StorageError, match="already finished or aborted"):
-        upload.finish(len(data), hashlib.sha256(data).hexdigest(), original_filename="s.mp4")
+    assert unfinished_uploads(video_store, key) == []
+    with pytest.raises(StorageError, match="already aborted"):
+        upload.send_rest(len(data))
 
-    again = video_store.start_upload(spool, test_id=TEST_ID, session_id=session_id)
+    again = streaming(video_store, spool, session_id)
     again.written(len(data))
     with pytest.raises(StorageError, match="expected 13631488"):
-        again.finish(13 * MiB, "0" * 64, original_filename="s.mp4")
-    assert unfinished_uploads(video_store, again.key) == []
+        again.send_rest(13 * MiB)
+    assert unfinished_uploads(video_store, key) == []
+    assert video_store.head_video(TEST_ID, session_id) is None
+
+
+def test_a_failing_part_aborts_everything(video_store: VideoStore, tmp_path: Path) -> None:
+    session_id = str(uuid.uuid4())
+    key = video_store.video_key(TEST_ID, session_id)
+    spool = tmp_path / "v.part"
+    data = video_bytes(11 * MiB)
+    spool.write_bytes(data)
+    upload = streaming(video_store, spool, session_id)
+    upload.written(5 * MiB, len(data))
+    spool.unlink()  # the spool disk vanished under the upload
+    with pytest.raises(OSError):
+        upload.send_rest(len(data))
+    assert unfinished_uploads(video_store, key) == []
     assert video_store.head_video(TEST_ID, session_id) is None
 
 
@@ -103,7 +129,7 @@ def test_a_resumed_download_streams_into_an_intact_object(
     session: Session = sandbox.complete_session(sandbox.test_ids[0], video_size=23 * MiB)
     sandbox.add_fault(kind="drop", session_id=session.session_id, after_bytes=13 * MiB)
     spool = tmp_path / "d.part"
-    upload = video_store.start_upload(spool, test_id=TEST_ID, session_id=session.session_id)
+    upload = streaming(video_store, spool, session.session_id)
     with make_http_client() as http:
         result = download_video(
             http,
@@ -115,8 +141,8 @@ def test_a_resumed_download_streams_into_an_intact_object(
         )
     assert result.resumes == 1
     assert upload.parts_started == 4  # every full part was on its way before the download ended
-    stored = upload.finish(result.size, result.sha256, original_filename=result.original_filename)
+    upload.send_rest(result.size).commit(size=result.size, crc32=result.crc32, precondition=Precondition.absent())
     source = store.client().get_object(Bucket=sandbox.source_bucket, Key=session.video_key)
     expected = hashlib.sha256(source["Body"].read()).hexdigest()
-    assert stored.sha256 == expected == result.sha256
-    assert video_store.verify_video(TEST_ID, session.session_id, expected).ok
+    assert expected == result.sha256
+    assert video_store.deep_verify(TEST_ID, session.session_id, expected).ok

@@ -129,6 +129,14 @@ class DownloadProxy:
         if early is not None:
             await self._early_fault(writer, early, method, session_id, range_header)
             return
+        start = _range_start(range_header)
+        if method == "GET" and start is not None:
+            reset = self.faults.take(
+                {"reset_ranged"}, DOWNLOAD_ENDPOINT, session_id or None, when=lambda f: start >= f.offset
+            )
+            if reset is not None:
+                writer.transport.abort()  # RST before any answer: a network error on this very request
+                return
 
         forward = [(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP]
         if not any(k.lower() == "accept-encoding" for k, _ in forward):
@@ -139,9 +147,24 @@ class DownloadProxy:
         try:
             self.stats.download(session_id, response.status_code, range_header)
             fault = None
+            header_faults: list[Fault] = []
             if method == "GET" and response.status_code in (200, 206):
-                fault = self.faults.take(_BODY_FAULTS, DOWNLOAD_ENDPOINT, session_id or None)
-            await self._relay(writer, response, fault, method, session_id)
+                # A corruption can come with a cut in the same response (a flipped byte, then a drop).
+                corrupt = self.faults.take({"corrupt"}, DOWNLOAD_ENDPOINT, session_id or None)
+                fault = self.faults.take(_BODY_FAULTS - {"corrupt"}, DOWNLOAD_ENDPOINT, session_id or None)
+                if corrupt is not None:
+                    header_faults.append(corrupt)
+                    fault = fault or corrupt
+                for kind in ("no_etag", "resize"):
+                    header = self.faults.take(
+                        {kind},
+                        DOWNLOAD_ENDPOINT,
+                        session_id or None,
+                        when=lambda f: f.kind != "resize" or response.status_code == 206,
+                    )
+                    if header is not None:
+                        header_faults.append(header)
+            await self._relay(writer, response, fault, method, session_id, header_faults)
         finally:
             await response.aclose()
 
@@ -168,8 +191,17 @@ class DownloadProxy:
         fault: Fault | None,
         method: str,
         session_id: str,
+        header_faults: list[Fault] | None = None,
     ) -> None:
         out_headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _HOP_BY_HOP]
+        kinds = {f.kind: f for f in header_faults or []}
+        if "no_etag" in kinds:
+            out_headers = [(k, v) for k, v in out_headers if k.lower() != "etag"]
+        if "resize" in kinds:
+            out_headers = [
+                (k, _grow_total(v, kinds["resize"].length_delta) if k.lower() == "content-range" else v)
+                for k, v in out_headers
+            ]
         if fault is not None and fault.kind == "lying_length":
             out_headers = [
                 (k, str(max(0, int(v) + fault.length_delta)) if k.lower() == "content-length" else v)
@@ -183,10 +215,15 @@ class DownloadProxy:
         if method == "HEAD":
             return
 
-        await self._stream_body(writer, response, fault, session_id)
+        await self._stream_body(writer, response, fault, session_id, kinds.get("corrupt"))
 
     async def _stream_body(
-        self, writer: asyncio.StreamWriter, response: httpx.Response, fault: Fault | None, session_id: str
+        self,
+        writer: asyncio.StreamWriter,
+        response: httpx.Response,
+        fault: Fault | None,
+        session_id: str,
+        corrupt: Fault | None = None,
     ) -> None:
         match = _CONTENT_RANGE_RE.match(response.headers.get("content-range", ""))
         base = int(match.group(1)) if match else 0  # object offset of the first body byte
@@ -196,7 +233,7 @@ class DownloadProxy:
         cut_at = fault.after_bytes if fault is not None and fault.kind in {"drop", "truncate", "stall"} else None
         sent = 0
         async for raw in response.aiter_raw():
-            chunk = _shape(raw, fault, base + sent, None if budget is None else budget - sent)
+            chunk = _shape(raw, corrupt or fault, base + sent, None if budget is None else budget - sent)
             if cut_at is not None and sent <= cut_at <= sent + len(chunk):
                 assert fault is not None
                 head, chunk = chunk[: cut_at - sent], chunk[cut_at - sent :]
@@ -224,6 +261,18 @@ class DownloadProxy:
             # test read the stats) before this coroutine resumes.
             self.stats.served(session_id, len(data))
             await writer.drain()
+
+
+def _range_start(header: str | None) -> int | None:
+    match = re.match(r"^bytes=(\d+)-", header or "")
+    return int(match.group(1)) if match else None
+
+
+def _grow_total(content_range: str, delta: int) -> str:
+    match = _CONTENT_RANGE_RE.match(content_range)
+    if not match or match.group(3) == "*":
+        return content_range
+    return f"bytes {match.group(1)}-{match.group(2)}/{int(match.group(3)) + delta}"
 
 
 def _shape(chunk: bytes, fault: Fault | None, position: int, budget: int | None) -> bytes:

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +40,7 @@ API_FAULT_KINDS = frozenset(
         "bad_session_ids",  # list page gets a non-UUID and a path-traversal sessionId appended
         "lying_total",  # meta.pagination.totalCount = real total + `total_delta`
         "duplicate_sessions",  # list page repeats the first `count` sessions of the previous page
+        "token_status",  # the token endpoint answers `status` (default 503; 429 with Retry-After as rate_limit)
     }
 )
 DOWNLOAD_FAULT_KINDS = frozenset(
@@ -51,6 +52,9 @@ DOWNLOAD_FAULT_KINDS = frozenset(
         "corrupt",  # flip the byte at object offset `offset`
         "wrong_body",  # 200 with an HTML (or JSON, by `content_type`) page instead of the video
         "proxy_status",  # the proxy answers `status` (default 502) itself
+        "no_etag",  # the response carries no ETag header (a source without one); combines with a body fault
+        "resize",  # a 206's Content-Range says the object is `length_delta` bytes bigger (it changed meanwhile)
+        "reset_ranged",  # a GET whose Range starts at or after `offset` is reset before any answer
     }
 )
 FAULT_KINDS = API_FAULT_KINDS | DOWNLOAD_FAULT_KINDS
@@ -418,12 +422,20 @@ class FaultBoard:
             return [{"id": k, "remaining": left, **f.to_json()} for k, (f, left) in self._faults.items()]
 
     def take(
-        self, kinds: Iterable[str], endpoint: str, session_id: str | None = None, test_id: str | None = None
+        self,
+        kinds: Iterable[str],
+        endpoint: str,
+        session_id: str | None = None,
+        test_id: str | None = None,
+        when: Callable[[Fault], bool] | None = None,
     ) -> Fault | None:
+        """Use up one hit of the first fault of ``kinds`` that matches (and satisfies ``when``)."""
         kinds = frozenset(kinds)
         with self._lock:
             for fault_id, (fault, left) in list(self._faults.items()):
                 if not fault.matches(kinds, endpoint, session_id, test_id):
+                    continue
+                if when is not None and not when(fault):
                     continue
                 if fault.rate is not None and self._rng.random() >= fault.rate:
                     continue

@@ -1,0 +1,198 @@
+"""The commit protocol and the write lease against a real store: what every backend must guarantee.
+
+Parametrised over the backends (S3 on the embedded SeaweedFS today); a new backend joins by adding a fixture
+parameter. Each test would fail if its guarantee were removed: the store must refuse a wrong whole-object
+checksum, a create over an existing key and a replace of a version that changed, and show nothing before the
+commit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+
+import pytest
+
+from ut_video_assets.commit import (
+    ChecksumMismatchError,
+    ObjectBackend,
+    Precondition,
+    PreconditionFailedError,
+    StorageError,
+)
+from ut_video_assets.lease import Holder, LeaseHeldError, LeaseKeeper
+from ut_video_assets.sandbox.store import StoreEndpoint, free_port
+from ut_video_assets.storage import VideoStore
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(params=["s3"])
+def backend(request: pytest.FixtureRequest, video_store: VideoStore) -> Iterator[ObjectBackend]:
+    return video_store.backend
+
+
+def key() -> str:
+    return f"conformance/{uuid.uuid4().hex}/session.mp4"
+
+
+def write(
+    backend: ObjectBackend, name: str, data: bytes, precondition: Precondition, *, crc32: int | None = None
+) -> str:
+    """Send ``data`` in 5 MiB parts (the last one shorter) and commit; returns the new version."""
+    pending = backend.begin(name, content_type="video/mp4", metadata={"session-id": "s"})
+    try:
+        for number, start in enumerate(range(0, len(data), 5 * MiB), start=1):
+            chunk = data[start : start + 5 * MiB]
+            pending.send_part(number, io.BytesIO(chunk), len(chunk))
+        info = pending.commit(
+            size=len(data), crc32=zlib.crc32(data) if crc32 is None else crc32, precondition=precondition
+        )
+    except BaseException:
+        pending.abort()
+        raise
+    return info.version
+
+
+def body(backend: ObjectBackend, name: str) -> bytes:
+    return b"".join(backend.iter_chunks(name, MiB))
+
+
+def test_nothing_is_visible_before_the_commit_and_the_store_keeps_the_checksum(backend: ObjectBackend) -> None:
+    name, data = key(), os.urandom(12 * MiB)
+    pending = backend.begin(name, content_type="video/mp4", metadata={"session-id": "abc"})
+    pending.send_part(1, io.BytesIO(data[: 5 * MiB]), 5 * MiB)
+    pending.send_part(2, io.BytesIO(data[5 * MiB :]), 7 * MiB)
+    assert backend.head(name) is None
+    assert [p.upload_id for p in backend.pending_uploads(name)] == [pending.upload_id]
+    info = pending.commit(size=len(data), crc32=zlib.crc32(data), precondition=Precondition.absent())
+    head = backend.head(name)
+    assert head is not None and head.version == info.version
+    assert head.size == len(data) and head.crc32 == zlib.crc32(data)  # the store's own whole-object checksum
+    assert head.metadata["session-id"] == "abc" and head.content_type == "video/mp4"
+    assert body(backend, name) == data
+    assert backend.pending_uploads(name) == []
+
+
+def test_a_wrong_whole_object_checksum_is_refused_and_nothing_appears(backend: ObjectBackend) -> None:
+    name, data = key(), os.urandom(6 * MiB)
+    with pytest.raises(ChecksumMismatchError, match="another whole-object CRC-32"):
+        write(backend, name, data, Precondition.absent(), crc32=zlib.crc32(data) ^ 1)
+    assert backend.head(name) is None
+    assert backend.pending_uploads(name) == []
+
+
+def test_create_only_refuses_an_existing_key_and_leaves_it_intact(backend: ObjectBackend) -> None:
+    name, first, second = key(), os.urandom(MiB), os.urandom(MiB)
+    write(backend, name, first, Precondition.absent())
+    with pytest.raises(PreconditionFailedError):
+        write(backend, name, second, Precondition.absent())
+    assert body(backend, name) == first
+    assert backend.pending_uploads(name) == []
+
+
+def test_replace_only_the_version_seen(backend: ObjectBackend) -> None:
+    name = key()
+    seen = write(backend, name, os.urandom(MiB), Precondition.absent())
+    meanwhile = write(backend, name, b"another writer", Precondition.version(seen))  # replaces what it saw
+    with pytest.raises(PreconditionFailedError):
+        write(backend, name, os.urandom(MiB), Precondition.version(seen))  # what we saw is gone
+    assert body(backend, name) == b"another writer"
+    assert backend.head(name).version == meanwhile  # type: ignore[union-attr]
+
+
+def test_labels_attach_without_a_new_version(backend: ObjectBackend) -> None:
+    name = key()
+    version = write(backend, name, os.urandom(MiB), Precondition.absent())
+    backend.set_labels(name, {"sha256": "ab" * 32})
+    assert backend.get_labels(name) == {"sha256": "ab" * 32}
+    assert backend.head(name).version == version  # type: ignore[union-attr]  # the bytes were not rewritten
+
+
+def test_small_objects_conditional_put_get_and_delete(backend: ObjectBackend) -> None:
+    name = key()
+    version = backend.put_bytes(name, b"1", "application/json", precondition=Precondition.absent())
+    with pytest.raises(PreconditionFailedError):
+        backend.put_bytes(name, b"2", "application/json", precondition=Precondition.absent())
+    with pytest.raises(PreconditionFailedError):
+        backend.put_bytes(name, b"2", "application/json", precondition=Precondition.version("0" * 32))
+    newer = backend.put_bytes(name, b"3", "application/json", precondition=Precondition.version(version))
+    assert backend.get_bytes(name) == (b"3", newer)
+    with pytest.raises(PreconditionFailedError):
+        backend.delete(name, version=version)  # an old version: not ours to delete any more
+    backend.delete(name, version=newer)
+    assert backend.get_bytes(name) is None
+    backend.delete(name)  # missing is fine
+
+
+def test_a_dead_store_is_a_clear_error_without_secrets(store: StoreEndpoint) -> None:
+    dead = StoreEndpoint(f"http://127.0.0.1:{free_port()}", store.access_key, store.secret_key)
+    client = dead.client(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1})
+    backend = VideoStore(client, "dest").backend
+    with pytest.raises(
+        StorageError, match=r"starting the upload of s3://dest/x failed: EndpointConnectionError"
+    ) as info:
+        backend.begin("x", content_type="video/mp4", metadata={})
+    assert store.secret_key not in str(info.value)
+
+
+# --- the write lease -------------------------------------------------------------------------------------------
+
+
+def test_one_writer_per_session_and_the_second_is_told_who(backend: ObjectBackend) -> None:
+    session = str(uuid.uuid4())
+    first = LeaseKeeper(backend, "leases-test/", "run aaaa", ttl=30)
+    second = LeaseKeeper(backend, "leases-test/", "run bbbb", ttl=30)
+    try:
+        lease = first.acquire(session)
+        with pytest.raises(LeaseHeldError, match=r"being stored by run aaaa on host .* \(PID \d+"):
+            second.acquire(session)
+        first.release(lease)
+        assert backend.get_bytes(first.key_for(session)) is None  # released = deleted
+        second.release(second.acquire(session))  # free again
+    finally:
+        first.close()
+        second.close()
+
+
+def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it_lost(backend: ObjectBackend) -> None:
+    session = str(uuid.uuid4())
+    old = LeaseKeeper(backend, "leases-test/", "run old", ttl=3)
+    new = LeaseKeeper(backend, "leases-test/", "run new", ttl=30)
+    try:
+        stale = old.acquire(session)
+        old._stop.set()  # the holder is frozen (as if killed): nothing renews its lease any more
+        time.sleep(3.2)
+        taken = new.acquire(session)
+        holder = Holder.from_json(backend.get_bytes(new.key_for(session))[0])  # type: ignore[index]
+        assert holder is not None and holder.owner == "run new" and taken.version != stale.version
+        assert stale.renew() is False and stale.lost  # its next renewal finds the lease taken over
+        with pytest.raises(LeaseHeldError, match="taken over"):
+            stale.check()
+        stale.release()  # a lost lease is never deleted by its old holder
+        assert backend.get_bytes(new.key_for(session)) is not None
+    finally:
+        old.close()
+        new.close()
+
+
+def test_a_live_lease_is_renewed_past_its_ttl(backend: ObjectBackend) -> None:
+    session = str(uuid.uuid4())
+    holder = LeaseKeeper(backend, "leases-test/", "run live", ttl=3)
+    other = LeaseKeeper(backend, "leases-test/", "run other", ttl=3)
+    try:
+        lease = holder.acquire(session)
+        time.sleep(4.5)  # longer than the TTL: the keeper thread renewed it meanwhile
+        lease.check()
+        with pytest.raises(LeaseHeldError):
+            other.acquire(session)
+        data = json.loads(backend.get_bytes(holder.key_for(session))[0])  # type: ignore[index]
+        assert data["expires_at"] > time.time()
+    finally:
+        holder.close()
+        other.close()
