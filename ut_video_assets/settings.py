@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
+from ut_video_assets.netguard import host_is_allowed, parse_allow_hosts
 from ut_video_assets.usertesting.auth import DEFAULT_TOKEN_SCOPE, DEFAULT_TOKEN_URL
 from ut_video_assets.usertesting.client import DEFAULT_BASE_URL
 from ut_video_assets.usertesting.waits import DEFAULT_MAX_BACKOFF_SECONDS
@@ -40,11 +41,39 @@ def _require(value: str | None, name: str) -> str:
     return str(value).strip()
 
 
-def parse_url(value: str | None, name: str) -> str:
+ALLOW_HOSTS_VARIABLE = "UT_VIDEO_URL_ALLOW_HOSTS"
+
+
+def parse_url_allow_hosts(value: str | None, name: str = ALLOW_HOSTS_VARIABLE) -> frozenset[str]:
+    """The hosts exempt from "https and public addresses only" (``host`` or ``host:port``, comma-separated):
+    video URLs (see `ut_video_assets.netguard`) and the API and token URLs."""
+    try:
+        return parse_allow_hosts(value)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
+def parse_url(value: str | None, name: str, allow_hosts: frozenset[str] = frozenset()) -> str:
+    """An https URL (plain http only for a host on ``allow_hosts``: a bearer token or client secret would
+    travel in clear). The error never echoes the URL's user, password, path or query, only its scheme and host.
+    """
     text = _require(value, name)
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SettingsError(f"{name} must be an http(s) URL, got {text[:80]!r}")
+    try:
+        parts = urlsplit(text)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        raise SettingsError(f"{name} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        # Only a scheme is echoed, and only when there is one ("user:pass@host" parses as scheme "user").
+        got = f", got one starting {parts.scheme[:10]}://" if "://" in text and parts.scheme.isalpha() else ""
+        raise SettingsError(f"{name} must be an https URL{got}")
+    if parts.username is not None or parts.password is not None:
+        raise SettingsError(f"{name} must not carry a user name or password (host {host})")
+    if parts.scheme != "https" and not host_is_allowed(host, port or 80, allow_hosts):
+        raise SettingsError(
+            f"{name} must be an https URL (plain http only for a host on {ALLOW_HOSTS_VARIABLE}), "
+            f"got http://{host}{f':{port}' if port else ''}/..."
+        )
     return text.rstrip("/")
 
 
@@ -211,6 +240,8 @@ def parse_credentials(
     client_secret: str | None,
     token_url: str | None,
     token_scope: str | None,
+    *,
+    allow_hosts: frozenset[str] = frozenset(),
 ) -> ApiCredentials:
     token = (access_token or "").strip() or None
     cid = (client_id or "").strip() or None
@@ -222,7 +253,7 @@ def parse_credentials(
         access_token=token,
         client_id=cid,
         client_secret=secret,
-        token_url=parse_url(token_url or DEFAULT_TOKEN_URL, "UT_TOKEN_URL"),
+        token_url=parse_url(token_url or DEFAULT_TOKEN_URL, "UT_TOKEN_URL", allow_hosts),
         token_scope=(token_scope or DEFAULT_TOKEN_SCOPE).strip(),
     )
 
@@ -250,6 +281,7 @@ def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 __all__ = [
+    "ALLOW_HOSTS_VARIABLE",
     "BUDGET_BACKENDS",
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_BACKOFF_SECONDS",
@@ -271,5 +303,6 @@ __all__ = [
     "parse_prefix",
     "parse_test_ids",
     "parse_url",
+    "parse_url_allow_hosts",
     "state_dir",
 ]

@@ -19,6 +19,7 @@ from ut_video_assets.storage import VideoStore
 TEST_ID = "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
 GOOD_ENV = {
     "UT_API_BASE_URL": "http://127.0.0.1:9/api",
+    "UT_VIDEO_URL_ALLOW_HOSTS": "127.0.0.1:9",  # plain http is for allowed hosts only
     "UT_CLIENT_ID": "client",
     "UT_CLIENT_SECRET": "very-secret-value",
     "UT_TEST_IDS": TEST_ID,

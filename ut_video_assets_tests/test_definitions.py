@@ -101,7 +101,7 @@ def test_a_run_with_a_bad_setting_fails_naming_it(tmp_path: os.PathLike[str]) ->
     api = UserTestingApiResource(base_url="not a url", access_token="t", budget_path=str(tmp_path) + "/b.sqlite")
     with pytest.raises(dg.DagsterResourceFunctionError) as info, dg.build_resources({"api": api}):
         pass
-    assert "UT_API_BASE_URL must be an http(s) URL" in str(info.value.__cause__)
+    assert "UT_API_BASE_URL must be an https URL" in str(info.value.__cause__)
     api = UserTestingApiResource(access_token="t", rate_limit_per_minute="ten", budget_path=str(tmp_path) + "/b.sqlite")
     with pytest.raises(dg.DagsterResourceFunctionError) as info, dg.build_resources({"api": api}):
         pass

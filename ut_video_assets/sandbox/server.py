@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -174,11 +175,18 @@ class Sandbox:
     def source_bucket(self) -> str:
         return self.config.source_bucket
 
+    def allow_hosts(self) -> str:
+        """``host:port`` of the API (token endpoint included) and of the download proxy, comma-separated: the
+        value of ``UT_VIDEO_URL_ALLOW_HOSTS`` that lets the pipeline use them over plain http on loopback."""
+        return ",".join(dict.fromkeys(urlsplit(url).netloc for url in (self.base_url, self.proxy_url)))
+
     def env(self) -> dict[str, str]:
         """The pipeline's environment variables pointing at this sandbox."""
         return {
             "UT_API_BASE_URL": self.base_url,
             "UT_TOKEN_URL": self.token_url,
+            # Plain http on loopback: allowed for the API and token endpoint and the download proxy only.
+            "UT_VIDEO_URL_ALLOW_HOSTS": self.allow_hosts(),
             "UT_CLIENT_ID": self.client_id,
             "UT_CLIENT_SECRET": self.client_secret,
             "UT_TEST_IDS": ",".join(self.test_ids),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -345,6 +346,9 @@ class LocalStack:
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
         env.update(self.sandbox.env())
         env.update(self.store_endpoint.env())
+        # The stand-ins speak plain http on loopback: allow exactly their hosts (API, download proxy, store).
+        store_host = urlsplit(self.store_endpoint.endpoint_url).netloc
+        env["UT_VIDEO_URL_ALLOW_HOSTS"] = f"{self.sandbox.allow_hosts()},{store_host}"
         env.update(
             {
                 "UT_VIDEO_BUCKET": self.options.bucket,

@@ -17,6 +17,7 @@ def make_http_client(
     read_timeout: float = 30.0,
     max_connections: int = 10,
     transport: httpx.BaseTransport | None = None,
+    trust_env: bool = True,
 ) -> httpx.Client:
     """An ``httpx.Client`` with explicit timeouts (httpx's default 5 s is too short for stalled-stream detection
     to be deliberate) and log redaction on (httpx logs every request URL at INFO, query string included)."""
@@ -28,4 +29,5 @@ def make_http_client(
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
         transport=transport,
+        trust_env=trust_env,
     )
