@@ -151,8 +151,12 @@ class EmbeddedStore:
         access_key: str | None = None,
         secret_key: str | None = None,
         memory_limit: str = "256MiB",
+        iam_writes: bool = False,
     ) -> None:
+        """``iam_writes`` opens the store's embedded IAM API to writes (CreateUser, CreateAccessKey,
+        PutUserPolicy with the admin credentials), so a test can make a user with narrower permissions."""
         self.data_dir = Path(data_dir)
+        self.iam_writes = iam_writes
         self.access_key = access_key or "ut" + secrets.token_hex(8)
         self.secret_key = secret_key or secrets.token_hex(20)
         self.memory_limit = memory_limit
@@ -218,6 +222,8 @@ class EmbeddedStore:
             "-admin.ui=false",
         ]
         args += [f"-{name}={port}" for name, port in ports.items()]
+        if self.iam_writes:
+            args.append("-s3.iam.readOnly=false")
         env = {
             **os.environ,
             "GOMEMLIMIT": self.memory_limit,
