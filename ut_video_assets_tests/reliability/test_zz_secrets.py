@@ -1,19 +1,55 @@
-"""Runs last (file order): scan everything the suite produced for credentials."""
+"""Runs last (file order): scan everything the suite produced for credentials.
+
+The suite's own collector keeps INFO and up; the run made here is also captured at DEBUG (every logger: the
+HTTP stack, botocore's signing, the pipeline's children), where a pre-signed URL or token would show first.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 
 from ut_video_assets_tests.reliability.conftest import Reliability
 
-SIGNATURE = re.compile(rb"(?i)x-amz-signature|x-amz-credential")
+SIGNATURE = re.compile(rb"(?i)x-amz-signature=(?!redacted)|x-amz-credential=(?!redacted)")
+
+
+class _Debug(logging.Handler):
+    """Every record of every logger at DEBUG and up, rendered with its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # noqa: BLE001 - a record that cannot be rendered is kept raw
+            self.lines.append(f"{record.msg!r} {record.args!r}")
+
+
+@contextmanager
+def _at_debug() -> Iterator[_Debug]:
+    handler, root = _Debug(), logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
 
 
 def test_no_secret_anywhere_the_suite_left_traces(rel: Reliability) -> None:
     session = rel.new_session()  # at least one clean run, so the scan is never vacuous
-    out = rel.run(session.session_id)
+    with _at_debug() as debug:
+        out = rel.run(session.session_id)
     rel.assert_stored(out, session, fault="none (baseline before the scan)", injected=0)
 
     suite = rel.suite
@@ -40,6 +76,7 @@ def test_no_secret_anywhere_the_suite_left_traces(rel: Reliability) -> None:
             files += 1
             scan(f"file {path.relative_to(suite.home)}", path.read_bytes())
     scan("Python log records", "\n".join(suite.logs.lines).encode())
+    scan("DEBUG log records of the last run", "\n".join(debug.lines).encode())
     client = rel.store.client
     objects = 0
     for bucket in suite.buckets:
@@ -55,9 +92,11 @@ def test_no_secret_anywhere_the_suite_left_traces(rel: Reliability) -> None:
         "events": events,
         "dagster_home_files": files,
         "python_log_lines": len(suite.logs.lines),
+        "debug_log_lines": len(debug.lines),
         "stored_objects": objects,
         "tokens_checked": len(suite.tokens),
         "hits": hits,
     }
     assert runs and events and files and suite.logs.lines and objects
+    assert any(line.startswith(("httpcore", "botocore")) and " DEBUG " in line for line in debug.lines)
     assert hits == []
