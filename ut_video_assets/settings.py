@@ -7,6 +7,7 @@ checks and the same messages.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -96,6 +97,50 @@ def parse_test_ids(value: str | None, name: str = "UT_TEST_IDS") -> tuple[str, .
     return tuple(ids)
 
 
+@dataclass(frozen=True)
+class NumericSetting:
+    """A numeric setting's type, default and sane range (inclusive), and why the range is what it is."""
+
+    kind: type[int] | type[float]
+    default: float
+    low: float
+    high: float
+    why: str
+
+
+NUMERIC_SETTINGS: dict[str, NumericSetting] = {
+    "UT_RATE_LIMIT_PER_MINUTE": NumericSetting(
+        int, DEFAULT_RATE_LIMIT_PER_MINUTE, 1, 1000, "the Results API allows 10; above 1000 there is no budget left"
+    ),
+    "UT_RATE_LIMIT_WINDOW_SECONDS": NumericSetting(float, 60.0, 1, 3600, "the API's window is a minute"),
+    "UT_MAX_BACKOFF_SECONDS": NumericSetting(
+        float, DEFAULT_MAX_BACKOFF_SECONDS, 1, 3600, "every process waits this long at worst"
+    ),
+    "UT_MAX_CONCURRENT_DOWNLOADS": NumericSetting(
+        int, DEFAULT_MAX_CONCURRENT_DOWNLOADS, 1, 64, "each download holds a spool file and an upload"
+    ),
+    "UT_SESSIONS_PER_RUN": NumericSetting(int, DEFAULT_SESSIONS_PER_RUN, 1, 500, "sessions one run stores in turn"),
+    "UT_S3_PART_SIZE_MIB": NumericSetting(int, 64, 5, 5120, "S3 parts are 5 MiB to 5 GiB"),
+    "UT_S3_UPLOAD_CONCURRENCY": NumericSetting(int, 4, 1, 64, "parts in flight per upload"),
+    "UT_DOWNLOAD_READ_TIMEOUT_SECONDS": NumericSetting(float, 30.0, 0.5, 3600, "silence before a resume"),
+    "UT_SENSOR_INTERVAL_SECONDS": NumericSetting(int, 60, 5, 86_400, "from 5 seconds to a day"),
+    "UT_DISCOVERY_BUDGET_SHARE": NumericSetting(float, 0.5, 0.01, 1, "a share of the request budget"),
+    "UT_DISCOVERY_BUSY_INTERVAL_SECONDS": NumericSetting(
+        float, DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS, 1, 86_400, "from a second to a day"
+    ),
+    "UT_LEASE_SECONDS": NumericSetting(float, 120.0, 3, 3600, "a session's write lease"),
+}
+"""Every numeric setting with its bounds: `parse_positive_int` / `parse_positive_float` enforce them for these
+names wherever a setting is read (run start, sensor tick, code location load), `check_numeric_settings` all at
+once for ``check-config``."""
+
+
+def _check_bounds(number: float, name: str) -> None:
+    spec = NUMERIC_SETTINGS.get(name)
+    if spec is not None and not spec.low <= number <= spec.high:
+        raise SettingsError(f"{name} must be between {spec.low:g} and {spec.high:g} ({spec.why}), got {number:g}")
+
+
 def parse_positive_int(value: str | int | None, name: str, default: int) -> int:
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
@@ -105,6 +150,7 @@ def parse_positive_int(value: str | int | None, name: str, default: int) -> int:
         raise SettingsError(f"{name} must be a whole number, got {str(value)[:40]!r}") from None
     if number < 1:
         raise SettingsError(f"{name} must be at least 1, got {number}")
+    _check_bounds(number, name)
     return number
 
 
@@ -115,9 +161,24 @@ def parse_positive_float(value: str | float | None, name: str, default: float) -
         number = float(str(value).strip())
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {str(value)[:40]!r}") from None
+    if not math.isfinite(number):
+        raise SettingsError(f"{name} must be a finite number, got {str(value).strip()[:40]!r}")
     if number <= 0:
         raise SettingsError(f"{name} must be positive, got {number}")
+    _check_bounds(number, name)
     return number
+
+
+def check_numeric_settings(env: Mapping[str, str]) -> dict[str, float]:
+    """Every numeric setting in ``env`` parsed and bounds-checked (defaults for the unset ones); raises
+    `SettingsError` naming the first bad variable."""
+    values: dict[str, float] = {}
+    for name, spec in NUMERIC_SETTINGS.items():
+        if spec.kind is int:
+            values[name] = parse_positive_int(env.get(name), name, int(spec.default))
+        else:
+            values[name] = parse_positive_float(env.get(name), name, spec.default)
+    return values
 
 
 def parse_max_backoff(value: str | float | None, name: str = "UT_MAX_BACKOFF_SECONDS") -> float:
@@ -289,9 +350,12 @@ __all__ = [
     "DEFAULT_RATE_LIMIT_PER_MINUTE",
     "DOWNLOAD_POOL",
     "DOWNLOAD_TAG",
+    "NUMERIC_SETTINGS",
     "ApiCredentials",
     "BudgetSettings",
+    "NumericSetting",
     "SettingsError",
+    "check_numeric_settings",
     "default_budget_path",
     "default_spool_dir",
     "parse_bucket",
