@@ -1,0 +1,239 @@
+"""Alerts to a chat or pager webhook: what failed, for which sessions, why, and where to look.
+
+Open-source Dagster notifies nobody (alert policies are a Dagster+ feature), so the alert sensor
+(`ut_video_assets.defs.alerting`) gathers what went wrong since its last tick and this module turns it into one
+message per burst and posts it to ``UT_ALERT_WEBHOOK_URL``:
+
+- failed runs: the sessions (partition keys) they did not store, the first step error, a link to the run;
+- failed blocking checks: the check, the session, the check's own description, a link to the run;
+- a stale backlog: sessions discovered but not stored for longer than ``UT_BACKLOG_MAX_AGE_SECONDS``.
+
+The body is JSON with a ``text`` field (what Slack and Microsoft Teams incoming webhooks display, and what most
+generic receivers take) plus the same facts as structured fields under ``ut_video_assets``. Nothing in it is a
+secret: reasons go through `ut_video_assets.redact.redact_text` (pre-signed URLs, tokens), and the webhook URL,
+which itself is a credential for Slack and Teams, never appears in a message or an error. No Dagster import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ut_video_assets.redact import redact_text
+from ut_video_assets.settings import SettingsError, parse_positive_float, parse_url
+
+DEFAULT_BACKLOG_MAX_AGE_SECONDS = 6 * 3600.0
+"""Longer than a 1,000-session backlog takes at the API's ceiling (~2 h, docs/DEPLOYMENT.md §5): an alert means
+ingestion has stalled, not that it is busy."""
+MAX_LISTED = 20
+"""Sessions, runs or checks named one by one in the text; the structured fields carry them all."""
+MAX_REASON_CHARS = 300
+
+
+class AlertDeliveryError(RuntimeError):
+    """The webhook did not take the alert; the message names the HTTP status or error, never the URL."""
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where alerts go and what counts as stale; ``webhook_url`` is a credential and is never printed."""
+
+    webhook_url: str | None
+    ui_url: str | None
+    backlog_max_age_seconds: float
+
+    def __repr__(self) -> str:
+        hook = "<redacted>" if self.webhook_url else None
+        return f"AlertSettings(webhook_url={hook}, ui_url={self.ui_url!r}, backlog={self.backlog_max_age_seconds:g}s)"
+
+
+def parse_alert_settings(
+    webhook_url: str | None,
+    ui_url: str | None,
+    backlog_max_age_seconds: str | float | None,
+    allow_hosts: frozenset[str] = frozenset(),
+) -> AlertSettings:
+    """``UT_ALERT_WEBHOOK_URL`` (https, or http for a host on ``UT_VIDEO_URL_ALLOW_HOSTS``; unset: no alerts),
+    ``UT_DAGSTER_UI_URL`` (http or https; unset: no links) and ``UT_BACKLOG_MAX_AGE_SECONDS``."""
+    hook = (webhook_url or "").strip() or None
+    if hook is not None:
+        try:
+            hook = parse_url(hook, "UT_ALERT_WEBHOOK_URL", allow_hosts)
+        except SettingsError:
+            # parse_url's message is safe (scheme and host only), but say which rule applies here.
+            raise SettingsError(
+                "UT_ALERT_WEBHOOK_URL must be an https URL (plain http only for a host on UT_VIDEO_URL_ALLOW_HOSTS)"
+            ) from None
+    ui = (ui_url or "").strip() or None
+    if ui is not None:
+        ui = _parse_ui_url(ui)
+    max_age = parse_positive_float(
+        backlog_max_age_seconds, "UT_BACKLOG_MAX_AGE_SECONDS", DEFAULT_BACKLOG_MAX_AGE_SECONDS
+    )
+    return AlertSettings(webhook_url=hook, ui_url=ui, backlog_max_age_seconds=max_age)
+
+
+def _parse_ui_url(text: str) -> str:
+    """The UI's base URL: http is fine (it often lives on an internal network); it goes into every alert, so
+    it must not carry a user name, password or query."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise SettingsError("UT_DAGSTER_UI_URL is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError("UT_DAGSTER_UI_URL must be an http(s) URL, e.g. https://dagster.example.com")
+    if parts.username is not None or parts.password is not None or parts.query:
+        raise SettingsError("UT_DAGSTER_UI_URL must not carry a user name, password or query")
+    return text.rstrip("/")
+
+
+# --- What went wrong ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    run_id: str
+    job_name: str
+    sessions: tuple[str, ...]
+    """The run's partitions it did not store (all of its partitions when it stored every one and then failed)."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class FailedCheck:
+    check_name: str
+    session: str | None
+    run_id: str
+    description: str
+
+
+@dataclass(frozen=True)
+class StaleBacklog:
+    sessions: tuple[str, ...]
+    """Stale sessions, oldest discovery first."""
+    oldest_age_seconds: float
+    max_age_seconds: float
+
+
+def clean_reason(text: str | None) -> str:
+    """A short, redacted reason: the first non-empty line, no URL query strings or tokens, at most 300 chars."""
+    line = next((part.strip() for part in (text or "").splitlines() if part.strip()), "") or "no reason recorded"
+    line = redact_text(line)
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 1] + "…"
+
+
+def run_url(ui_url: str | None, run_id: str) -> str | None:
+    return f"{ui_url.rstrip('/')}/runs/{run_id}" if ui_url else None
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``1.5 h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _listed(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
+
+
+def failure_alert(runs: Sequence[FailedRun], checks: Sequence[FailedCheck], ui_url: str | None) -> dict[str, Any]:
+    """One message for every failure of a burst (one sensor tick)."""
+    sessions = list(dict.fromkeys([s for r in runs for s in r.sessions] + [c.session for c in checks if c.session]))
+    heading = [f"{len(runs)} failed run(s)"] if runs else []
+    heading += [f"{len(checks)} failed check(s)"] if checks else []
+    lines = [f"ut-video-assets: {' and '.join(heading)}, {len(sessions)} session(s) affected"]
+    for run in runs[:MAX_LISTED]:
+        link = run_url(ui_url, run.run_id)
+        lines.append(
+            f"• run {run.run_id[:8]} ({run.job_name}): sessions {_listed(run.sessions) or '(none)'}; "
+            f"reason: {run.reason}" + (f"; {link}" if link else "")
+        )
+    for check in checks[:MAX_LISTED]:
+        link = run_url(ui_url, check.run_id)
+        lines.append(
+            f"• check {check.check_name} failed for session {check.session or '(unpartitioned)'} "
+            f"(run {check.run_id[:8]}): {check.description}" + (f"; {link}" if link else "")
+        )
+    hidden = max(0, len(runs) - MAX_LISTED) + max(0, len(checks) - MAX_LISTED)
+    if hidden:
+        lines.append(f"… and {hidden} more (see the structured fields or the UI)")
+    return {
+        "text": "\n".join(lines),
+        "ut_video_assets": {
+            "kind": "failure",
+            "sessions": sessions,
+            "runs": [
+                {
+                    "run_id": r.run_id,
+                    "job": r.job_name,
+                    "sessions": list(r.sessions),
+                    "reason": r.reason,
+                    "url": run_url(ui_url, r.run_id),
+                }
+                for r in runs
+            ],
+            "checks": [
+                {
+                    "check": c.check_name,
+                    "session": c.session,
+                    "run_id": c.run_id,
+                    "description": c.description,
+                    "url": run_url(ui_url, c.run_id),
+                }
+                for c in checks
+            ],
+        },
+    }
+
+
+def backlog_alert(backlog: StaleBacklog, ui_url: str | None) -> dict[str, Any]:
+    text = (
+        f"ut-video-assets: {len(backlog.sessions)} session(s) discovered but not stored for more than "
+        f"{duration(backlog.max_age_seconds)} (oldest {duration(backlog.oldest_age_seconds)}): "
+        f"{_listed(backlog.sessions)}"
+    )
+    if ui_url:
+        text += f"; {ui_url.rstrip('/')}/runs"
+    return {
+        "text": text,
+        "ut_video_assets": {
+            "kind": "backlog",
+            "sessions": list(backlog.sessions),
+            "oldest_age_seconds": round(backlog.oldest_age_seconds, 1),
+            "max_age_seconds": backlog.max_age_seconds,
+        },
+    }
+
+
+def post_alert(http: httpx.Client, webhook_url: str, body: dict[str, Any]) -> None:
+    """POST ``body`` as JSON; raises `AlertDeliveryError` unless the receiver answers 2xx."""
+    try:
+        response = http.post(webhook_url, json=body)
+    except httpx.HTTPError as exc:
+        raise AlertDeliveryError(f"the alert webhook could not be reached ({type(exc).__name__})") from None
+    if not 200 <= response.status_code < 300:
+        raise AlertDeliveryError(f"the alert webhook answered HTTP {response.status_code}")
+
+
+__all__ = [
+    "DEFAULT_BACKLOG_MAX_AGE_SECONDS",
+    "AlertDeliveryError",
+    "AlertSettings",
+    "FailedCheck",
+    "FailedRun",
+    "StaleBacklog",
+    "backlog_alert",
+    "clean_reason",
+    "failure_alert",
+    "parse_alert_settings",
+    "post_alert",
+    "run_url",
+]

@@ -1,0 +1,299 @@
+"""The alert sensor: failed runs, failed blocking checks and a stale backlog, posted to ``UT_ALERT_WEBHOOK_URL``.
+
+Thin by design: it reads the Dagster instance (run failures, check executions, partitions and their discovery
+observations) and hands plain records to `ut_video_assets.alerts`, which words and sends the message. Each tick
+sends at most one failure alert, however many runs, sessions and checks failed since the last tick, and one
+backlog alert when sessions went stale that were not reported before. The cursor remembers what was reported;
+a tick whose webhook call fails keeps the old cursor, so the next tick sends the same burst again.
+
+A plain ``@sensor`` rather than ``@run_failure_sensor``: the latter is called once per failed run, and a failure
+burst (a store outage failing ten runs) must be one alert.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+# Not exported at the top level: the status a failed check evaluation is recorded with (Dagster is pinned, see
+# docs/NOTES.md §1.1).
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
+
+from ut_video_assets.alerts import (
+    AlertDeliveryError,
+    AlertSettings,
+    FailedCheck,
+    FailedRun,
+    StaleBacklog,
+    backlog_alert,
+    clean_reason,
+    failure_alert,
+    parse_alert_settings,
+    post_alert,
+)
+from ut_video_assets.defs.partitions import session_partitions
+from ut_video_assets.defs.registry import SESSION_ASSET_KEY
+from ut_video_assets.settings import parse_url_allow_hosts
+from ut_video_assets.usertesting import make_http_client
+
+ALERT_SENSOR_INTERVAL_SECONDS = 30
+SESSION_VIDEO = dg.AssetKey("session_video")
+SESSION_PARTITIONS = str(session_partitions.name)
+MAX_RECORDS_PER_TICK = 200
+"""Failed runs and failed check executions read per tick; more wait for the next tick."""
+MAX_BACKLOG_SCAN = 2000
+"""Unstored sessions (oldest first) whose discovery time is looked up per tick."""
+
+
+class AlertsResource(dg.ConfigurableResource):
+    """Where alerts go (``UT_ALERT_WEBHOOK_URL``), the UI's address for links (``UT_DAGSTER_UI_URL``) and when
+    the backlog counts as stale (``UT_BACKLOG_MAX_AGE_SECONDS``). Read when a tick starts; never shown in the UI."""
+
+    webhook_url: str | None = None
+    ui_url: str | None = None
+    backlog_max_age_seconds: str | None = None
+    url_allow_hosts: str | None = None
+
+    def settings(self) -> AlertSettings:
+        return parse_alert_settings(
+            self.webhook_url,
+            self.ui_url,
+            self.backlog_max_age_seconds,
+            parse_url_allow_hosts(self.url_allow_hosts),
+        )
+
+    def send(self, settings: AlertSettings, body: dict[str, Any]) -> None:
+        assert settings.webhook_url
+        with make_http_client(connect_timeout=5.0, read_timeout=10.0) as http:
+            post_alert(http, settings.webhook_url, body)
+
+
+@dataclass
+class AlertCursor:
+    """What was already reported: the last run-failure event, the last check execution per check, and the
+    discovery time of the newest stale session reported."""
+
+    runs_after: int | None = None
+    checks_after: dict[str, int] = field(default_factory=dict)
+    stale_until: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str | None) -> AlertCursor:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(
+            runs_after=data.get("runs_after"),
+            checks_after={str(k): int(v) for k, v in data.get("checks_after", {}).items()},
+            stale_until=float(data.get("stale_until", 0.0)),
+        )
+
+    def dump(self) -> str:
+        return json.dumps(
+            {"runs_after": self.runs_after, "checks_after": self.checks_after, "stale_until": self.stale_until}
+        )
+
+
+@dg.sensor(
+    name="failure_alerts_sensor",
+    minimum_interval_seconds=ALERT_SENSOR_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Posts one alert per failure burst (failed runs with the sessions they did not store, failed blocking "
+        "checks) and one when sessions stay discovered but unstored longer than UT_BACKLOG_MAX_AGE_SECONDS, "
+        "to UT_ALERT_WEBHOOK_URL."
+    ),
+)
+def failure_alerts_sensor(context: dg.SensorEvaluationContext, alerts: AlertsResource) -> dg.SkipReason:
+    settings = alerts.settings()
+    instance = context.instance
+    cursor = AlertCursor.parse(context.cursor)
+    check_keys = blocking_check_keys(context)
+    if cursor.runs_after is None:
+        # First tick: watch from now on; what failed before the sensor existed is history, not news.
+        cursor.runs_after = _latest_run_failure_id(instance)
+        cursor.checks_after = {key.to_user_string(): _latest_check_id(instance, key) for key in check_keys}
+        cursor.stale_until = time.time()
+        context.update_cursor(cursor.dump())
+        return dg.SkipReason("watching for failures from now on")
+
+    runs, runs_after = new_failed_runs(instance, cursor.runs_after)
+    checks, checks_after = new_failed_checks(instance, check_keys, cursor.checks_after)
+    backlog = stale_backlog(instance, settings.backlog_max_age_seconds, time.time())
+    fresh_stale = backlog is not None and backlog[1] > cursor.stale_until
+
+    sent: list[str] = []
+    try:
+        if runs or checks:
+            if settings.webhook_url:
+                alerts.send(settings, failure_alert(runs, checks, settings.ui_url))
+            sent.append(f"{len(runs)} failed run(s), {len(checks)} failed check(s)")
+        cursor.runs_after, cursor.checks_after = runs_after, checks_after
+        if backlog is not None and fresh_stale:
+            if settings.webhook_url:
+                alerts.send(settings, backlog_alert(backlog[0], settings.ui_url))
+            sent.append(f"{len(backlog[0].sessions)} stale session(s)")
+            cursor.stale_until = backlog[1]
+    except AlertDeliveryError as exc:
+        context.update_cursor(cursor.dump())  # what was delivered stays delivered
+        return dg.SkipReason(f"alert not delivered, trying again next tick: {exc}")
+    context.update_cursor(cursor.dump())
+    if not sent:
+        return dg.SkipReason("nothing to report")
+    if not settings.webhook_url:
+        return dg.SkipReason(f"UT_ALERT_WEBHOOK_URL is not set; not sent: {'; '.join(sent)}")
+    return dg.SkipReason(f"alerted: {'; '.join(sent)}")
+
+
+# --- Reading the instance -------------------------------------------------------------------------------------
+
+
+def _latest_run_failure_id(instance: dg.DagsterInstance) -> int:
+    records = instance.fetch_run_status_changes(dg.DagsterEventType.RUN_FAILURE, limit=1, ascending=False).records
+    return records[0].storage_id if records else 0
+
+
+def new_failed_runs(instance: dg.DagsterInstance, after: int) -> tuple[list[FailedRun], int]:
+    """Runs that failed after event ``after``, described; and the last event read."""
+    records = instance.fetch_run_status_changes(
+        dg.RunStatusChangeRecordsFilter(event_type=dg.DagsterEventType.RUN_FAILURE, after_storage_id=after),
+        limit=MAX_RECORDS_PER_TICK,
+        ascending=True,
+    ).records
+    failed: list[FailedRun] = []
+    for record in records:
+        after = max(after, record.storage_id)
+        run = instance.get_run_by_id(record.event_log_entry.run_id)
+        if run is not None:
+            failed.append(describe_failed_run(instance, run, record.event_log_entry))
+    return failed, after
+
+
+def describe_failed_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure: dg.EventLogEntry) -> FailedRun:
+    partitions = run_partitions(instance, run)
+    stored = {
+        event.partition
+        for record in instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        ).records
+        if (event := record.event_log_entry.dagster_event) is not None and event.asset_key == SESSION_VIDEO
+    }
+    not_stored = tuple(p for p in partitions if p not in stored) or tuple(partitions)
+    return FailedRun(
+        run_id=run.run_id, job_name=run.job_name, sessions=not_stored, reason=_failure_reason(instance, run, failure)
+    )
+
+
+def run_partitions(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
+    """The session partitions a run was for: its partition, or its range in insertion order."""
+    tags = run.tags
+    if PARTITION_NAME_TAG in tags:
+        return [tags[PARTITION_NAME_TAG]]
+    start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if not start or not end:
+        return []
+    order = list(instance.get_dynamic_partitions(SESSION_PARTITIONS))
+    if start not in order or end not in order:
+        return [start, end] if start != end else [start]
+    return order[order.index(start) : order.index(end) + 1]
+
+
+def _failure_reason(instance: dg.DagsterInstance, run: dg.DagsterRun, failure: dg.EventLogEntry) -> str:
+    """The first failed step's error (a `dagster.Failure`'s description, else the innermost cause), else the run
+    failure's own message (a run worker that died, a run canceled from outside)."""
+    for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=5).records:
+        event = record.event_log_entry.dagster_event
+        if event is None:
+            continue
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return clean_reason(f"{event.step_key}: {data.user_failure_data.description}")
+        error = data.error
+        while (
+            error is not None
+            and error.cause is not None
+            and "DagsterExecutionStepExecutionError" in (error.cls_name or "")
+        ):
+            error = error.cause
+        if error is not None:
+            return clean_reason(f"{event.step_key}: {error.message}")
+    message = failure.dagster_event.message if failure.dagster_event is not None else None
+    return clean_reason(message or failure.user_message)
+
+
+def blocking_check_keys(context: dg.SensorEvaluationContext) -> list[dg.AssetCheckKey]:
+    """The code location's blocking checks: a failed one means a session is not to be trusted."""
+    repository = context.repository_def
+    if repository is None:
+        return []
+    graph = repository.asset_graph
+    return sorted((key for key in graph.asset_check_keys if graph.get_check_spec(key).blocking), key=str)
+
+
+def _latest_check_id(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> int:
+    records = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+    return records[0].id if records else 0
+
+
+def new_failed_checks(
+    instance: dg.DagsterInstance, keys: Sequence[dg.AssetCheckKey], after: dict[str, int]
+) -> tuple[list[FailedCheck], dict[str, int]]:
+    """Check executions that failed (ERROR severity) after the ids in ``after``; and the new ids."""
+    failed: list[FailedCheck] = []
+    newest = dict(after)
+    for key in keys:
+        name = key.to_user_string()
+        seen = after.get(name, 0)
+        records = instance.event_log_storage.get_asset_check_execution_history(
+            key, limit=MAX_RECORDS_PER_TICK, status={AssetCheckExecutionRecordStatus.FAILED}
+        )
+        for record in sorted((r for r in records if r.id > seen), key=lambda r: r.id):
+            newest[name] = max(newest.get(name, 0), record.id)
+            event = record.event.dagster_event if record.event is not None else None
+            evaluation = event.asset_check_evaluation_data if event is not None else None
+            if evaluation is not None and evaluation.severity != dg.AssetCheckSeverity.ERROR:
+                continue
+            description = evaluation.description if evaluation is not None else None
+            failed.append(
+                FailedCheck(
+                    check_name=key.name,
+                    session=record.partition,
+                    run_id=record.run_id,
+                    description=clean_reason(description or "failed"),
+                )
+            )
+    return failed, newest
+
+
+def stale_backlog(instance: dg.DagsterInstance, max_age: float, now: float) -> tuple[StaleBacklog, float] | None:
+    """Sessions discovered more than ``max_age`` seconds ago and still not stored (oldest first), with the
+    discovery time of the newest of them; None when there are none."""
+    stored = instance.get_materialized_partitions(SESSION_VIDEO)
+    missing = [k for k in instance.get_dynamic_partitions(SESSION_PARTITIONS) if k not in stored]
+    discovered: dict[str, float] = {}
+    for start in range(0, min(len(missing), MAX_BACKLOG_SCAN), 500):
+        chunk = missing[start : start + 500]
+        records = instance.fetch_observations(
+            dg.AssetRecordsFilter(asset_key=SESSION_ASSET_KEY, asset_partitions=chunk), limit=2 * len(chunk)
+        ).records
+        for record in records:
+            if record.partition_key is not None:
+                first = discovered.get(record.partition_key, record.timestamp)
+                discovered[record.partition_key] = min(first, record.timestamp)
+    stale = sorted((t, k) for k, t in discovered.items() if now - t > max_age)
+    if not stale:
+        return None
+    backlog = StaleBacklog(
+        sessions=tuple(k for _, k in stale), oldest_age_seconds=now - stale[0][0], max_age_seconds=max_age
+    )
+    return backlog, stale[-1][0]

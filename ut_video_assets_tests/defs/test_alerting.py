@@ -1,0 +1,228 @@
+"""The alert sensor in a real Dagster instance, posting to a real webhook receiver on loopback.
+
+Failures are real: runs of sessions the sandbox has no video for (the API answers 404), a stored video replaced
+in the store behind the pipeline's back (the checksum check fails), sessions discovered and left unstored.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from ut_video_assets.alerts import FailedRun, clean_reason, failure_alert
+from ut_video_assets.definitions import build_defs
+from ut_video_assets.defs.alerting import failure_alerts_sensor
+from ut_video_assets_tests.defs.conftest import Pipeline
+
+UI_URL = "http://127.0.0.1:3999"
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver: every POSTed JSON body, in order; answers ``status``."""
+
+    url: str
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 200
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    box: list[Receiver] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = json.loads(self.rfile.read(length))
+            state = box[0]
+            if state.status == 200:
+                state.bodies.append(body)
+            self.send_response(state.status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    box.append(Receiver(url=f"http://127.0.0.1:{server.server_address[1]}/hooks/T000/SECRET-PATH-TOKEN"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield box[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class Alerting:
+    """The alert sensor of a code location built with the alert settings, ticked like the daemon does."""
+
+    pipeline: Pipeline
+    defs: dg.Definitions
+    cursor: str | None = None
+
+    def tick(self) -> dg.SkipReason:
+        resources = {"alerts": (self.defs.resources or {})["alerts"]}
+        with dg.build_sensor_context(
+            instance=self.pipeline.instance, cursor=self.cursor, resources=resources, definitions=self.defs
+        ) as context:
+            result = failure_alerts_sensor(context)
+            self.cursor = context.cursor
+        assert isinstance(result, dg.SkipReason)
+        return result
+
+
+@pytest.fixture
+def alerting(pipeline: Pipeline, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Alerting:
+    import os
+
+    host = receiver.url.split("/")[2]
+    monkeypatch.setenv("UT_ALERT_WEBHOOK_URL", receiver.url)
+    monkeypatch.setenv("UT_VIDEO_URL_ALLOW_HOSTS", f"{os.environ['UT_VIDEO_URL_ALLOW_HOSTS']},{host}")
+    monkeypatch.setenv("UT_DAGSTER_UI_URL", UI_URL)
+    state = Alerting(pipeline, build_defs())
+    assert "watching" in (state.tick().skip_message or "")  # the sensor exists before anything fails
+    return state
+
+
+def no_video_sessions(pipeline: Pipeline) -> list[str]:
+    return [s.session_id for t in pipeline.sandbox.test_ids for s in pipeline.sandbox.sessions(t) if not s.has_video]
+
+
+def secrets_of(pipeline: Pipeline, receiver: Receiver) -> list[str]:
+    import os
+
+    return [os.environ["UT_CLIENT_SECRET"], os.environ["AWS_SECRET_ACCESS_KEY"], "SECRET-PATH-TOKEN", receiver.url]
+
+
+def test_a_failure_burst_is_one_alert_naming_sessions_reason_and_runs(
+    alerting: Alerting, pipeline: Pipeline, receiver: Receiver
+) -> None:
+    pipeline.tick()
+    missing = no_video_sessions(pipeline)
+    assert len(missing) >= 2
+    runs = [pipeline.materialize(session_id) for session_id in missing]
+    assert not any(run.success for run in runs)
+    result = alerting.tick()
+    assert len(receiver.bodies) == 1, "one alert for the burst, not one per run or session"
+    body = receiver.bodies[0]
+    text = body["text"]
+    assert text.startswith(f"ut-video-assets: {len(missing)} failed run(s)")
+    for session_id, run in zip(missing, runs, strict=True):
+        assert session_id in text
+        assert f"{UI_URL}/runs/{run.run_id}" in text
+    assert "has no video" in text
+    facts = body["ut_video_assets"]
+    assert facts["kind"] == "failure"
+    assert sorted(facts["sessions"]) == sorted(missing)
+    assert {r["run_id"] for r in facts["runs"]} == {run.run_id for run in runs}
+    assert all(r["job"] == "session_video_job" for r in facts["runs"])
+    serialized = json.dumps(body)
+    assert not [s for s in secrets_of(pipeline, receiver) if s in serialized]
+    assert "X-Amz-" not in serialized
+    assert "alerted" in (result.skip_message or "")
+    alerting.tick()
+    assert len(receiver.bodies) == 1, "a failure is reported once"
+
+
+def test_a_range_run_names_only_the_sessions_it_did_not_store(
+    alerting: Alerting, pipeline: Pipeline, receiver: Receiver
+) -> None:
+    pipeline.tick()
+    order = list(pipeline.instance.get_dynamic_partitions("session_ids"))
+    missing = set(no_video_sessions(pipeline))
+    gap = next(i for i, key in enumerate(order) if key in missing)
+    keys = order[max(gap - 1, 0) : gap + 2]
+    result = pipeline.materialize_range(keys[0], keys[-1])
+    assert not result.success
+    alerting.tick()
+    (body,) = receiver.bodies
+    (run,) = body["ut_video_assets"]["runs"]
+    assert run["run_id"] == result.run_id
+    assert set(run["sessions"]) == set(keys) & missing
+    assert run["url"] == f"{UI_URL}/runs/{result.run_id}"
+
+
+def test_a_failed_blocking_check_is_alerted(alerting: Alerting, pipeline: Pipeline, receiver: Receiver) -> None:
+    pipeline.tick()
+    session = next(s for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0]) if s.has_video)
+    assert pipeline.materialize(session.session_id).success
+    alerting.tick()
+    assert receiver.bodies == []
+    store = pipeline.store
+    key = store.video_key(session.test_id, session.session_id)
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=b"not the video that was verified")
+    checks = pipeline.run_checks(dg.AssetKey("session_video"), session.session_id)
+    evaluations = {e.check_name: e.passed for e in checks.get_asset_check_evaluations()}
+    assert evaluations.get("session_video_checksum") is False
+    alerting.tick()
+    (body,) = receiver.bodies
+    failed = {(c["check"], c["session"]) for c in body["ut_video_assets"]["checks"]}
+    assert ("session_video_checksum", session.session_id) in failed
+    assert f"check session_video_checksum failed for session {session.session_id}" in body["text"]
+    assert session.session_id in body["ut_video_assets"]["sessions"]
+
+
+def test_an_undelivered_alert_is_sent_again_next_tick(
+    alerting: Alerting, pipeline: Pipeline, receiver: Receiver
+) -> None:
+    pipeline.tick()
+    missing = no_video_sessions(pipeline)[0]
+    assert not pipeline.materialize(missing).success
+    receiver.status = 503
+    skipped = alerting.tick()
+    assert "not delivered" in (skipped.skip_message or "")
+    assert "503" in (skipped.skip_message or "")
+    assert receiver.url not in (skipped.skip_message or "")
+    receiver.status = 200
+    alerting.tick()
+    (body,) = receiver.bodies
+    assert missing in body["ut_video_assets"]["sessions"]
+
+
+def test_a_stale_backlog_is_alerted_once_per_new_stale_session(
+    alerting: Alerting, pipeline: Pipeline, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UT_BACKLOG_MAX_AGE_SECONDS", "2")
+    alerting.defs = build_defs()
+    pipeline.tick()
+    discovered = list(pipeline.instance.get_dynamic_partitions("session_ids"))
+    alerting.tick()
+    assert receiver.bodies == [], "not stale yet"
+    time.sleep(2.1)  # the backlog's age, not a backoff
+    alerting.tick()
+    (body,) = receiver.bodies
+    assert body["ut_video_assets"]["kind"] == "backlog"
+    assert sorted(body["ut_video_assets"]["sessions"]) == sorted(discovered)
+    assert "discovered but not stored for more than" in body["text"]
+    alerting.tick()
+    assert len(receiver.bodies) == 1, "the same stale sessions are reported once"
+    new = pipeline.sandbox.complete_session(pipeline.sandbox.test_ids[0])
+    pipeline.tick()
+    time.sleep(2.1)
+    alerting.tick()
+    assert len(receiver.bodies) == 2
+    assert new.session_id in receiver.bodies[1]["ut_video_assets"]["sessions"]
+
+
+def test_alert_text_never_carries_a_presigned_url_or_token() -> None:
+    leaked = (
+        "download failed: https://store.example/bucket/v.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc123"
+        " with Authorization: Bearer eyJhbGciOi.payload.sig"
+    )
+    body = failure_alert([FailedRun("r" * 32, "session_video_job", ("s1",), clean_reason(leaked))], [], None)
+    serialized = json.dumps(body)
+    assert "abc123" not in serialized
+    assert "eyJhbGciOi" not in serialized
+    assert "https://store.example/bucket/v.mp4" in serialized  # where it failed stays readable
