@@ -38,7 +38,7 @@ from ut_video_assets.usertesting.errors import (
     TimeLimitError,
     TransportError,
 )
-from ut_video_assets.usertesting.models import SessionPage, SessionSummary, VideoUrl, parse_timestamp
+from ut_video_assets.usertesting.models import SessionPage, VideoUrl, parse_timestamp
 from ut_video_assets.usertesting.waits import retry_after_seconds
 
 if TYPE_CHECKING:  # ratelimit imports this package's errors
@@ -124,7 +124,7 @@ class ResultsApiClient:
             max_wait=max_wait,
             deadline=deadline,
         )
-        return _parse_page(body, test_id, limit, offset)
+        return SessionPage.from_api(body, test_id, limit, offset)
 
     def iter_pages(
         self, test_id: str, *, start_offset: int = 0, max_wait: float | None = None, deadline: float | None = None
@@ -339,27 +339,3 @@ def _error_detail(response: httpx.Response) -> str:
     if isinstance(message, list):
         message = "; ".join(str(m) for m in message)
     return f": {redact_text(str(message))[:200]}" if message else ""
-
-
-def _parse_page(body: Any, test_id: str, limit: int, offset: int) -> SessionPage:
-    if not isinstance(body, dict) or not isinstance(body.get("sessions"), list):
-        raise MalformedResponseError(f"test {test_id}: the session list has no 'sessions' array")
-    pagination = body.get("meta", {}).get("pagination", {}) if isinstance(body.get("meta"), dict) else {}
-    total = pagination.get("totalCount") if isinstance(pagination, dict) else None
-    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
-        raise MalformedResponseError(f"test {test_id}: meta.pagination.totalCount is missing or not a count")
-    sessions: list[SessionSummary] = []
-    rejected: list[str] = []
-    for index, item in enumerate(body["sessions"]):
-        try:
-            sessions.append(SessionSummary.from_api(item, test_id))
-        except MalformedResponseError as exc:
-            rejected.append(f"entry {offset + index}: {exc}")
-    return SessionPage(
-        test_id=test_id,
-        sessions=tuple(sessions),
-        limit=limit,
-        offset=offset,
-        total_count=total,
-        rejected=tuple(rejected),
-    )

@@ -22,9 +22,10 @@ def parse_timestamp(value: Any, what: str) -> datetime:
         text = text[:-1] + "+00:00"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
+        # astimezone overflows at the ends of the calendar ("9999-12-31T23:59:59-01:00"): malformed, not a crash.
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise MalformedResponseError(f"{what} {value[:40]!r} is not an ISO-8601 timestamp") from exc
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _optional_timestamp(value: Any, what: str) -> datetime | None:
@@ -83,6 +84,32 @@ class SessionPage:
     rejected: tuple[str, ...] = ()
     """Entries that failed validation (a reason each, never the raw value); the rest of the page is kept."""
 
+    @classmethod
+    def from_api(cls, body: Any, test_id: str, limit: int, offset: int) -> SessionPage:
+        """A ``GET /api/v2/sessionResults`` body as a page: entries that fail validation are dropped and
+        reported in ``rejected``; a body without the documented shape raises `MalformedResponseError`."""
+        if not isinstance(body, dict) or not isinstance(body.get("sessions"), list):
+            raise MalformedResponseError(f"test {test_id}: the session list has no 'sessions' array")
+        pagination = body.get("meta", {}).get("pagination", {}) if isinstance(body.get("meta"), dict) else {}
+        total = pagination.get("totalCount") if isinstance(pagination, dict) else None
+        if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+            raise MalformedResponseError(f"test {test_id}: meta.pagination.totalCount is missing or not a count")
+        sessions: list[SessionSummary] = []
+        rejected: list[str] = []
+        for index, item in enumerate(body["sessions"]):
+            try:
+                sessions.append(SessionSummary.from_api(item, test_id))
+            except MalformedResponseError as exc:
+                rejected.append(f"entry {offset + index}: {exc}")
+        return cls(
+            test_id=test_id,
+            sessions=tuple(sessions),
+            limit=limit,
+            offset=offset,
+            total_count=total,
+            rejected=tuple(rejected),
+        )
+
 
 @dataclass(frozen=True)
 class VideoUrl:
@@ -101,8 +128,9 @@ class VideoUrl:
     def original_filename(self) -> str:
         """Last path segment of the URL (e.g. ``session.mp4``), taken without the query string."""
         name = PurePosixPath(unquote(urlsplit(self.url).path)).name
-        safe = "".join(c for c in name if c.isalnum() or c in "._-")[:200]
-        return safe or "session.mp4"
+        # ASCII only: it becomes S3 user metadata, which must be ASCII ("é" or "¹" are alphanumeric too).
+        safe = "".join(c for c in name if c.isascii() and (c.isalnum() or c in "._-"))[:200]
+        return safe if safe.strip(".") else "session.mp4"
 
     def seconds_left(self, now: datetime | None = None) -> float:
         return (self.expires_at - (now or datetime.now(UTC))).total_seconds()
