@@ -184,7 +184,9 @@ class _Scan:
         self.seen: set[str] = set()
         self.result = DiscoveryResult(
             new_sessions=[],
-            cursor=DiscoveryCursor(dict(cursor.pending_offsets), first, cursor.credit, cursor.credit_at),
+            cursor=DiscoveryCursor(
+                dict(cursor.pending_offsets), first, cursor.credit, cursor.credit_at, cursor.looked_at
+            ),
         )
 
     def take(self, page: SessionPage) -> tuple[int, bool]:

@@ -221,14 +221,18 @@ class GuardedTransport(httpx.BaseTransport):
                 transport = self._transports[key] = self._make_transport()
         if target.scheme == "https":
             request.extensions = {**request.extensions, "sni_hostname": target.host}
-        for address in target.addresses[:-1]:
-            request.url = request.url.copy_with(host=address)  # the Host header keeps the name
-            try:
-                return transport.handle_request(request)
-            except httpx.ConnectError:
-                continue  # nothing was sent: the next checked address (an IPv6 and an IPv4 one, say)
-        request.url = request.url.copy_with(host=target.addresses[-1])
-        return transport.handle_request(request)
+        original = request.url
+        try:
+            for address in target.addresses[:-1]:
+                request.url = original.copy_with(host=address)  # the Host header keeps the name
+                try:
+                    return transport.handle_request(request)
+                except httpx.ConnectError:
+                    continue  # nothing was sent: the next checked address (an IPv6 and an IPv4 one, say)
+            request.url = original.copy_with(host=target.addresses[-1])
+            return transport.handle_request(request)
+        finally:
+            request.url = original  # callers (and their logs) see the URL they asked for
 
     def close(self) -> None:
         with self._lock:

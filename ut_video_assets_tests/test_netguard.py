@@ -186,6 +186,7 @@ def test_the_transport_connects_to_the_checked_address_and_keeps_the_host_name(p
     assert response.status_code == 200 and response.content == b"video bytes"
     assert seen.hosts == [f"video.test:{port}"]
     assert calls == ["video.test"]
+    assert response.request.url.host == "video.test"  # the caller sees the URL it asked for
 
 
 def test_a_loopback_server_is_refused_unless_allowed(plain_server: tuple[int, Seen]) -> None:

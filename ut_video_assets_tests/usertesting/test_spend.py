@@ -127,3 +127,14 @@ def test_persistent_token_endpoint_outage_is_not_bad_credentials(sandbox: Sandbo
     assert "not a credentials problem" in str(info.value) and "UT_CLIENT_SECRET" not in str(info.value)
     assert sandbox.stats()["statuses"]["token"] == {"429": MINT_ATTEMPTS}
     assert client.requests_sent == 0  # no API request without a token
+
+
+def test_a_tick_that_sends_nothing_keeps_when_discovery_last_looked(sandbox: Sandbox, tight: SqliteBudget) -> None:
+    """The sensor leaves the API alone for a while after a look; a tick that could not send must not forget it."""
+    for _ in range(3):
+        tight.acquire(max_wait=0)
+    client = _client(sandbox, tight)
+    cursor = DiscoveryCursor(looked_at=1234.5)
+    result = discover_new_sessions(client, sandbox.test_ids, lambda _s: False, cursor, budget_wait_seconds=0.1)
+    assert result.requests == 0 and result.unfinished
+    assert result.cursor.looked_at == 1234.5
