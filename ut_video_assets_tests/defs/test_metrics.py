@@ -1,0 +1,85 @@
+"""``ut-video-assets metrics`` as a real process over a real Dagster instance, scraped over HTTP on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ut_video_assets_tests.defs.conftest import Pipeline
+
+
+def no_video_sessions(pipeline: Pipeline) -> list[str]:
+    return [s.session_id for t in pipeline.sandbox.test_ids for s in pipeline.sandbox.sessions(t) if not s.has_video]
+
+
+@pytest.fixture
+def exporter(pipeline: Pipeline) -> Iterator[str]:
+    """The CLI's exporter over the pipeline's instance (same DAGSTER_HOME), listening on a free loopback port."""
+    env = {**os.environ, "DAGSTER_HOME": str(pipeline.instance.root_directory)}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ut-video-assets"), "metrics", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
+        assert found, line + (process.stdout.read() if process.poll() is not None else "")
+        yield found.group(0)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    response = httpx.get(url, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def test_metrics_follow_the_pipeline(pipeline: Pipeline, exporter: str) -> None:
+    before = scrape(exporter)
+    assert before["ut_video_sessions_discovered"][()] == 0
+    assert before["ut_video_runs"][(("status", "failure"),)] == 0
+
+    pipeline.tick()
+    discovered = len(pipeline.instance.get_dynamic_partitions("session_ids"))
+    good = next(s for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0]) if s.has_video)
+    assert pipeline.materialize(good.session_id).success
+    missing = no_video_sessions(pipeline)[0]
+    assert not pipeline.materialize(missing).success
+    time.sleep(0.1)  # the backlog's age is measured in wall-clock time
+
+    after = scrape(exporter)
+    assert after["ut_video_sessions_discovered"][()] == discovered
+    assert after["ut_video_sessions"][(("state", "stored"),)] == 1
+    assert after["ut_video_sessions"][(("state", "failed"),)] == 1
+    assert after["ut_video_sessions"][(("state", "waiting"),)] == discovered - 2
+    assert after["ut_video_backlog_sessions"][()] == discovered - 1
+    assert after["ut_video_backlog_oldest_age_seconds"][()] > 0
+    assert after["ut_video_runs"][(("status", "success"),)] == 1
+    assert after["ut_video_runs"][(("status", "failure"),)] == 1
+    assert after["ut_video_recent_video_bytes_count"][()] == 1
+    stored_size = pipeline.store.head_video(good.test_id, good.session_id)
+    assert stored_size is not None
+    assert after["ut_video_recent_video_bytes_sum"][()] == stored_size.size
+    assert after["ut_video_recent_download_seconds_count"][()] == 1
+    assert after["ut_video_recent_download_seconds_sum"][()] > 0
