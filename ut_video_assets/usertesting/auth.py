@@ -17,7 +17,8 @@ from typing import Protocol
 import httpx
 import stamina
 
-from ut_video_assets.usertesting.errors import AuthenticationError, TokenEndpointError
+from ut_video_assets.usertesting.errors import AuthenticationError, TimeLimitError, TokenEndpointError
+from ut_video_assets.usertesting.http import timeout_within
 from ut_video_assets.usertesting.models import AccessToken
 from ut_video_assets.usertesting.waits import retry_after_seconds
 
@@ -112,7 +113,7 @@ class ClientCredentialsTokens:
         try:
             for attempt in stamina.retry_context(on=retry, attempts=MINT_ATTEMPTS, timeout=MINT_TIMEOUT_SECONDS):
                 with attempt:
-                    return self._request_token()
+                    return self._request_token(deadline)
         except _UnavailableError as exc:
             raise TokenEndpointError(
                 f"the token endpoint is unavailable ({exc}) after {failures + 1} attempt(s); "
@@ -121,14 +122,20 @@ class ClientCredentialsTokens:
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _request_token(self) -> AccessToken:
+    def _request_token(self, deadline: float | None = None) -> AccessToken:
         started = time.monotonic()
+        timeout = self._http.timeout
+        if deadline is not None:
+            if deadline <= started:
+                raise TimeLimitError("the caller's time limit ran out before a token could be minted")
+            timeout = timeout_within(timeout, deadline - started)
         try:
             response = self._http.post(
                 self._token_url,
                 data={"grant_type": "client_credentials", "scope": self._scope},
                 auth=(self._client_id, self._client_secret),
                 headers={"Accept": "application/json"},
+                timeout=timeout,
             )
         except httpx.HTTPError as exc:
             raise _UnavailableError(f"unreachable: {type(exc).__name__}") from None

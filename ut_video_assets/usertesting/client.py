@@ -38,6 +38,7 @@ from ut_video_assets.usertesting.errors import (
     TimeLimitError,
     TransportError,
 )
+from ut_video_assets.usertesting.http import timeout_within
 from ut_video_assets.usertesting.models import SessionPage, VideoUrl, parse_timestamp
 from ut_video_assets.usertesting.waits import retry_after_seconds
 
@@ -268,7 +269,7 @@ class ResultsApiClient:
         self._budget.acquire(max_wait=max_wait)
         timeout = self._http.timeout
         if deadline is not None:
-            timeout = _within(timeout, _time_left(deadline, resource))
+            timeout = timeout_within(timeout, _time_left(deadline, resource))
         with self._sent_lock:
             self._sent += 1
         try:
@@ -316,17 +317,6 @@ def _time_left(deadline: float, resource: str) -> float:
     if left <= 0:
         raise TimeLimitError(f"{resource}: the caller's time limit ran out before the request", resource=resource)
     return left
-
-
-def _within(timeout: httpx.Timeout, seconds: float) -> httpx.Timeout:
-    """``timeout`` with every phase cut to ``seconds`` (so a stalled answer cannot outlast a deadline)."""
-
-    def cut(value: float | None) -> float:
-        return seconds if value is None else min(value, seconds)
-
-    return httpx.Timeout(
-        connect=cut(timeout.connect), read=cut(timeout.read), write=cut(timeout.write), pool=cut(timeout.pool)
-    )
 
 
 def _error_detail(response: httpx.Response) -> str:

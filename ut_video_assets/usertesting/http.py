@@ -31,3 +31,14 @@ def make_http_client(
         transport=transport,
         trust_env=trust_env,
     )
+
+
+def timeout_within(timeout: httpx.Timeout, seconds: float) -> httpx.Timeout:
+    """``timeout`` with every phase cut to ``seconds`` (so a stalled answer cannot outlast a deadline)."""
+
+    def cut(value: float | None) -> float:
+        return seconds if value is None else min(value, seconds)
+
+    return httpx.Timeout(
+        connect=cut(timeout.connect), read=cut(timeout.read), write=cut(timeout.write), pool=cut(timeout.pool)
+    )

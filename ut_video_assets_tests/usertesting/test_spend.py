@@ -24,6 +24,7 @@ from ut_video_assets.usertesting import (
     ResultsApiClient,
     RetryPolicy,
     ServerError,
+    TimeLimitError,
     TokenEndpointError,
     make_http_client,
 )
@@ -138,3 +139,11 @@ def test_a_tick_that_sends_nothing_keeps_when_discovery_last_looked(sandbox: San
     result = discover_new_sessions(client, sandbox.test_ids, lambda _s: False, cursor, budget_wait_seconds=0.1)
     assert result.requests == 0 and result.unfinished
     assert result.cursor.looked_at == 1234.5
+
+
+def test_nothing_is_sent_past_the_deadline_not_even_a_token_request(sandbox: Sandbox, budget: SqliteBudget) -> None:
+    client = _client(sandbox, budget)
+    with pytest.raises(TimeLimitError):
+        client.list_sessions(sandbox.test_ids[0], deadline=time.monotonic() - 0.01)
+    assert client.requests_sent == 0
+    assert sandbox.stats()["tokensIssued"] == 0 and "token" not in sandbox.stats()["statuses"]
