@@ -32,6 +32,12 @@ class Sizes:
     scale_tests: int
     scale_sessions_per_test: int
     catalog_objects: int
+    # The headline leg (bench/materialize.py): `dagster asset materialize` of this video and of the small one
+    # (Dagster's overhead), against the peers; and whether to time one sensor-launched run through the daemon.
+    materialize_bytes: int = GiB
+    materialize_small_bytes: int = MiB
+    materialize_repetitions: int = 3
+    materialize_daemon: bool = True
 
 
 FULL = Sizes(
@@ -47,6 +53,11 @@ FULL = Sizes(
     scale_tests=5,
     scale_sessions_per_test=2000,
     catalog_objects=10_000,
+    materialize_bytes=GiB,
+    materialize_small_bytes=MiB,
+    # Each repetition is two 1 GiB materializations' worth of tools plus the peers: about a minute.
+    materialize_repetitions=3,
+    materialize_daemon=True,
 )
 SMOKE = Sizes(
     repetitions=1,
@@ -59,7 +70,16 @@ SMOKE = Sizes(
     scale_tests=2,
     scale_sessions_per_test=40,
     catalog_objects=30,
+    materialize_bytes=4 * MiB,
+    materialize_small_bytes=MiB,
+    materialize_repetitions=1,
+    materialize_daemon=True,
 )
+
+
+# The headline leg's targets: the transfer leg (materialize of the large video minus the 1 MiB one) and the end to
+# end run as speed ratios to the fastest peer, and the run's RSS growth over the 1 MiB run.
+MATERIALIZE_TARGETS = {"transfer_ratio": 1.0, "end_to_end_ratio": 0.85, "rss_growth_mib": 64.0}
 
 
 def median(values: Iterable[float]) -> float:
@@ -104,6 +124,19 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average": load_average(),
     }
+
+
+def code_version() -> dict[str, Any]:
+    """The commit the bench ran on, and whether the working tree had uncommitted changes (numbers belong to
+    code, and the code moves)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)  # noqa: S603, S607
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def run_timed(args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 1800) -> tuple[float, str]:

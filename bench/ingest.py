@@ -1,4 +1,4 @@
-"""One ingestion in a process of its own: pre-signed URL -> verified object, as the asset + IO manager do it.
+"""One ingestion in a process of its own through the ingest engine (the diagnostic "engine alone" row).
 
 ``python -m bench.ingest URL TEST_ID SESSION_ID BUCKET SPOOL_DIR [--probe]`` with the store in the standard
 ``AWS_*`` variables. Prints one JSON line: the timings, the object's size and SHA-256, and the process's peak
@@ -12,7 +12,6 @@ import json
 import os
 import resource
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,9 @@ def ingest(
 ) -> dict[str, Any]:
     import boto3
 
+    from ut_video_assets.ingest import EngineSettings, IngestEngine, PreparedVideo, SessionRef
     from ut_video_assets.storage import VideoStore
-    from ut_video_assets.transfer import TransferPolicy, download_video
+    from ut_video_assets.transfer import TransferPolicy
     from ut_video_assets.usertesting import VideoUrl, make_http_client
 
     started = time.perf_counter()
@@ -53,40 +53,33 @@ def ingest(
         store.part_size = part_mib * 1024 * 1024
     if concurrency:
         store.max_concurrency = concurrency
-    policy = TransferPolicy(chunk_size=int(chunk_mib * 1024 * 1024)) if chunk_mib else None
+    policy = TransferPolicy(chunk_size=int(chunk_mib * 1024 * 1024)) if chunk_mib else TransferPolicy()
     video_url = VideoUrl(session_id=session_id, url=url, expires_at=datetime.now(UTC) + timedelta(hours=1))
-    spool = spool_dir / f"{session_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
-    upload = store.start_upload(spool, test_id=test_id, session_id=session_id)
-    try:
-        with make_http_client() as http:
-            download = download_video(http, session_id, lambda: video_url, spool, policy=policy, sink=upload)
-    except BaseException:
-        upload.abort()
-        raise
-    downloaded = time.perf_counter()
-    sent_while_downloading = upload.bytes_sent
-    probe_seconds = 0.0
-    if probe:
-        from ut_video_assets.media import probe as probe_video
-        from ut_video_assets.media import thumbnail_jpeg
-
-        probe_video(download.path, decode_frames=3)
-        thumbnail_jpeg(download.path)
-        probe_seconds = time.perf_counter() - downloaded
-    try:
-        stored = upload.finish(download.size, download.sha256, original_filename=download.original_filename)
-    finally:
-        download.path.unlink(missing_ok=True)
+    settings = EngineSettings(spool_dir=spool_dir, policy=policy, owner=f"bench {os.getpid()}", thumbnails=probe)
+    with (
+        make_http_client() as http,
+        IngestEngine(
+            store, get_video_url=lambda _sid: video_url, http=http, settings=settings, report=lambda _line: None
+        ) as engine,
+    ):
+        # force: every repetition downloads and commits again (replacing the previous repetition's object)
+        prepared = engine.prepare(SessionRef(session_id, test_id), force=True)
+        prepared_at = time.perf_counter()
+        if not isinstance(prepared, PreparedVideo):  # pragma: no cover - force always downloads
+            raise RuntimeError("the engine did not download")
+        download_seconds = prepared.download.seconds
+        sent_while_downloading = prepared.uploaded_while_downloading
+        video = engine.commit(prepared)
     finished = time.perf_counter()
     return {
         "seconds": finished - started,
-        "download_seconds": download.seconds,
-        "probe_seconds": probe_seconds,
-        "upload_seconds": finished - downloaded - probe_seconds,
+        "download_seconds": download_seconds,
+        "probe_seconds": max(prepared_at - started - download_seconds, 0.0),
+        "upload_seconds": finished - prepared_at,
         "bytes_sent_while_downloading": sent_while_downloading,
-        "size": stored.size,
-        "sha256": stored.sha256,
-        "key": stored.key,
+        "size": video.stored.size,
+        "sha256": video.stored.sha256,
+        "key": video.stored.key,
         "peak_rss_kib": peak_rss_kib(),
     }
 

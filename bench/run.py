@@ -17,23 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.common import FULL, SMOKE, Sizes, load_average, machine
+from bench.common import FULL, SMOKE, Sizes, code_version, load_average, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
-LEGS = ("transfer", "memory", "tuning", "budget", "scale", "startup")
+# "materialize" is the headline (what users run); "transfer" and "memory" time the engine alone (diagnostics).
+LEGS = ("materialize", "transfer", "memory", "tuning", "budget", "scale", "startup")
 
 
 def run_suite(sizes: Sizes, legs: tuple[str, ...] = LEGS, *, proxy: bool = False, echo: Any = print) -> dict[str, Any]:
     """Run ``legs`` at ``sizes``; every leg records the load average before and after it."""
-    from bench import daemon, scale, startup, transfer
+    from bench import daemon, materialize, scale, startup, transfer
 
     results: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "smoke": sizes.repetitions < FULL.repetitions,
         "sizes": sizes.__dict__,
         "machine": machine(),
+        "code": code_version(),
         "legs": {},
     }
 
@@ -46,6 +48,8 @@ def run_suite(sizes: Sizes, legs: tuple[str, ...] = LEGS, *, proxy: bool = False
         results["legs"][name] = value
 
     wanted = set(legs)
+    if "materialize" in wanted:
+        leg("materialize", lambda: materialize.materialize_leg(sizes, echo))
     if wanted & {"transfer", "memory", "tuning"}:
         sources = {
             *([sizes.transfer_bytes] if "transfer" in wanted else []),
@@ -104,7 +108,9 @@ def main() -> None:
         for path in args.merge_from:
             other = json.loads(path.read_text())
             results["legs"].update(other["legs"])
-            results.setdefault("merged_runs", []).append({k: other[k] for k in ("started", "finished", "machine")})
+            results.setdefault("merged_runs", []).append(
+                {k: other.get(k) for k in ("started", "finished", "machine", "code")}
+            )
         if args.merge_from:
             results_path.write_text(json.dumps(results, indent=1) + "\n")
     else:
@@ -116,7 +122,9 @@ def main() -> None:
         if args.merge and results_path.is_file():
             previous = json.loads(results_path.read_text())
             previous["legs"].update(results["legs"])
-            previous.setdefault("merged_runs", []).append({k: results[k] for k in ("started", "finished", "machine")})
+            previous.setdefault("merged_runs", []).append(
+                {k: results.get(k) for k in ("started", "finished", "machine", "code")}
+            )
             results = previous
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1) + "\n")

@@ -13,6 +13,7 @@ import pytest
 
 from bench import report
 from bench.common import SMOKE
+from bench.materialize import CHECKS, ENGINE, MATERIALIZE, PEERS, SMALL
 from bench.run import run_suite
 
 pytestmark = pytest.mark.timeout(300)
@@ -23,8 +24,31 @@ def _positive(value: object) -> bool:
 
 
 def test_bench_smoke(tmp_path: Path) -> None:
-    results = run_suite(SMOKE, ("transfer", "memory", "scale"), proxy=False, echo=lambda _line: None)
+    results = run_suite(SMOKE, ("materialize", "transfer", "memory", "scale"), proxy=False, echo=lambda _line: None)
     results = json.loads(json.dumps(results))  # what gets saved must be plain JSON
+
+    # What users run: the CLI materialized each video with both checks, and the run's events say so.
+    leg = results["legs"]["materialize"]
+    for name in (MATERIALIZE, SMALL):
+        entry = leg["tools"][name]
+        assert entry["error"] is None, entry["error"]
+        assert len(entry["runs"]) == SMOKE.materialize_repetitions
+        for run in entry["runs"]:
+            assert run["success"] and run["checks"] == dict.fromkeys(CHECKS, True)
+            assert run["materialization"]["outcome"] == "stored"  # forced: downloaded again, not skipped
+            assert run["materialization"]["size_bytes"] == entry["bytes"]
+            assert all(_positive(run[k]) for k in ("seconds", "cpu_seconds", "tree_peak_rss_mib", "run_seconds"))
+    assert leg["tools"][ENGINE]["error"] is None and _positive(leg["tools"][ENGINE]["median_seconds"])
+    for name in PEERS:
+        entry = leg["tools"][name]
+        assert entry["error"] or _positive(entry["median_seconds"]), name
+    assert math.isfinite(leg["transfer_leg_seconds"]) and math.isfinite(leg["rss_growth_mib"])
+    assert _positive(leg["small_run"]["median_cpu_seconds"])
+    # The same session through the daemon: launched by the discovery sensor, stored and checked.
+    daemon = leg["daemon"]
+    assert daemon["finished"] and daemon["status"] == "SUCCESS", daemon
+    assert daemon["partition_is_session"] and daemon["checks_passed"]
+    assert _positive(daemon["run_start_to_end_seconds"])
 
     transfer = results["legs"]["transfer_direct"]
     ours = transfer["tools"]["ours"]
@@ -49,6 +73,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert _positive(catalog["median_cold_seconds"]) and _positive(catalog["median_incremental_seconds"])
 
     text = report.render(results)
-    assert "| 1. transfer" in text
+    assert "| 1a. transfer leg of `dagster asset materialize`" in text
+    assert "| 1e. through the daemon" in text
+    assert "| D1. engine alone (diagnostic), transfer" in text
     assert "| 5b. catalog over" in text
     assert "nan" not in text
