@@ -97,7 +97,7 @@ class PreparedVideo:
     precondition: Precondition
     lease: Lease
     uploaded_while_downloading: int
-    """Bytes that left for the store before the download had finished."""
+    """Bytes of the parts that were sent, or on their way, before the download had finished."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ class IngestEngine:
                 on_progress=ProgressReporter(self._report),
                 sink=upload,
             )
-            sent_early = upload.bytes_sent
+            sent_early = upload.bytes_started  # parts sent or on their way before the last byte
             pending = upload.send_rest(download.size)
             media, thumbnail = self._probe(sid, spool)
         except BaseException as exc:  # noqa: BLE001 - abort whatever happened; mapped or re-raised as is

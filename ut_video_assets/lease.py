@@ -8,7 +8,8 @@ that is not ours belongs to a writer that lost or gave up its lease (a killed pr
 
 A second run finds a live lease and fails fast with a message naming the holder (its Dagster run, host and
 PID). A holder killed with SIGKILL stops renewing; once the lease has expired the next writer takes it over with
-a write conditioned on the expired version (two takers cannot both win). A holder whose renewal fails (its
+a write conditioned on the expired version (two takers cannot both win). On the holder's own host a dead PID is
+seen at once, so a re-run there need not wait for the expiry. A holder whose renewal fails (its
 lease was taken over after a long pause) marks the lease lost, and the engine then aborts instead of
 committing. Expiry compares the holder's clock with the taker's: hosts must agree on the time to within a small
 fraction of ``ttl`` (NTP does far better).
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 
 LEASE_FOLDER = "_leases/"
 DEFAULT_TTL_SECONDS = 120.0
+
+
+# Tokens of the leases this process holds right now (any keeper): a lease object of this PID whose token is not
+# here was left behind, not held.
+_LIVE_TOKENS: set[str] = set()
+_LIVE_LOCK = threading.Lock()
 
 
 class LeaseHeldError(Exception):
@@ -68,6 +75,23 @@ class Holder:
             )
         except (ValueError, KeyError, TypeError):
             return None  # unreadable: treated as expired (a crash mid-write cannot leave one, but be safe)
+
+    def is_dead_here(self) -> bool:
+        """The holder ran on this host and is gone: its process was killed, or it is this process and no live
+        lease of ours carries its token (released while the store was unreachable). No need to wait for the
+        expiry then. Host names are unique per machine or pod, and a pod's processes share one PID namespace."""
+        if self.host != socket.gethostname():
+            return False
+        if self.pid == os.getpid():
+            with _LIVE_LOCK:
+                return self.token not in _LIVE_TOKENS
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def describe(self) -> str:
         left = self.expires_at - time.time()
@@ -124,6 +148,8 @@ class Lease:
             if self.released:
                 return
             self.released = True
+            with _LIVE_LOCK:
+                _LIVE_TOKENS.discard(self.holder.token)
             if self.lost:
                 return
             with contextlib.suppress(StorageError):
@@ -167,6 +193,8 @@ class LeaseKeeper:
         except PreconditionFailedError:
             version = self._take_over_expired(key, holder, session_id)
         lease = Lease(self.backend, key, holder, version, self.ttl)
+        with _LIVE_LOCK:
+            _LIVE_TOKENS.add(holder.token)
         with self._lock:
             self._held[key] = lease
             self._ensure_thread()
@@ -183,7 +211,7 @@ class LeaseKeeper:
                 raise LeaseHeldError(f"session {session_id} is being stored by another run right now") from None
         body, version = current
         other = Holder.from_json(body)
-        if other is not None and other.expires_at > time.time():
+        if other is not None and other.expires_at > time.time() and not other.is_dead_here():
             raise LeaseHeldError(f"session {session_id} is being stored by {other.describe()}; this run left it alone")
         try:
             taken = self.backend.put_bytes(

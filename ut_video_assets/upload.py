@@ -91,6 +91,11 @@ class StreamingUpload:
         """Parts handed to the upload threads so far (sent, or on their way)."""
         return self._next_part
 
+    @property
+    def bytes_started(self) -> int:
+        """Bytes of the parts handed to the upload threads so far (sent, or on their way)."""
+        return self._next_part * self._part_size
+
     # --- fed by the download (`ut_video_assets.transfer.SpoolSink`) --------------------------------------
 
     def written(self, offset: int, total: int | None = None) -> None:

@@ -271,7 +271,6 @@ def test_checksum_check_fails_after_the_object_is_overwritten(pipeline: Pipeline
     assert not result.success  # blocking ERROR checks fail the run
 
 
-
 def test_deep_verification_reads_the_stored_video_back(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     pipeline.tick()
     session = with_video(pipeline)

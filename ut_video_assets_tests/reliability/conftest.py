@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 SUMMARY_PATH = REPO / "test-artifacts" / "reliability-summary.json"
 PREFIX = "ut/"
 LAYOUT = re.compile(
-    r"^ut/(catalog/video_catalog\.parquet|test_id=[0-9a-f-]{36}/session_id=[0-9a-f-]{36}/session\.(mp4|json))$"
+    r"^ut/(catalog/video_catalog\.parquet|test_id=[0-9a-f-]{36}/session_id=[0-9a-f-]{36}/(session\.(mp4|json)|thumbnail\.jpg))$"
 )
 SUITE_RATE_LIMIT = 1000
 NO_RETRIES: dict[str, Any] = {"execution": {"config": {"retries": {"disabled": {}}}}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -39,9 +40,17 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> tuple[int, st
     return proc.returncode, output.decode(errors="replace")
 
 
-def kill(proc: subprocess.Popen[bytes]) -> None:
+def kill(proc: subprocess.Popen[bytes], instance: dg.DagsterInstance | None = None) -> None:
+    """SIGKILL the run process this test started; with ``instance``, then do what the daemon's run monitoring
+    does for a run whose worker died: mark it failed and free its download-pool slot (else every killed run
+    would hold one for good and later runs would wait for a slot)."""
     os.kill(proc.pid, signal.SIGKILL)  # only the process this test started
     proc.communicate(timeout=30)
+    if instance is None:
+        return
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        instance.report_run_failed(run)
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
 
 
 @pytest.fixture
@@ -94,7 +103,7 @@ def test_store_killed_during_the_multipart_upload(
         watcher.join(10)
         second.stop()
         assert not out.success
-        assert "upload of s3://" in out.reason and "failed" in out.reason, out.reason
+        assert "of s3://" in out.reason and "failed" in out.reason, out.reason
         assert rel.spool_files() == []
 
         endpoint = second.start()  # same data, new ports
@@ -147,7 +156,7 @@ def test_run_killed_during_the_download_then_rerun(rel: Reliability) -> None:
             lambda: any(p.stat().st_size >= 2 * MiB for p in spool_of(rel, proc.pid)), 90, "the spool file to grow"
         )
     finally:
-        kill(proc)
+        kill(proc, rel.instance)
     assert spool_of(rel, proc.pid), "the killed run left its spool file (cleaned by the next run)"
     assert rel.store.head_video(session.test_id, session.session_id) is None
     code, output = finish(rel.materialize_cli(session.session_id, env))
@@ -174,7 +183,7 @@ def test_run_killed_during_the_upload_then_rerun(slow_upload: Reliability) -> No
     try:
         wait_for(upload_has_parts, 90, "the multipart upload to start")
     finally:
-        kill(proc)
+        kill(proc, rel.instance)
     orphans = len(rel.uploads_in_flight(session))
     assert orphans >= 1 and rel.store.head_video(session.test_id, session.session_id) is None
     assert spool_of(rel, proc.pid)
@@ -195,8 +204,11 @@ def test_same_partition_twice_at_once(rel: Reliability) -> None:
     out = rel_outcome_from_store(rel, session)
     rel.assert_stored(out, session, fault="the same partition run twice at once", injected=1, exit_codes=codes)
     objects = [k for k in rel.object_keys() if session.session_id in k]
-    assert sorted(k.rsplit("/", 1)[1] for k in objects) == ["session.json", "session.mp4"]
-    assert codes == [0, 0], "a concurrent run of the same partition must not fail the other one"
+    assert sorted(k.rsplit("/", 1)[1] for k in objects) == ["session.json", "session.mp4", "thumbnail.jpg"]
+    # One writer per partition: the other run either found the video stored (and succeeded) or was turned away
+    # at once with a message naming the run that holds the session.
+    for code, output in results:
+        assert code == 0 or re.search(r"is being stored by run [0-9a-f-]{36}", output), output[-2000:]
 
 
 def rel_outcome_from_store(rel: Reliability, session: Session) -> Outcome:
@@ -213,7 +225,8 @@ def rel_outcome_from_store(rel: Reliability, session: Session) -> Outcome:
         history = rel.instance.event_log_storage.get_asset_check_execution_history(
             dg.AssetCheckKey(dg.AssetKey("session_video"), name), limit=100
         )
-        mine = [h for h in history if h.partition == sid]
+        # the checks of that materialization's run (a later run turned away may have planned and skipped its own)
+        mine = [h for h in history if h.partition == sid and h.run_id == records[0].run_id]
         checks[name] = bool(mine) and mine[0].status.value == "SUCCEEDED"
     metadata = {k: v.value for k, v in materialization.metadata.items() if k != "thumbnail"}
     return Outcome(True, "", checks, metadata)
