@@ -110,7 +110,7 @@ class NumericSetting:
 
 NUMERIC_SETTINGS: dict[str, NumericSetting] = {
     "UT_RATE_LIMIT_PER_MINUTE": NumericSetting(
-        int, DEFAULT_RATE_LIMIT_PER_MINUTE, 1, 1000, "the Results API allows 10; above 1000 there is no budget left"
+        int, DEFAULT_RATE_LIMIT_PER_MINUTE, 1, 10_000, "the Results API allows 10 a minute"
     ),
     "UT_RATE_LIMIT_WINDOW_SECONDS": NumericSetting(float, 60.0, 1, 3600, "the API's window is a minute"),
     "UT_MAX_BACKOFF_SECONDS": NumericSetting(
@@ -123,7 +123,7 @@ NUMERIC_SETTINGS: dict[str, NumericSetting] = {
     "UT_S3_PART_SIZE_MIB": NumericSetting(int, 64, 5, 5120, "S3 parts are 5 MiB to 5 GiB"),
     "UT_S3_UPLOAD_CONCURRENCY": NumericSetting(int, 4, 1, 64, "parts in flight per upload"),
     "UT_DOWNLOAD_READ_TIMEOUT_SECONDS": NumericSetting(float, 30.0, 0.5, 3600, "silence before a resume"),
-    "UT_SENSOR_INTERVAL_SECONDS": NumericSetting(int, 60, 5, 86_400, "from 5 seconds to a day"),
+    "UT_SENSOR_INTERVAL_SECONDS": NumericSetting(int, 60, 1, 86_400, "from a second to a day"),
     "UT_DISCOVERY_BUDGET_SHARE": NumericSetting(float, 0.5, 0.01, 1, "a share of the request budget"),
     "UT_DISCOVERY_BUSY_INTERVAL_SECONDS": NumericSetting(
         float, DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS, 1, 86_400, "from a second to a day"

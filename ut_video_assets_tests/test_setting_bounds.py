@@ -11,10 +11,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster_aws.s3 import S3Resource
 
 from ut_video_assets.cli import check_config, main
-from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
+from ut_video_assets.defs.resources import (
+    DownloadSettingsResource,
+    S3ClientResource,
+    UserTestingApiResource,
+    VideoStorageResource,
+)
 from ut_video_assets.settings import (
     NUMERIC_SETTINGS,
     SettingsError,
@@ -80,12 +84,12 @@ def test_a_run_refuses_them_at_start(tmp_path: Path) -> None:
     api = UserTestingApiResource(access_token="t", rate_limit_per_minute="1000000", budget_path=str(tmp_path / "b"))
     with pytest.raises(dg.DagsterResourceFunctionError) as info, dg.build_resources({"api": api}):
         pass
-    assert "UT_RATE_LIMIT_PER_MINUTE must be between 1 and 1000" in str(info.value.__cause__)
+    assert "UT_RATE_LIMIT_PER_MINUTE must be between 1 and 10000" in str(info.value.__cause__)
     api = UserTestingApiResource(access_token="t", max_backoff_seconds="inf", budget_path=str(tmp_path / "b"))
     with pytest.raises(dg.DagsterResourceFunctionError) as info, dg.build_resources({"api": api}):
         pass
     assert "UT_MAX_BACKOFF_SECONDS must be a finite number" in str(info.value.__cause__)
-    storage = VideoStorageResource(s3=S3Resource(region_name="us-east-1"), bucket="videos", part_size_mib="6000")
+    storage = VideoStorageResource(s3=S3ClientResource(region_name="us-east-1"), bucket="videos", part_size_mib="6000")
     with pytest.raises(SettingsError, match="UT_S3_PART_SIZE_MIB must be between 5 and 5120"):
         storage.store()
     with pytest.raises(SettingsError, match="UT_MAX_CONCURRENT_DOWNLOADS must be between 1 and 64"):
