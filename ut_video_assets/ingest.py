@@ -44,6 +44,7 @@ from ut_video_assets.commit import (
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
 from ut_video_assets.lease import DEFAULT_TTL_SECONDS, Lease, LeaseHeldError, LeaseKeeper
 from ut_video_assets.media import MediaInfo, NotAVideoError, probe, thumbnail_jpeg
+from ut_video_assets.netguard import UnsafeUrlError
 from ut_video_assets.progress import ProgressReporter
 from ut_video_assets.spool import remove_orphan_spool_files
 from ut_video_assets.storage import BadRecord, StoredVideo, VideoStore, ascii_metadata, open_stored_video
@@ -61,7 +62,7 @@ from ut_video_assets.usertesting import (
 log = logging.getLogger(__name__)
 
 RECORD_VERSION = 2
-_PERMANENT_TRANSFER_REASONS = {"not_video", "not_found", "forbidden", "bad_url", "too_large", "unsafe_url"}
+_PERMANENT_TRANSFER_REASONS = {"not_video", "not_found", "forbidden", "bad_url", "too_large", "disk_full"}
 
 
 class IngestError(Exception):
@@ -460,6 +461,9 @@ def _as_ingest_error(session_id: str, exc: BaseException) -> BaseException:  # n
     """The failure of a download as an `IngestError` (other exceptions, such as KeyboardInterrupt, pass)."""
     if isinstance(exc, IngestError):
         return exc
+    if isinstance(exc, UnsafeUrlError):
+        # The API handed out a URL we refuse to fetch (private address, plain http, ...): it will not change.
+        return IngestError(f"session {session_id}: {exc}", reason="unsafe_url", retryable=False)
     if isinstance(exc, NotFoundError):
         return IngestError(
             f"session {session_id} has no video (the Results API answered 404: no video, no such session, "

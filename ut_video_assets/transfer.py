@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import time
 import zlib
 from collections.abc import Callable
@@ -40,6 +41,8 @@ from ut_video_assets.usertesting.models import VideoUrl
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
+DEFAULT_MAX_VIDEO_BYTES = 20 * 1024**3
+_SPACE_CHECK_EVERY = 64 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 _EXPIRY_CODES = ("Request has expired", "ExpiredToken", "ExpiredRequest", "AuthenticationFailed")
@@ -85,6 +88,12 @@ class TransferPolicy:
     backoff_max: float = 30.0
     refresh_margin_seconds: float = 60.0
     """A URL this close to its ``expiresAt`` is replaced before the next request that needs it."""
+    max_bytes: int | None = DEFAULT_MAX_VIDEO_BYTES
+    """A video announced (or growing) beyond this fails at once as ``too_large``: a hostile or broken source must
+    not fill the spool disk (on Kubernetes that evicts the pod instead of failing the session)."""
+    spool_headroom_bytes: int = 64 * 1024 * 1024
+    """Free space the spool disk must keep beyond what the video still needs (checked before the download and
+    as it grows); less fails the session as ``disk_full`` before the disk is actually full."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +192,7 @@ class VideoDownloader:
         self._content_type = "application/octet-stream"
         self._hashes = _Hashes(with_md5=False)
         self._needs_truncate = False
+        self._denied_with_fresh_url = False
         self._started = time.monotonic()
 
     # --- public --------------------------------------------------------------------------------------
@@ -337,6 +347,7 @@ class VideoDownloader:
                 # Another object now: this body is the middle of it. Start again from byte 0 with a new request.
                 self._restart(f"object size changed from {self._total} to {total}")
                 raise _RetryableError("source size changed; restarting from byte 0", progress=True)
+            self._check_room(total)
             self._total = total
         if self._etag is None:
             # The first answer had no ETag: pin this one for the next resumes. The hashes are those of
@@ -350,9 +361,16 @@ class VideoDownloader:
             return
         if status == 403:
             body = response.read()[:2048].decode("utf-8", "replace")
-            if any(code in body for code in _EXPIRY_CODES) or "AccessDenied" in body:
+            if any(code in body for code in _EXPIRY_CODES):
                 raise _RetryableError("URL expired", expired=True)
-            raise TransferError(f"session {self._session_id}: the store refused the download (403)", reason="forbidden")
+            if "AccessDenied" in body and not self._denied_with_fresh_url:
+                # Some stores say AccessDenied for an expired signature: one fresh URL tells which it is.
+                self._denied_with_fresh_url = True
+                raise _RetryableError("access denied; trying one fresh URL", expired=True)
+            raise TransferError(
+                f"session {self._session_id}: the store refused the download (403 forbidden, also with a fresh URL)",
+                reason="forbidden",
+            )
         if status == 412:
             # The object changed under us (If-Match failed): what we have belongs to another version.
             self._restart("the source object changed while downloading")
@@ -370,7 +388,27 @@ class VideoDownloader:
             return
         if self._total is not None and total != self._total:
             self._restart(f"object size changed from {self._total} to {total}")
+        self._check_room(total)
         self._total = total
+
+    def _check_room(self, total: int | None) -> None:
+        """Refuse a video larger than the cap, or one the spool disk cannot hold (with its headroom)."""
+        cap = self._policy.max_bytes
+        size = total if total is not None else self._offset
+        if cap is not None and size > cap:
+            raise TransferError(
+                f"session {self._session_id}: the video is too large ({size / 1048576:,.0f} MiB"
+                f"{'' if total is not None else ' and growing'}; UT_MAX_VIDEO_BYTES allows {cap / 1048576:,.0f} MiB)",
+                reason="too_large",
+            )
+        needed = (total - self._offset if total is not None else 0) + self._policy.spool_headroom_bytes
+        free = shutil.disk_usage(self._dest.parent).free
+        if free < needed:
+            raise TransferError(
+                f"session {self._session_id}: the spool disk is full: {free / 1048576:,.0f} MiB free in "
+                f"{self._dest.parent}, the video needs {needed / 1048576:,.0f} MiB more (with headroom)",
+                reason="disk_full",
+            )
 
     def _pin_etag(self, response: httpx.Response) -> None:
         """A 200 answer: the body starts at byte 0, so the hashes start afresh (with MD5 when the ETag is one)."""
@@ -417,7 +455,10 @@ class VideoDownloader:
                 )
             out.write(chunk)
             self._hashes.update(chunk)
+            before = self._offset
             self._offset += len(chunk)
+            if self._offset // _SPACE_CHECK_EVERY != before // _SPACE_CHECK_EVERY:
+                self._check_room(self._total)  # an endless body, or a disk filled by someone else meanwhile
             self._bytes_received += len(chunk)
             if self._sink is not None and self._offset - self._sink_offset >= SINK_STEP:
                 out.flush()

@@ -211,3 +211,70 @@ def test_a_session_id_that_is_not_a_uuid_is_refused(engine_for: Callable[[str], 
     with pytest.raises(IngestError, match="session ID") as info:
         engine_for("run x").ingest(SessionRef("../../etc/passwd", str(uuid.uuid4())))
     assert info.value.reason == "bad_id"
+
+
+# --- hostile input: what the engine refuses, and that it leaves nothing behind ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/iam?X-Amz-Signature=sekrit",  # cloud metadata
+        "https://10.1.2.3/videos/session.mp4?X-Amz-Signature=sekrit",  # inside the VPC
+        "http://videos.example.com/session.mp4?X-Amz-Signature=sekrit",  # clear text (refused before any lookup)
+    ],
+)
+def test_a_video_url_to_a_private_address_or_in_clear_text_is_refused(
+    sandbox: Sandbox, video_store: VideoStore, tmp_path: Path, url: str
+) -> None:
+    """The engine fetches only what the guarded client allows (https, public addresses, or the allow list): a
+    refused URL fails the session for good, names the host and never the query string."""
+    from datetime import UTC, datetime, timedelta
+
+    from ut_video_assets.netguard import make_guarded_client
+    from ut_video_assets.usertesting import VideoUrl
+
+    session = sandbox.complete_session(sandbox.test_ids[0], video_size=2 * MiB)
+    hostile = VideoUrl(session.session_id, url, datetime.now(UTC) + timedelta(hours=1))
+    settings = EngineSettings(spool_dir=tmp_path / "spool", policy=QUICK, owner="run h")
+    with (
+        make_guarded_client(sandbox.allow_hosts()) as http,
+        IngestEngine(video_store, get_video_url=lambda _sid: hostile, http=http, settings=settings) as engine,
+        pytest.raises(IngestError) as info,
+    ):
+        engine.ingest(ref(session))
+    assert info.value.reason == "unsafe_url" and not info.value.retryable
+    host = url.split("/")[2]
+    assert host in str(info.value) and "sekrit" not in str(info.value)
+    assert video_store.head_video(session.test_id, session.session_id) is None
+    assert leftovers(video_store, session, settings.spool_dir) == []
+
+
+def test_a_video_over_the_size_cap_fails_at_once_and_leaves_nothing(
+    sandbox: Sandbox, video_store: VideoStore, api_client: ResultsApiClient, http: httpx.Client, tmp_path: Path
+) -> None:
+    session = sandbox.complete_session(sandbox.test_ids[0], video_size=6 * MiB)
+    policy = TransferPolicy(read_timeout=2.0, max_bytes=5 * MiB)
+    settings = EngineSettings(spool_dir=tmp_path / "spool", policy=policy, owner="run big")
+    with (
+        IngestEngine(video_store, get_video_url=api_client.get_video_url, http=http, settings=settings) as engine,
+        pytest.raises(IngestError, match="too large") as info,
+    ):
+        engine.ingest(ref(session))
+    assert info.value.reason == "too_large" and not info.value.retryable
+    assert sandbox.stats()["bytesServed"].get(session.session_id, 0) < MiB  # refused on the headers
+    assert leftovers(video_store, session, settings.spool_dir) == []
+
+
+def test_a_forbidden_object_fails_for_good_without_a_url_storm(
+    sandbox: Sandbox, video_store: VideoStore, engine_for: Callable[[str], IngestEngine]
+) -> None:
+    """A 403 that is not "Request has expired" is not an expiry: at most one fresh URL, then "forbidden"."""
+    session = sandbox.complete_session(sandbox.test_ids[0], video_size=2 * MiB)
+    sandbox.add_fault(kind="proxy_status", status=403, session_id=session.session_id, times=None)
+    engine = engine_for("run forbidden")
+    with pytest.raises(IngestError, match="forbidden") as info:
+        engine.ingest(ref(session))
+    assert info.value.reason == "forbidden" and not info.value.retryable
+    assert url_requests(sandbox) <= 2
+    assert leftovers(video_store, session, engine.settings.spool_dir) == []
