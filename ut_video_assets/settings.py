@@ -129,6 +129,9 @@ NUMERIC_SETTINGS: dict[str, NumericSetting] = {
         float, DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS, 1, 86_400, "from a second to a day"
     ),
     "UT_LEASE_SECONDS": NumericSetting(float, 120.0, 3, 3600, "a session's write lease"),
+    "UT_MAX_VIDEO_BYTES": NumericSetting(
+        int, 20 * 1024**3, 1024**2, 5 * 1024**4, "the largest video accepted; S3 objects end at 5 TiB"
+    ),
 }
 """Every numeric setting with its bounds: `parse_positive_int` / `parse_positive_float` enforce them for these
 names wherever a setting is read (run start, sensor tick, code location load), `check_numeric_settings` all at
