@@ -43,7 +43,7 @@ from ut_video_assets.commit import (
 )
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
 from ut_video_assets.lease import DEFAULT_TTL_SECONDS, Lease, LeaseHeldError, LeaseKeeper
-from ut_video_assets.media import MediaInfo, NotAVideoError, probe, thumbnail_jpeg
+from ut_video_assets.media import MediaInfo, NotAVideoError, ProbeLimits, probe, probe_isolated
 from ut_video_assets.netguard import UnsafeUrlError
 from ut_video_assets.progress import ProgressReporter
 from ut_video_assets.spool import remove_orphan_spool_files
@@ -124,6 +124,7 @@ class EngineSettings:
     """Who writes (named in lease conflicts): a Dagster run ID, or anything a human recognises."""
     lease_ttl: float = DEFAULT_TTL_SECONDS
     thumbnails: bool = True
+    probe_limits: ProbeLimits = field(default_factory=ProbeLimits)
 
 
 class IngestEngine:
@@ -270,13 +271,13 @@ class IngestEngine:
         return PreparedVideo(session, key, download, media, thumbnail, pending, precondition, lease, sent_early)
 
     def _probe(self, session_id: str, source: Path) -> tuple[MediaInfo, bytes | None]:
-        media = probe(source, decode_frames=3)
-        thumbnail = None
-        if self.settings.thumbnails:
-            try:
-                thumbnail = thumbnail_jpeg(source)
-            except Exception as exc:  # noqa: BLE001 - a thumbnail is a nicety; the video itself decoded
-                self._report(f"session {session_id}: no thumbnail ({type(exc).__name__})")
+        """Probe and thumbnail the downloaded file in a child process with limits (`probe_isolated`): a crafted
+        file fails this session, never the worker and the other sessions of its run."""
+        media, thumbnail = probe_isolated(
+            source, decode_frames=3, thumbnail=self.settings.thumbnails, limits=self.settings.probe_limits
+        )
+        if self.settings.thumbnails and thumbnail is None:
+            self._report(f"session {session_id}: no thumbnail could be made")
         return media, thumbnail
 
     def _metadata(self, session: SessionRef, filename: str) -> dict[str, str]:

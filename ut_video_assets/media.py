@@ -1,13 +1,22 @@
 """What a video file is: container, duration, resolution, codecs, and a thumbnail.
 
-Read with PyAV (FFmpeg's libraries, bundled in its wheel). Used on the spool file before upload, so an HTML
-error page or a truncated file saved as ``.mp4`` is caught before it becomes an object, and again by the
-decodability check on the stored object.
+Read with PyAV (FFmpeg's libraries, bundled in its wheel). Used on the spool file before the commit, so an HTML
+error page or a truncated file saved as ``.mp4`` never becomes an object, and again by the decodability check
+on the stored object. A downloaded file nobody vouches for is probed by `probe_isolated`: in a child process
+with memory and time limits, so a crafted file fails its session instead of the run worker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -107,3 +116,85 @@ def _duration(container: Any, stream: Any) -> float | None:
 def _ffmpeg_reason(exc: BaseException) -> str:
     text = str(getattr(exc, "strerror", None) or exc)
     return text.split(": '")[0][:200]  # FFmpeg appends the path or URL; keep only the reason
+
+
+# --- probing a file nobody vouches for: in a child process, with limits ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeLimits:
+    """What one probe of a downloaded file may cost. A crafted MP4 (huge sample tables, a giant frame) could
+    otherwise take all the run worker's memory or time, and with it every other session of a range run."""
+
+    seconds: float = 120.0
+    memory_bytes: int = 1024**3
+    """Address space of the child process (``RLIMIT_AS``), FFmpeg's own allocations included: a probe of a real
+    1080p or 4K session needs well under 256 MiB; a crafted 16000x16000 frame needs more."""
+
+
+def probe_isolated(
+    path: Path, *, decode_frames: int = 3, thumbnail: bool = True, limits: ProbeLimits | None = None
+) -> tuple[MediaInfo, bytes | None]:
+    """`probe` (and `thumbnail_jpeg`) of the file at ``path`` in a child Python process limited in memory and
+    time; the child gets no credentials (``UT_*`` and ``AWS_*`` variables are left out of its environment).
+    Raises `NotAVideoError` for a file that is not a video *and* for one that breaks the limits."""
+    limits = limits or ProbeLimits()
+    with tempfile.TemporaryDirectory(prefix="ut-probe-") as folder:
+        thumb = Path(folder) / "thumbnail.jpg"
+        command = [
+            sys.executable,
+            "-m",
+            "ut_video_assets.media",
+            str(path),
+            str(decode_frames),
+            str(thumb) if thumbnail else "",
+            str(limits.memory_bytes),
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("UT_", "AWS_", "DAGSTER_PG"))}
+        try:
+            done = subprocess.run(command, capture_output=True, timeout=limits.seconds, env=env, check=False)  # noqa: S603
+        except subprocess.TimeoutExpired:
+            raise NotAVideoError(
+                f"probing did not finish within {limits.seconds:g} s (a hostile or broken file?)"
+            ) from None
+        answer = _child_answer(done.stdout)
+        if answer is None:
+            memory = "MemoryError" in done.stderr.decode(errors="replace") or done.returncode in (-6, -9, -11)
+            raise NotAVideoError(
+                f"probing needed more than {limits.memory_bytes / 1048576:,.0f} MiB of memory (a hostile file?)"
+                if memory
+                else f"the probe process failed (exit {done.returncode})"
+            )
+        if "error" in answer:
+            raise NotAVideoError(str(answer["error"]))
+        info = MediaInfo(**answer["media"])
+        return info, (thumb.read_bytes() if thumbnail and thumb.is_file() else None)
+
+
+def _child_answer(stdout: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m ut_video_assets.media PATH FRAMES THUMBNAIL_PATH MEMORY_BYTES``: one JSON line on stdout."""
+    path, frames, thumb, memory = argv
+    resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
+    try:
+        info = probe(Path(path), decode_frames=int(frames))
+    except NotAVideoError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 0
+    if thumb:
+        # A thumbnail is a nicety: the video itself decoded; without one the parent stores none.
+        with contextlib.suppress(Exception):
+            Path(thumb).write_bytes(thumbnail_jpeg(Path(path)))
+    print(json.dumps({"media": dataclasses.asdict(info)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

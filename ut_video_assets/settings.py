@@ -129,6 +129,8 @@ NUMERIC_SETTINGS: dict[str, NumericSetting] = {
         float, DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS, 1, 86_400, "from a second to a day"
     ),
     "UT_LEASE_SECONDS": NumericSetting(float, 120.0, 3, 3600, "a session's write lease"),
+    "UT_PROBE_MEMORY_MIB": NumericSetting(int, 1024, 128, 65_536, "memory of the child process probing a video"),
+    "UT_PROBE_TIMEOUT_SECONDS": NumericSetting(float, 120.0, 1, 3600, "time the probe of one video may take"),
     "UT_MAX_VIDEO_BYTES": NumericSetting(
         int, 20 * 1024**3, 1024**2, 5 * 1024**4, "the largest video accepted; S3 objects end at 5 TiB"
     ),

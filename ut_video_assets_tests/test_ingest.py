@@ -14,7 +14,7 @@ import pytest
 
 from ut_video_assets.commit import Precondition
 from ut_video_assets.ingest import EngineSettings, IngestEngine, IngestError, PreparedVideo, SessionRef
-from ut_video_assets.media import NotAVideoError, probe
+from ut_video_assets.media import NotAVideoError, ProbeLimits, probe
 from ut_video_assets.sandbox.media import make_clip
 from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets.sandbox.server import Sandbox
@@ -278,3 +278,54 @@ def test_a_forbidden_object_fails_for_good_without_a_url_storm(
     assert info.value.reason == "forbidden" and not info.value.retryable
     assert url_requests(sandbox) <= 2
     assert leftovers(video_store, session, engine.settings.spool_dir) == []
+
+
+def giant_frame_mp4() -> bytes:
+    """A hostile MP4, made here: one 16000x16000 PNG frame (~280 KB on disk, 256 MB once decoded)."""
+    import av
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 16000, 16000, "gray"
+        frame = av.VideoFrame.from_ndarray(np.zeros((16000, 16000), dtype=np.uint8), format="gray")
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def test_a_hostile_mp4_fails_its_session_and_leaves_the_worker_and_the_next_session_unharmed(
+    sandbox: Sandbox,
+    store: StoreEndpoint,
+    video_store: VideoStore,
+    api_client: ResultsApiClient,
+    http: httpx.Client,
+    tmp_path: Path,
+) -> None:
+    hostile, fine = (sandbox.complete_session(sandbox.test_ids[0], video_size=2 * MiB) for _ in range(2))
+    store.client().put_object(Bucket=sandbox.source_bucket, Key=hostile.video_key, Body=giant_frame_mp4())
+    settings = EngineSettings(
+        spool_dir=tmp_path / "spool", policy=QUICK, owner="run p", probe_limits=ProbeLimits(memory_bytes=256 * MiB)
+    )
+    with IngestEngine(video_store, get_video_url=api_client.get_video_url, http=http, settings=settings) as engine:
+        with pytest.raises(IngestError, match=r"Cannot allocate memory|more than 256 MiB") as info:
+            engine.ingest(ref(hostile))
+        assert info.value.reason == "not_video" and not info.value.retryable
+        assert leftovers(video_store, hostile, settings.spool_dir) == []
+        assert engine.ingest(ref(fine)).outcome == "stored"  # the same engine, the next session of the run
+
+
+def test_a_probe_that_takes_too_long_is_stopped(
+    sandbox: Sandbox, video_store: VideoStore, api_client: ResultsApiClient, http: httpx.Client, tmp_path: Path
+) -> None:
+    session = sandbox.complete_session(sandbox.test_ids[0], video_size=2 * MiB)
+    settings = EngineSettings(
+        spool_dir=tmp_path / "spool", policy=QUICK, owner="run t", probe_limits=ProbeLimits(seconds=0.01)
+    )
+    with (
+        IngestEngine(video_store, get_video_url=api_client.get_video_url, http=http, settings=settings) as engine,
+        pytest.raises(IngestError, match=r"did not finish within 0.01 s"),
+    ):
+        engine.ingest(ref(session))
+    assert leftovers(video_store, session, settings.spool_dir) == []

@@ -89,6 +89,7 @@ def session_video(
             policy=downloads.policy(),
             owner=f"run {context.run.run_id}",
             lease_ttl=storage.lease_ttl(),
+            probe_limits=downloads.probe_limits(),
         )
         http = downloads.http_client()
     except SettingsError as exc:
