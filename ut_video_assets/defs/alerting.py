@@ -46,7 +46,8 @@ from ut_video_assets.defs.registry import SESSION_ASSET_KEY
 from ut_video_assets.settings import parse_url_allow_hosts
 from ut_video_assets.usertesting import make_http_client
 
-ALERT_SENSOR_INTERVAL_SECONDS = 30
+ALERT_SENSOR_INTERVAL_SECONDS = 15
+"""Short enough that an alert arrives within a minute of a failure; a tick is a few reads of the instance."""
 SESSION_VIDEO = dg.AssetKey("session_video")
 SESSION_PARTITIONS = str(session_partitions.name)
 MAX_RECORDS_PER_TICK = 200

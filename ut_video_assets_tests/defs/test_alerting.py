@@ -7,11 +7,14 @@ in the store behind the pipeline's back (the checksum check fails), sessions dis
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -20,6 +23,8 @@ import pytest
 from ut_video_assets.alerts import FailedRun, clean_reason, failure_alert
 from ut_video_assets.definitions import build_defs
 from ut_video_assets.defs.alerting import failure_alerts_sensor
+from ut_video_assets.sandbox.scenario import SandboxConfig
+from ut_video_assets.sandbox.stack import LocalStack, StackOptions
 from ut_video_assets_tests.defs.conftest import Pipeline
 
 UI_URL = "http://127.0.0.1:3999"
@@ -226,3 +231,72 @@ def test_alert_text_never_carries_a_presigned_url_or_token() -> None:
     assert "abc123" not in serialized
     assert "eyJhbGciOi" not in serialized
     assert "https://store.example/bucket/v.mp4" in serialized  # where it failed stays readable
+
+
+def _alert_sensor_cursor(instance: dg.DagsterInstance) -> str | None:
+    for state in instance.all_instigator_state():
+        if state.name == "failure_alerts_sensor" and state.instigator_data is not None:
+            return getattr(state.instigator_data, "cursor", None)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_killing_the_store_during_a_run_brings_one_alert_from_the_daemon(tmp_path: Path, receiver: Receiver) -> None:
+    """The issue's acceptance test: a real dagster-daemon evaluates the sensor; the store dies mid-run."""
+    scenario = SandboxConfig(
+        seed=43,
+        tests=1,
+        sessions_per_test=4,
+        rate_limit=10,
+        rate_window_seconds=5,
+        large_video_sizes=(300 * 1024 * 1024,),  # keeps the run busy while the store is killed
+    )
+    extra_env: dict[str, str] = {"UT_ALERT_WEBHOOK_URL": receiver.url, "UT_DAGSTER_UI_URL": UI_URL}
+    options = StackOptions(state_dir=tmp_path / "stack", sensor_interval_seconds=5, extra_env=extra_env)
+    with LocalStack(options, scenario) as stack:
+        store_host = stack.store_endpoint.endpoint_url.split("/")[2]
+        receiver_host = receiver.url.split("/")[2]
+        extra_env["UT_VIDEO_URL_ALLOW_HOSTS"] = f"{stack.sandbox.allow_hosts()},{store_host},{receiver_host}"
+        stack.start_daemon()
+        instance = stack.instance()
+        deadline = time.monotonic() + 180
+        while True:  # the alert sensor has ticked once and a download run is under way
+            stack.check_processes()
+            runs = instance.get_runs(dg.RunsFilter(job_name="session_video_job"))
+            if any(r.status == dg.DagsterRunStatus.STARTED for r in runs) and _alert_sensor_cursor(instance):
+                break
+            assert time.monotonic() < deadline, (
+                f"runs {[r.status.value for r in runs]}, alert cursor {_alert_sensor_cursor(instance)!r}\n"
+                + stack.processes[0].log_tail(4000)
+            )
+            time.sleep(0.2)
+        store_pid = stack._store.pid if stack._store is not None else None  # the test's own child process
+        assert store_pid is not None
+        os.kill(store_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        while not receiver.bodies and time.monotonic() - killed_at < 180:
+            stack.check_processes()
+            time.sleep(1)
+        took = time.monotonic() - killed_at
+        alerted_at = time.time()
+        assert receiver.bodies, "no alert within 3 minutes of killing the store"
+        run_id = receiver.bodies[0]["ut_video_assets"]["runs"][0]["run_id"]
+        record = instance.get_run_record_by_id(run_id)
+        assert record is not None
+        assert record.end_time is not None
+        after_failure = alerted_at - record.end_time
+        time.sleep(20)  # one more alert-sensor interval: nothing else arrives for the same burst
+        sessions = {s.session_id for s in stack.sandbox.sessions()}
+    body = receiver.bodies[0]
+    assert len(receiver.bodies) == 1, [b["text"] for b in receiver.bodies]
+    assert body["ut_video_assets"]["kind"] == "failure"
+    named = set(body["ut_video_assets"]["sessions"])
+    assert named, body
+    assert named <= sessions
+    assert all(session_id in body["text"] for session_id in named)
+    print(f"alert {took:.0f} s after the store was killed, {after_failure:.0f} s after the run failed: {body['text']}")
+    # The sensor's part: at most an interval (15 s) and the daemon's loop after the run is marked failed. How
+    # long the run takes to give up on a dead store is the engine's retry policy (45 to 95 s when measured), so
+    # the time from the kill is only bounded by the wait above.
+    assert after_failure < 30, f"the alert came {after_failure:.0f} s after the run failed"
