@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,10 +12,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import httpx
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ut_video_assets.metrics import registry_for
 from ut_video_assets_tests.defs.conftest import Pipeline
 
 
@@ -83,3 +87,18 @@ def test_metrics_follow_the_pipeline(pipeline: Pipeline, exporter: str) -> None:
     assert after["ut_video_recent_video_bytes_sum"][()] == stored_size.size
     assert after["ut_video_recent_download_seconds_count"][()] == 1
     assert after["ut_video_recent_download_seconds_sum"][()] > 0
+
+
+def test_the_grafana_dashboard_only_queries_exported_metrics() -> None:
+    with dg.instance_for_test() as instance:
+        exposition = generate_latest(registry_for(lambda: instance)).decode()
+    exported = {s.name for family in text_string_to_metric_families(exposition) for s in family.samples}
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\but_video_[a-z_]+", target["expr"])
+    }
+    assert queried, "the dashboard queries nothing"
+    assert queried <= exported, f"not exported: {sorted(queried - exported)}"
