@@ -52,6 +52,7 @@ SESSION_VIDEO = dg.AssetKey("session_video")
 SESSION_PARTITIONS = str(session_partitions.name)
 MAX_RECORDS_PER_TICK = 200
 """Failed runs and failed check executions read per tick; more wait for the next tick."""
+BACKLOG_CHECK_MAX_INTERVAL_SECONDS = 300.0
 MAX_BACKLOG_SCAN = 2000
 """Unstored sessions (oldest first) whose discovery time is looked up per tick."""
 
@@ -87,6 +88,7 @@ class AlertCursor:
     runs_after: int | None = None
     checks_after: dict[str, int] = field(default_factory=dict)
     stale_until: float = 0.0
+    backlog_checked_at: float = 0.0
 
     @classmethod
     def parse(cls, text: str | None) -> AlertCursor:
@@ -97,11 +99,17 @@ class AlertCursor:
             runs_after=data.get("runs_after"),
             checks_after={str(k): int(v) for k, v in data.get("checks_after", {}).items()},
             stale_until=float(data.get("stale_until", 0.0)),
+            backlog_checked_at=float(data.get("backlog_checked_at", 0.0)),
         )
 
     def dump(self) -> str:
         return json.dumps(
-            {"runs_after": self.runs_after, "checks_after": self.checks_after, "stale_until": self.stale_until}
+            {
+                "runs_after": self.runs_after,
+                "checks_after": self.checks_after,
+                "stale_until": self.stale_until,
+                "backlog_checked_at": self.backlog_checked_at,
+            }
         )
 
 
@@ -130,7 +138,15 @@ def failure_alerts_sensor(context: dg.SensorEvaluationContext, alerts: AlertsRes
 
     runs, runs_after = new_failed_runs(instance, cursor.runs_after)
     checks, checks_after = new_failed_checks(instance, check_keys, cursor.checks_after)
-    backlog = stale_backlog(instance, settings.backlog_max_age_seconds, time.time())
+    # The backlog reads every partition's state: look at a quarter of the threshold's pace (at most every 5
+    # minutes), not every tick, so a deployment with 100,000 sessions does not scan them four times a minute.
+    now = time.time()
+    backlog = None
+    looked = now - cursor.backlog_checked_at >= min(
+        BACKLOG_CHECK_MAX_INTERVAL_SECONDS, settings.backlog_max_age_seconds / 4
+    )
+    if looked:
+        backlog = stale_backlog(instance, settings.backlog_max_age_seconds, now)
     fresh_stale = backlog is not None and backlog[1] > cursor.stale_until
 
     sent: list[str] = []
@@ -145,8 +161,11 @@ def failure_alerts_sensor(context: dg.SensorEvaluationContext, alerts: AlertsRes
                 alerts.send(settings, backlog_alert(backlog[0], settings.ui_url))
             sent.append(f"{len(backlog[0].sessions)} stale session(s)")
             cursor.stale_until = backlog[1]
+        if looked:
+            cursor.backlog_checked_at = now
     except AlertDeliveryError as exc:
-        context.update_cursor(cursor.dump())  # what was delivered stays delivered
+        # What was delivered stays delivered; an undelivered backlog alert is looked for again next tick.
+        context.update_cursor(cursor.dump())
         return dg.SkipReason(f"alert not delivered, trying again next tick: {exc}")
     context.update_cursor(cursor.dump())
     if not sent:

@@ -211,6 +211,7 @@ def test_a_stale_backlog_is_alerted_once_per_new_stale_session(
     assert body["ut_video_assets"]["kind"] == "backlog"
     assert sorted(body["ut_video_assets"]["sessions"]) == sorted(discovered)
     assert "discovered but not stored for more than" in body["text"]
+    time.sleep(0.6)  # past the backlog's check interval (a quarter of its threshold), so this tick looks again
     alerting.tick()
     assert len(receiver.bodies) == 1, "the same stale sessions are reported once"
     new = pipeline.sandbox.complete_session(pipeline.sandbox.test_ids[0])
