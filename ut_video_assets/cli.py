@@ -4,7 +4,13 @@
     ut-video-assets sandbox        store + Results API sandbox, until Ctrl-C
     ut-video-assets demo           store + sandbox + dagster-daemon; ingests a small scenario and exits
     ut-video-assets dev            store + sandbox + dagster dev (UI), sessions keep completing, until Ctrl-C
-    ut-video-assets check-config   validate this environment's pipeline settings (exit 2 on error)
+    ut-video-assets metrics        serve Prometheus metrics read from the Dagster instance ($DAGSTER_HOME)
+    ut-video-assets check-config   validate this environment's pipeline settings (exit 2 on error);
+                                   --live also proves the credentials, a watched test and the bucket
+                                   (exit 10-19 per failure, `ut_video_assets.preflight.Failure`)
+
+The first four run the local stand-ins and need the ``sandbox`` extra (``pip install
+'ut-video-assets[sandbox]'``); without it they say so and exit 3.
 
 The stand-ins' credentials are printed on purpose: they exist only on this host. ``check-config`` never
 prints a secret.
@@ -25,14 +31,17 @@ from ut_video_assets.settings import (
     DEFAULT_MAX_CONCURRENT_DOWNLOADS,
     DEFAULT_RATE_LIMIT_PER_MINUTE,
     SettingsError,
+    check_numeric_settings,
     parse_bucket,
     parse_budget,
     parse_credentials,
+    parse_max_backoff,
     parse_positive_float,
     parse_positive_int,
     parse_prefix,
     parse_test_ids,
     parse_url,
+    parse_url_allow_hosts,
 )
 from ut_video_assets.usertesting import DEFAULT_BASE_URL
 
@@ -40,6 +49,24 @@ if TYPE_CHECKING:
     from ut_video_assets.sandbox.stack import StackOptions
 
 EXIT_CONFIG_ERROR = 2
+EXIT_MISSING_EXTRA = 3
+"""A stand-in command (store, sandbox, demo, dev) without the ``sandbox`` extra installed."""
+SANDBOX_COMMANDS = frozenset({"store", "sandbox", "demo", "dev"})
+
+
+def _needs_sandbox(command: str, func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``func``, preceded by a check that the stand-ins' dependencies (the ``sandbox`` extra) are installed."""
+
+    def run(args: argparse.Namespace) -> int:
+        from ut_video_assets.sandbox.extra import missing_message
+
+        message = missing_message(command)
+        if message:
+            print(message, file=sys.stderr)
+            return EXIT_MISSING_EXTRA
+        return func(args)
+
+    return run
 
 
 def check_config(env: Mapping[str, str]) -> list[str]:
@@ -48,9 +75,15 @@ def check_config(env: Mapping[str, str]) -> list[str]:
     def get(name: str) -> str | None:
         return env.get(name)
 
-    base_url = parse_url(get("UT_API_BASE_URL") or DEFAULT_BASE_URL, "UT_API_BASE_URL")
+    allow_hosts = parse_url_allow_hosts(get("UT_VIDEO_URL_ALLOW_HOSTS"))
+    base_url = parse_url(get("UT_API_BASE_URL") or DEFAULT_BASE_URL, "UT_API_BASE_URL", allow_hosts)
     credentials = parse_credentials(
-        get("UT_ACCESS_TOKEN"), get("UT_CLIENT_ID"), get("UT_CLIENT_SECRET"), get("UT_TOKEN_URL"), get("UT_TOKEN_SCOPE")
+        get("UT_ACCESS_TOKEN"),
+        get("UT_CLIENT_ID"),
+        get("UT_CLIENT_SECRET"),
+        get("UT_TOKEN_URL"),
+        get("UT_TOKEN_SCOPE"),
+        allow_hosts=allow_hosts,
     )
     test_ids = parse_test_ids(get("UT_TEST_IDS"), "UT_TEST_IDS")
     bucket = parse_bucket(get("UT_VIDEO_BUCKET"), "UT_VIDEO_BUCKET")
@@ -67,6 +100,8 @@ def check_config(env: Mapping[str, str]) -> list[str]:
     parse_positive_int(get("UT_S3_PART_SIZE_MIB"), "UT_S3_PART_SIZE_MIB", 64)
     parse_positive_int(get("UT_S3_UPLOAD_CONCURRENCY"), "UT_S3_UPLOAD_CONCURRENCY", 4)
     parse_positive_float(get("UT_DOWNLOAD_READ_TIMEOUT_SECONDS"), "UT_DOWNLOAD_READ_TIMEOUT_SECONDS", 30.0)
+    parse_max_backoff(get("UT_MAX_BACKOFF_SECONDS"), "UT_MAX_BACKOFF_SECONDS")
+    check_numeric_settings(env)  # every numeric setting within its bounds, the ones not read above included
     sse = (get("UT_S3_SSE") or "").strip() or None
     if sse not in (None, "AES256", "aws:kms", "aws:kms:dsse"):
         raise SettingsError(f"UT_S3_SSE must be AES256, aws:kms or aws:kms:dsse, got {sse!r}")
@@ -108,6 +143,44 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print("configuration OK")
     for line in lines:
         print(f"  {line}")
+    if not args.live:
+        return 0
+    from ut_video_assets.preflight import LiveTargets, PreflightError, run_live_checks
+
+    print("live checks (one Results API request from the shared budget, one probe object written and deleted):")
+    try:
+        run_live_checks(LiveTargets.from_env(os.environ), timeout=args.timeout, echo=lambda line: print(f"  {line}"))
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except PreflightError as exc:
+        print(f"live check failed ({exc.failure.name}, exit {int(exc.failure)}): {exc}", file=sys.stderr)
+        return int(exc.failure)
+    print("live checks OK")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    import dagster as dg
+    from prometheus_client import start_http_server
+
+    from ut_video_assets.metrics import registry_for
+
+    try:
+        instance = dg.DagsterInstance.get()
+    except dg.DagsterError as exc:
+        print(f"metrics: cannot open the Dagster instance ({type(exc).__name__}); set DAGSTER_HOME", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    server, _thread = start_http_server(args.port, addr=args.host, registry=registry_for(lambda: instance))
+    port = server.server_address[1]
+    print(f"Prometheus metrics at http://{args.host}:{port}/metrics (read from the instance in $DAGSTER_HOME)")
+    print("Press Ctrl-C to stop.", flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        server.shutdown()
+        server.server_close()
+        instance.dispose()
     return 0
 
 
@@ -228,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
-        command.set_defaults(func=func)
+        command.set_defaults(func=_needs_sandbox(name, func) if name in SANDBOX_COMMANDS else func)
         return command
 
     def state_option(command: argparse.ArgumentParser) -> None:
@@ -236,7 +309,25 @@ def build_parser() -> argparse.ArgumentParser:
             "--state-dir", help="local state directory (default: $UT_STATE_DIR or .state/ at the repository root)"
         )
 
-    add("check-config", cmd_check_config, "validate the pipeline settings in this environment (exit 2 on error)")
+    check = add(
+        "check-config", cmd_check_config, "validate the pipeline settings in this environment (exit 2 on error)"
+    )
+    check.add_argument(
+        "--live",
+        action="store_true",
+        help="also mint a token, list one page of one watched test (one request from the shared budget) and "
+        "write, re-write create-only and delete a probe object in the destination; exit codes 10-19 name the "
+        "failure (README, check-config --live)",
+    )
+    check.add_argument("--timeout", type=float, default=90.0, help="give up on the live checks after N s (90)")
+
+    metrics = add(
+        "metrics", cmd_metrics, "serve the pipeline's state as Prometheus metrics (read from the Dagster instance)"
+    )
+    metrics.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 in a pod)"
+    )
+    metrics.add_argument("--port", type=int, default=9464, help="port (default 9464; 0 picks a free one)")
 
     store = add("store", cmd_store, "run the embedded S3 store until Ctrl-C, printing endpoint and credentials")
     state_option(store)

@@ -12,8 +12,8 @@ import os
 from typing import Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
+from ut_video_assets.defs.alerting import AlertsResource, failure_alerts_sensor
 from ut_video_assets.defs.assets import session_video, usertesting_session, video_catalog
 from ut_video_assets.defs.checks import (
     session_video_checksum,
@@ -22,7 +22,12 @@ from ut_video_assets.defs.checks import (
     video_catalog_unique_sessions,
 )
 from ut_video_assets.defs.io_manager import SessionVideoIOManager
-from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
+from ut_video_assets.defs.resources import (
+    DownloadSettingsResource,
+    S3ClientResource,
+    UserTestingApiResource,
+    VideoStorageResource,
+)
 from ut_video_assets.defs.sensors import (
     completed_sessions_sensor,
     session_video_job,
@@ -39,7 +44,7 @@ def _env(name: str, default: str | None = None) -> Any:
 
 def build_defs() -> dg.Definitions:
     storage = VideoStorageResource(
-        s3=S3Resource(),  # endpoint, region and credentials: boto3 reads the standard AWS_* variables itself
+        s3=S3ClientResource(),  # endpoint, region and credentials: boto3 reads the standard AWS_* variables itself
         bucket=_env("UT_VIDEO_BUCKET"),
         prefix=_env("UT_VIDEO_PREFIX", ""),
         server_side_encryption=_env("UT_S3_SSE"),
@@ -62,6 +67,7 @@ def build_defs() -> dg.Definitions:
         discovery_budget_share=_env("UT_DISCOVERY_BUDGET_SHARE"),
         discovery_busy_interval_seconds=_env("UT_DISCOVERY_BUSY_INTERVAL_SECONDS"),
         max_backoff_seconds=_env("UT_MAX_BACKOFF_SECONDS"),
+        url_allow_hosts=_env("UT_VIDEO_URL_ALLOW_HOSTS"),
         budget_path=_env("UT_BUDGET_PATH"),
         budget_backend=_env("UT_BUDGET_BACKEND"),
         budget_url=_env("UT_BUDGET_URL"),
@@ -70,8 +76,13 @@ def build_defs() -> dg.Definitions:
     downloads = DownloadSettingsResource(
         spool_dir=_env("UT_SPOOL_DIR"),
         read_timeout_seconds=_env("UT_DOWNLOAD_READ_TIMEOUT_SECONDS"),
+        max_video_bytes=_env("UT_MAX_VIDEO_BYTES"),
+        probe_memory_mib=_env("UT_PROBE_MEMORY_MIB"),
+        probe_timeout_seconds=_env("UT_PROBE_TIMEOUT_SECONDS"),
+        thumbnail_in_event_log=_env("UT_THUMBNAIL_IN_EVENT_LOG"),
         max_concurrent_downloads=_env("UT_MAX_CONCURRENT_DOWNLOADS"),
         sessions_per_run=_env("UT_SESSIONS_PER_RUN"),
+        video_url_allow_hosts=_env("UT_VIDEO_URL_ALLOW_HOSTS"),
     )
     return dg.Definitions(
         assets=[usertesting_session, session_video, video_catalog],
@@ -82,8 +93,14 @@ def build_defs() -> dg.Definitions:
             video_catalog_objects_present,
         ],
         jobs=[session_video_job, video_catalog_job],
-        sensors=[completed_sessions_sensor, video_catalog_refresh_sensor],
+        sensors=[completed_sessions_sensor, video_catalog_refresh_sensor, failure_alerts_sensor],
         resources={
+            "alerts": AlertsResource(
+                webhook_url=_env("UT_ALERT_WEBHOOK_URL"),
+                ui_url=_env("UT_DAGSTER_UI_URL"),
+                backlog_max_age_seconds=_env("UT_BACKLOG_MAX_AGE_SECONDS"),
+                url_allow_hosts=_env("UT_VIDEO_URL_ALLOW_HOSTS"),
+            ),
             "api": api,
             "storage": storage,
             "downloads": downloads,

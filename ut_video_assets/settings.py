@@ -7,6 +7,7 @@ checks and the same messages.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -20,6 +21,8 @@ from ut_video_assets.netguard import host_is_allowed, parse_allow_hosts
 from ut_video_assets.usertesting.auth import DEFAULT_TOKEN_SCOPE, DEFAULT_TOKEN_URL
 from ut_video_assets.usertesting.client import DEFAULT_BASE_URL
 from ut_video_assets.usertesting.waits import DEFAULT_MAX_BACKOFF_SECONDS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RATE_LIMIT_PER_MINUTE = 10
 DEFAULT_MAX_CONCURRENT_DOWNLOADS = 4
@@ -184,6 +187,18 @@ def check_numeric_settings(env: Mapping[str, str]) -> dict[str, float]:
         else:
             values[name] = parse_positive_float(env.get(name), name, spec.default)
     return values
+
+
+def load_time_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
+    """A whole-number setting Dagster needs when the code location loads (a sensor's interval, a backfill
+    policy's size). A malformed value must not stop the code location from loading (the UI would be gone with
+    it): it is logged and the default used; ``check-config`` and the runs report the same value as an error."""
+    value = (os.environ if env is None else env).get(name)
+    try:
+        return parse_positive_int(value, name, default)
+    except SettingsError as exc:
+        log.error("%s; using %s until it is fixed", exc, default)
+        return default
 
 
 def parse_max_backoff(value: str | float | None, name: str = "UT_MAX_BACKOFF_SECONDS") -> float:

@@ -10,9 +10,8 @@ from importlib.metadata import distributions
 
 import dagster as dg
 import pytest
-from dagster_aws.s3 import S3Resource
 
-from ut_video_assets.defs.resources import UserTestingApiResource, VideoStorageResource
+from ut_video_assets.defs.resources import S3ClientResource, UserTestingApiResource, VideoStorageResource
 from ut_video_assets.settings import SettingsError, parse_credentials, parse_prefix, parse_test_ids
 
 PLACEHOLDERS = {
@@ -59,7 +58,7 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
                 "video_catalog_unique_sessions",
             ]
         ),
-        "sensors": ["completed_sessions_sensor", "video_catalog_refresh_sensor"],
+        "sensors": ["completed_sessions_sensor", "failure_alerts_sensor", "video_catalog_refresh_sensor"],
         "jobs": ["session_video_job", "video_catalog_job"],
         "partitions": "session_ids",
     }
@@ -106,6 +105,24 @@ def test_a_run_with_a_bad_setting_fails_naming_it(tmp_path: os.PathLike[str]) ->
     with pytest.raises(dg.DagsterResourceFunctionError) as info, dg.build_resources({"api": api}):
         pass
     assert "UT_RATE_LIMIT_PER_MINUTE must be a whole number" in str(info.value.__cause__)
-    storage = VideoStorageResource(s3=S3Resource())
+    storage = VideoStorageResource(s3=S3ClientResource())
     with pytest.raises(SettingsError, match="UT_VIDEO_BUCKET is not set"):
         storage.store()
+
+
+def test_a_malformed_load_time_setting_never_stops_the_code_location() -> None:
+    """UT_SESSIONS_PER_RUN and UT_SENSOR_INTERVAL_SECONDS are read when the code location loads (Dagster needs
+    them for the backfill policy and the sensor's interval); a bad value is reported and the default used."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "UT_SESSIONS_PER_RUN": "many", "UT_SENSOR_INTERVAL_SECONDS": "-5"}
+    code = (
+        "from ut_video_assets.defs.assets import SESSIONS_PER_RUN; from ut_video_assets.defs.sensors import "
+        "DISCOVERY_INTERVAL_SECONDS; import ut_video_assets.definitions as d; "
+        "d.defs.resolve_job_def('session_video_job'); print(SESSIONS_PER_RUN, DISCOVERY_INTERVAL_SECONDS)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["10", "60"]
+    assert "UT_SESSIONS_PER_RUN" in done.stderr and "UT_SENSOR_INTERVAL_SECONDS" in done.stderr

@@ -19,6 +19,9 @@ import dagster as dg
 import pytest
 import yaml
 
+from ut_video_assets.settings import NUMERIC_SETTINGS
+from ut_video_assets.transfer import TransferPolicy
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Allowed keys per path ("*" = free-form below, "[]" = list items). Only the parts our values use are listed.
@@ -182,6 +185,14 @@ def test_helm_values_parse_and_use_only_chart_keys() -> None:
     assert runs["maxConcurrentRuns"] == instance["concurrency"]["runs"]["max_concurrent_runs"]
     monitoring = values["dagsterDaemon"]["runMonitoring"]
     assert monitoring["freeSlotsAfterRunEndSeconds"] == instance["run_monitoring"]["free_slots_after_run_end_seconds"]
+    # The spool volume holds the largest video the pipeline accepts, with the free-space headroom it keeps: a
+    # larger video fails its session ("too large") instead of getting the pod evicted.
+    volume = next(v for v in values["runLauncher"]["config"]["k8sRunLauncher"]["volumes"] if v["name"] == "spool")
+    size_limit = volume["emptyDir"]["sizeLimit"]
+    assert size_limit.endswith("Gi")
+    cap = int(env["UT_MAX_VIDEO_BYTES"])
+    assert cap + TransferPolicy().spool_headroom_bytes <= int(size_limit[:-2]) * 1024**3
+    assert 1024**2 <= cap <= NUMERIC_SETTINGS["UT_MAX_VIDEO_BYTES"].high
 
 
 def test_the_key_check_catches_a_misspelt_key() -> None:

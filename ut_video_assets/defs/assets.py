@@ -1,6 +1,5 @@
 """Assets: the session as UserTesting knows it, its video in your bucket, and the catalog of all videos."""
 
-import os
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ from ut_video_assets.defs.resources import DownloadSettingsResource, UserTesting
 from ut_video_assets.defs.verification import video_check_evaluations
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
 from ut_video_assets.ingest import EngineSettings, IngestEngine, IngestError, SessionRef
-from ut_video_assets.settings import DEFAULT_SESSIONS_PER_RUN, DOWNLOAD_POOL, SettingsError, parse_positive_int
+from ut_video_assets.settings import DEFAULT_SESSIONS_PER_RUN, DOWNLOAD_POOL, SettingsError, load_time_int
 
 if TYPE_CHECKING:
     import pandas as pd  # imported when the catalog is built, not with the code location (catalog.py says why)
@@ -38,10 +37,8 @@ usertesting_session = dg.AssetSpec(
 
 # Backfills launched from the UI or the CLI group their sessions too, like the discovery sensor does: a run's
 # start-up costs seconds of CPU, a session a fraction of that (docs/BENCHMARKS.md). Read when the code location
-# loads. `backfill_policy` is a Dagster beta parameter (dagster-1.13-notes §3); silence just that notice.
-SESSIONS_PER_RUN = parse_positive_int(
-    os.environ.get("UT_SESSIONS_PER_RUN"), "UT_SESSIONS_PER_RUN", DEFAULT_SESSIONS_PER_RUN
-)
+# loads. `backfill_policy` is a Dagster beta parameter (docs/NOTES.md §1.3); silence just that notice.
+SESSIONS_PER_RUN = load_time_int("UT_SESSIONS_PER_RUN", DEFAULT_SESSIONS_PER_RUN)
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
 
@@ -92,6 +89,7 @@ def session_video(
             probe_limits=downloads.probe_limits(),
         )
         http = downloads.http_client()
+        embed = downloads.embed_thumbnails()
     except SettingsError as exc:
         raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
     keys = context.partition_keys
@@ -120,7 +118,7 @@ def session_video(
         raise
     if not batch.failures:
         for key, item in batch.items.items():
-            context.add_asset_metadata(prepared_metadata(item, store), partition_key=key)
+            context.add_asset_metadata(prepared_metadata(item, store, embed_thumbnail=embed), partition_key=key)
         yield dg.Output(batch)  # the IO manager commits every prepared video
         return
     # The run fails, so its output (which would materialize every partition of the range) is never emitted, and
@@ -131,7 +129,8 @@ def session_video(
         yield dg.AssetMaterialization(
             asset_key=context.asset_key,
             partition=key,
-            metadata=prepared_metadata(batch.items[key], store) | ingested_metadata(video, store),
+            metadata=prepared_metadata(batch.items[key], store, embed_thumbnail=embed)
+            | ingested_metadata(video, store),
         )
     for key in committed:
         yield from video_check_evaluations(context.instance, store, key, deep=storage.deep_verification())

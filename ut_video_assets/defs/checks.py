@@ -19,7 +19,7 @@ from ut_video_assets.defs.verification import (
 from ut_video_assets.storage import VIDEO_NAME, VideoStore
 
 # One check result per session needs a partitioned asset check, a Dagster 1.13 preview feature we rely on on
-# purpose (dagster-1.13-notes §2); silence just that notice.
+# purpose (docs/NOTES.md §1.2); silence just that notice.
 warnings.filterwarnings(
     "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
 )

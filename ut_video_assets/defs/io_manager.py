@@ -10,6 +10,7 @@ downstream assets the `StoredVideo` description, never the bytes (`open_stored_v
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -62,8 +63,12 @@ def commit_batch(batch: VideoBatch, log: Any) -> dict[str, IngestedVideo]:
     return done
 
 
-def prepared_metadata(item: PreparedVideo | IngestedVideo, store: VideoStore) -> dict[str, Any]:
-    """What the UI shows of a session's video, known before its commit (or read from its record)."""
+def prepared_metadata(
+    item: PreparedVideo | IngestedVideo, store: VideoStore, *, embed_thumbnail: bool = False
+) -> dict[str, Any]:
+    """What the UI shows of a session's video, known before its commit (or read from its record). The
+    thumbnail is a link to the image next to the video; ``embed_thumbnail`` (``UT_THUMBNAIL_IN_EVENT_LOG``)
+    also puts the image itself into the event log."""
     if isinstance(item, IngestedVideo):
         record = item.record
         uri = item.stored.uri
@@ -107,6 +112,9 @@ def prepared_metadata(item: PreparedVideo | IngestedVideo, store: VideoStore) ->
             # the event log is readable by every UI user and outside the bucket's access control.
             thumb = store.uri(store.thumbnail_key(item.session.test_id, item.session.session_id))
             extra["thumbnail"] = dg.MetadataValue.path(thumb)
+            if embed_thumbnail:
+                image = base64.b64encode(item.thumbnail).decode()
+                extra["thumbnail_image"] = dg.MetadataValue.md(f"![thumbnail](data:image/jpeg;base64,{image})")
     session = item.session
     return {
         "test_id": session.test_id,

@@ -12,10 +12,11 @@ from typing import Any
 
 import dagster as dg
 import httpx
-from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from ut_video_assets.discovery import DiscoveryAllowance
+from ut_video_assets.media import ProbeLimits
+from ut_video_assets.netguard import make_guarded_client
 from ut_video_assets.ratelimit import RequestBudget, build_budget
 from ut_video_assets.settings import (
     DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS,
@@ -34,9 +35,10 @@ from ut_video_assets.settings import (
     parse_prefix,
     parse_test_ids,
     parse_url,
+    parse_url_allow_hosts,
 )
 from ut_video_assets.storage import VideoStore
-from ut_video_assets.transfer import TransferPolicy
+from ut_video_assets.transfer import DEFAULT_MAX_VIDEO_BYTES, TransferPolicy
 from ut_video_assets.usertesting import (
     DEFAULT_BASE_URL,
     ClientCredentialsTokens,
@@ -71,15 +73,22 @@ class UserTestingApiResource(dg.ConfigurableResource):
     discovery_budget_share: str | None = None
     discovery_busy_interval_seconds: str | None = None
     max_backoff_seconds: str | None = None
+    url_allow_hosts: str | None = None
 
     _http: httpx.Client | None = PrivateAttr(default=None)
     _client: ResultsApiClient | None = PrivateAttr(default=None)
     _budget: RequestBudget | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        base_url = parse_url(self.base_url, "UT_API_BASE_URL")
+        allow_hosts = parse_url_allow_hosts(self.url_allow_hosts)
+        base_url = parse_url(self.base_url, "UT_API_BASE_URL", allow_hosts)
         credentials = parse_credentials(
-            self.access_token, self.client_id, self.client_secret, self.token_url, self.token_scope
+            self.access_token,
+            self.client_id,
+            self.client_secret,
+            self.token_url,
+            self.token_scope,
+            allow_hosts=allow_hosts,
         )
         limit = parse_positive_int(
             self.rate_limit_per_minute, "UT_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE
@@ -144,11 +153,37 @@ class UserTestingApiResource(dg.ConfigurableResource):
         return parse_test_ids(self.test_ids, "UT_TEST_IDS")
 
 
+class S3ClientResource(dg.ConfigurableResource):
+    """A boto3 S3 client made the standard way: endpoint, region, credentials, profiles and roles come from the
+    ``AWS_*`` variables and files boto3 reads itself (``AWS_ENDPOINT_URL`` for non-AWS stores).
+
+    Our own rather than dagster-aws's `S3Resource`: importing ``dagster_aws.s3`` also imports its Secrets
+    Manager, Athena and component modules, ~0.5 s of CPU in every process that loads the code location (each run
+    worker, the code server, every ``dagster asset materialize``) for a client factory of a few lines.
+    """
+
+    region_name: str | None = None
+    endpoint_url: str | None = None
+    max_pool_connections: int = 16
+    """Part uploads, record reads of the catalog and checks share one client: more than boto3's default 10."""
+
+    def get_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3",
+            region_name=self.region_name or None,
+            endpoint_url=self.endpoint_url or None,
+            config=Config(max_pool_connections=self.max_pool_connections),
+        )
+
+
 class VideoStorageResource(dg.ConfigurableResource):
     """The destination bucket. S3 credentials and endpoint come from the standard ``AWS_*`` variables
-    (``AWS_ENDPOINT_URL`` for non-AWS stores), read by boto3 itself through dagster-aws's `S3Resource`."""
+    (``AWS_ENDPOINT_URL`` for non-AWS stores), read by boto3 itself (`S3ClientResource`)."""
 
-    s3: S3Resource
+    s3: S3ClientResource
     bucket: str | None = None
     prefix: str | None = None
     server_side_encryption: str | None = None
@@ -196,8 +231,38 @@ class DownloadSettingsResource(dg.ConfigurableResource):
 
     spool_dir: str | None = None
     read_timeout_seconds: str | None = None
+    max_video_bytes: str | None = None
+    probe_memory_mib: str | None = None
+    probe_timeout_seconds: str | None = None
+    thumbnail_in_event_log: str | None = None
+
+    def embed_thumbnails(self) -> bool:
+        """``UT_THUMBNAIL_IN_EVENT_LOG=true``: also put each thumbnail (a frame of the participant's screen or
+        face) into the event log. Off by default: the event log lives in the Dagster instance's database, is shown
+        to every UI user and is outside the bucket's encryption and access control."""
+        value = (self.thumbnail_in_event_log or "").strip().lower()
+        if value in ("", "0", "false", "no", "off"):
+            return False
+        if value in ("1", "true", "yes", "on"):
+            return True
+        raise SettingsError(f"UT_THUMBNAIL_IN_EVENT_LOG must be true or false, got {value[:20]!r}")
+
+    def probe_limits(self) -> ProbeLimits:
+        """Limits of the child process that probes each downloaded video (``UT_PROBE_MEMORY_MIB``,
+        ``UT_PROBE_TIMEOUT_SECONDS``)."""
+        return ProbeLimits(
+            seconds=parse_positive_float(self.probe_timeout_seconds, "UT_PROBE_TIMEOUT_SECONDS", 120.0),
+            memory_bytes=parse_positive_int(self.probe_memory_mib, "UT_PROBE_MEMORY_MIB", 1024) * 1024 * 1024,
+        )
+
     max_concurrent_downloads: str | None = None
     sessions_per_run: str | None = None
+    video_url_allow_hosts: str | None = None
+
+    def url_allow_hosts(self) -> frozenset[str]:
+        """Hosts video URLs may come from although not https or not public (``UT_VIDEO_URL_ALLOW_HOSTS``);
+        for `ut_video_assets.netguard.make_guarded_client` / `check_url`."""
+        return parse_url_allow_hosts(self.video_url_allow_hosts)
 
     def batch_size(self) -> int:
         """How many newly discovered sessions one run downloads (``UT_SESSIONS_PER_RUN``)."""
@@ -215,12 +280,17 @@ class DownloadSettingsResource(dg.ConfigurableResource):
 
     def policy(self) -> TransferPolicy:
         return TransferPolicy(
-            read_timeout=parse_positive_float(self.read_timeout_seconds, "UT_DOWNLOAD_READ_TIMEOUT_SECONDS", 30.0)
+            read_timeout=parse_positive_float(self.read_timeout_seconds, "UT_DOWNLOAD_READ_TIMEOUT_SECONDS", 30.0),
+            max_bytes=parse_positive_int(self.max_video_bytes, "UT_MAX_VIDEO_BYTES", DEFAULT_MAX_VIDEO_BYTES),
         )
 
     def http_client(self) -> httpx.Client:
+        """The client that fetches videos: https and public addresses only (checked, then connected to, with no
+        redirects), unless a host is on ``UT_VIDEO_URL_ALLOW_HOSTS``."""
         policy = self.policy()
-        return make_http_client(connect_timeout=policy.connect_timeout, read_timeout=policy.read_timeout)
+        return make_guarded_client(
+            self.url_allow_hosts(), connect_timeout=policy.connect_timeout, read_timeout=policy.read_timeout
+        )
 
 
 def describe_settings_error(exc: BaseException) -> Any:

@@ -1,6 +1,5 @@
 """Sensors: find newly completed sessions; refresh the catalog after new videos land."""
 
-import os
 import time
 
 import dagster as dg
@@ -11,11 +10,9 @@ from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import session_observation
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource
 from ut_video_assets.discovery import DiscoveryCursor, discover_new_sessions
-from ut_video_assets.settings import DOWNLOAD_POOL, DOWNLOAD_TAG, parse_positive_int
+from ut_video_assets.settings import DOWNLOAD_POOL, DOWNLOAD_TAG, load_time_int
 
-DISCOVERY_INTERVAL_SECONDS = parse_positive_int(
-    os.environ.get("UT_SENSOR_INTERVAL_SECONDS"), "UT_SENSOR_INTERVAL_SECONDS", 60
-)
+DISCOVERY_INTERVAL_SECONDS = load_time_int("UT_SENSOR_INTERVAL_SECONDS", 60)
 # Keep a tick well inside Dagster's 60 s sensor timeout, whatever the API does.
 TICK_TIME_LIMIT_SECONDS = 40.0
 PARTITIONS_NAME = "session_ids"

@@ -1,7 +1,7 @@
 """The two checks of a stored session video, as per-partition check evaluations.
 
 One run may store several sessions (a contiguous range of partitions, `session_video`), and Dagster 1.13 records
-an `AssetCheckResult` of such a run without its partition (dagster-1.13-notes §2). So the checks yield one
+an `AssetCheckResult` of such a run without its partition (docs/NOTES.md §1.2). So the checks yield one
 `AssetCheckEvaluation` per partition instead, linked to the materialization it checked; the asset uses the same
 functions to check the sessions it did store when others in its range failed (their check steps are skipped).
 """
@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 
 # Not exported at the top level; it links an evaluation to the materialization it checked (the UI shows a
-# check as outdated once a newer materialization exists). Pinned Dagster version: dagster-1.13-notes §0.
+# check as outdated once a newer materialization exists). Pinned Dagster version: docs/NOTES.md §1.1.
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )

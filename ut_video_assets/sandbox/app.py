@@ -5,7 +5,7 @@ It serves the OAuth2 client-credentials token endpoint, the four Results API ope
 tests and other processes use to inject faults, complete sessions, revoke tokens and read counters.
 
 Why so strict: the pipeline's client is only as good as the double it is tested against, so every rule of
-usertesting-api-facts.md §8 is enforced (UUID checks, limit/offset bounds, one 10-per-60-s budget, 401 for a
+docs/NOTES.md §2 is enforced (UUID checks, limit/offset bounds, one 10-per-60-s budget, 401 for a
 missing/expired/revoked token, 404 and never 403), and `videoUrl` is a real SigV4 pre-signed URL of the
 embedded store, reached through the fault proxy, so expiry is judged by the store itself.
 """
@@ -277,7 +277,7 @@ class SandboxState:
                 expires_in=lifetime,
                 signed_at=now - timedelta(seconds=lifetime + 120),
             )
-            # Advertise a future expiresAt, as a skewed or early-dying URL would (facts §9).
+            # Advertise a future expiresAt, as a skewed or early-dying URL would (docs/NOTES.md §2).
             return url, expires_at
         url = self._signing_client().generate_presigned_url(
             "get_object",
@@ -342,9 +342,11 @@ def _api(endpoint: str, handler: Handler, state: SandboxState) -> Callable[[Requ
         elif fault is not None:
             headers: dict[str, str] = {}
             if fault.retry_after:
-                headers["Retry-After"] = str(fault.retry_after_seconds)
+                headers["Retry-After"] = fault.retry_after_text or str(fault.retry_after_seconds)
             if fault.reset_header:
                 headers |= _rate_headers(state.window.limit, 0, fault.retry_after_seconds)
+                if fault.reset_text is not None:
+                    headers["x-ratelimit-reset"] = fault.reset_text
             response = _error(429, _too_many(state), headers)
         else:
             decision = state.window.acquire()
@@ -491,6 +493,14 @@ async def video_download_url(request: Request, state: SandboxState) -> Response:
 
 
 async def token(request: Request, state: SandboxState) -> Response:
+    fault = state.faults.take({"token_status"}, "token")
+    if fault is not None:
+        status = fault.status or 503
+        headers = {"Cache-Control": "no-store"}
+        if status == 429 and fault.retry_after:
+            headers["Retry-After"] = fault.retry_after_text or str(fault.retry_after_seconds)
+        state.stats.api("token", status, accepted_at=None)
+        return _json({"errorCode": "E0000047", "errorSummary": "API call exceeded rate limit"}, status, headers)
     body = (await request.body()).decode("utf-8", "replace")
     form = {k: v[-1] for k, v in urllib.parse.parse_qs(body, keep_blank_values=True).items()}
     client_id, client_secret = form.get("client_id"), form.get("client_secret")

@@ -340,3 +340,15 @@ def test_downstream_assets_load_a_record_not_bytes(pipeline: Pipeline) -> None:
     assert isinstance(record, StoredVideo)
     assert record.uri.endswith(f"session_id={session.session_id}/session.mp4")
     assert record.sha256 == hashlib.sha256(pipeline.sandbox.video_bytes(session)).hexdigest()
+
+
+def test_thumbnails_enter_the_event_log_only_when_asked(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline.tick()
+    sessions = [s for t in pipeline.sandbox.test_ids for s in pipeline.sandbox.sessions(t) if s.has_video][:2]
+    plain = pipeline.materialize(sessions[0].session_id).asset_materializations_for_node("session_video")[0]
+    assert "thumbnail_image" not in plain.metadata
+    assert not any("base64" in str(v.value) for v in plain.metadata.values())
+    monkeypatch.setenv("UT_THUMBNAIL_IN_EVENT_LOG", "true")
+    pipeline.defs = build_defs()
+    embedded = pipeline.materialize(sessions[1].session_id).asset_materializations_for_node("session_video")[0]
+    assert "data:image/jpeg;base64," in str(embedded.metadata["thumbnail_image"].value)
