@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import tracemalloc
+import uuid
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets.sandbox.server import Sandbox
@@ -282,3 +285,62 @@ def test_a_network_error_in_the_end_probe_is_retried_not_fatal(
     result = fetch(large_session)
     assert_identical(result, expected)
     assert result.retries >= 1
+
+
+# --- the download state machine, property-based: random faults through the real proxy --------------------------
+
+FAULTS = st.sampled_from(["drop", "truncate", "lying_length", "stall", "no_etag", "resize", "reset_ranged", "corrupt"])
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=True,  # the same examples on every run: a failure here is reproducible, never a flake
+)
+@given(large=st.booleans(), faults=st.lists(st.tuples(FAULTS, st.floats(0, 1)), min_size=1, max_size=3))
+def test_whatever_the_network_does_the_bytes_are_the_sources_or_the_download_fails_cleanly(
+    sandbox: Sandbox,
+    store: StoreEndpoint,
+    small_session: Session,
+    large_session: Session,
+    api_client: ResultsApiClient,
+    tmp_path: Path,
+    large: bool,
+    faults: list[tuple[str, float]],
+) -> None:
+    """Random drop points, truncations, lying lengths, stalls, missing ETags, size changes, resets of the end
+    probe and corrupted bytes, alone or combined, on an MD5-verifiable source (a single-PUT clip) or a multipart
+    one: the spool file holds exactly the source's bytes and the result's SHA-256 / CRC-32 are theirs, or the
+    download fails with a `TransferError` and leaves no spool file. (A corrupted byte is injected only where it
+    can be detected, a single-PUT source with its ETag: on a multipart source it cannot be, see RELIABILITY.md.)"""
+    sandbox.reset()
+    sandbox.set_rate_limit(10_000, 60)
+    session = large_session if large else small_session
+    sha, size = source_sha256(store, sandbox, session)
+    kinds = {kind for kind, _ in faults}
+    for kind, where in faults:
+        if kind == "corrupt" and (large or "no_etag" in kinds):
+            continue
+        offset = min(int(where * size), size - 1)
+        extra = {"stall": {"stall_seconds": 1.5}, "resize": {"length_delta": 1 + offset % 5000}}.get(kind, {})
+        if kind in ("corrupt", "reset_ranged"):
+            extra["offset"] = offset if kind == "corrupt" else size
+        elif kind == "lying_length":
+            extra["length_delta"] = (1 if offset % 2 else -1) * (1 + offset % 3000)
+        else:
+            extra["after_bytes"] = offset
+        sandbox.add_fault(kind=kind, session_id=session.session_id, **extra)  # type: ignore[arg-type]
+    dest = tmp_path / f"{uuid.uuid4().hex}.part"
+    try:
+        with make_http_client() as http:
+            result = download_video(
+                http, session.session_id, lambda: api_client.get_video_url(session.session_id), dest, policy=QUICK
+            )
+    except TransferError:
+        assert not dest.exists()
+        return
+    data = dest.read_bytes()
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha)
+    assert (result.size, result.sha256, result.crc32) == (size, sha, zlib.crc32(data))
+    dest.unlink()
