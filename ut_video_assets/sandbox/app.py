@@ -266,6 +266,10 @@ class SandboxState:
         if fault is not None and fault.kind == "short_url":
             lifetime = fault.lifetime_seconds
         expires_at = now + timedelta(seconds=lifetime)
+        if fault is not None and fault.kind == "unsafe_url":
+            # A hostile or compromised API: a URL into the cloud's metadata service, signed-looking (the
+            # downloader must refuse it before connecting, and never repeat its query string).
+            return "http://169.254.169.254/latest/meta-data/iam/info?X-Amz-Signature=hostile-signature", expires_at
         if fault is not None and fault.kind == "expired_url":
             url = presign_get(
                 self.proxy_url,
@@ -481,7 +485,7 @@ async def video_download_url(request: Request, state: SandboxState) -> Response:
         return found
     if not found.has_video:
         return _error(404, "Video not found.")
-    fault = state.faults.take({"expired_url", "short_url"}, "video_url", found.session_id, found.test_id)
+    fault = state.faults.take({"expired_url", "short_url", "unsafe_url"}, "video_url", found.session_id, found.test_id)
     url, expires_at = state.video_url(found, fault)
     body = {"videoUrl": url, "sessionId": found.session_id, "expiresAt": utc_iso(expires_at)}
     return _json(body, headers=SPEC_HEADERS)

@@ -35,6 +35,7 @@ API_FAULT_KINDS = frozenset(
         "rate_limit",  # answer 429; `retry_after` / `reset_header` choose which hints come with it
         "expired_url",  # videoUrl signed in the past: the store answers 403 "Request has expired"
         "short_url",  # videoUrl valid for `lifetime_seconds` only
+        "unsafe_url",  # videoUrl points at the cloud metadata service over plain http
         "malformed_json",  # 200 with a truncated JSON body
         "html_body",  # 200 with an HTML page (a gateway login/error page)
         "bad_session_ids",  # list page gets a non-UUID and a path-traversal sessionId appended
