@@ -164,14 +164,19 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     import dagster as dg
     from prometheus_client import start_http_server
 
-    from ut_video_assets.metrics import registry_for
+    from ut_video_assets.metrics import BudgetCollector, budget_from_env, registry_for
 
+    try:
+        budget = BudgetCollector(budget_from_env())
+    except SettingsError as exc:
+        print(f"metrics: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     try:
         instance = dg.DagsterInstance.get()
     except dg.DagsterError as exc:
         print(f"metrics: cannot open the Dagster instance ({type(exc).__name__}); set DAGSTER_HOME", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    server, _thread = start_http_server(args.port, addr=args.host, registry=registry_for(lambda: instance))
+    server, _thread = start_http_server(args.port, addr=args.host, registry=registry_for(lambda: instance, budget))
     port = server.server_address[1]
     print(f"Prometheus metrics at http://{args.host}:{port}/metrics (read from the instance in $DAGSTER_HOME)")
     print("Press Ctrl-C to stop.", flush=True)
@@ -180,6 +185,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     finally:
         server.shutdown()
         server.server_close()
+        budget.close()
         instance.dispose()
     return 0
 

@@ -3,19 +3,40 @@
 Open-source Dagster serves no ``/metrics`` endpoint, so this exporter reads the instance on every scrape (no
 state of its own, safe to restart, any number of replicas): sessions discovered, stored, failed and in
 progress, the backlog and the age of its oldest session, runs by status, and the size and download time of the
-most recent videos. It needs only ``DAGSTER_HOME`` (the instance's ``dagster.yaml``) and sends nothing anywhere;
+most recent videos. It needs ``DAGSTER_HOME`` (the instance's ``dagster.yaml``) and sends nothing anywhere;
 Prometheus scrapes it. It is a Dagster reader, not part of the pipeline: nothing in the pipeline imports it.
+
+The request budget is not in the instance: `BudgetCollector` reads it from its own store (`RequestBudget.usage`,
+opened from the same ``UT_BUDGET_*`` and ``UT_RATE_LIMIT_*`` settings as the pipeline, read only): requests used
+and left in the current window, the back-off in force, and the 429s the API answered, counted by the clients.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from ut_video_assets.ratelimit import RequestBudget, build_budget
+from ut_video_assets.redact import redact_text
+from ut_video_assets.settings import (
+    DEFAULT_RATE_LIMIT_PER_MINUTE,
+    default_budget_path,
+    parse_budget,
+    parse_max_backoff,
+    parse_positive_float,
+    parse_positive_int,
+)
+
+log = logging.getLogger(__name__)
 
 SESSION_VIDEO = dg.AssetKey("session_video")
 SESSION_PARTITIONS = "session_ids"
@@ -154,11 +175,102 @@ def _bound(value: float) -> str:
     return f"{value:g}" if value < 1e6 else f"{value:.0f}"
 
 
-def registry_for(instance: Callable[[], dg.DagsterInstance]) -> CollectorRegistry:
-    """A registry holding only the pipeline collector (no process metrics of the exporter itself)."""
+class BudgetCollector(Collector):
+    """The shared request budget, read from its store on every scrape. The store is opened at the first scrape
+    (and again after a failure): an unreachable budget database makes ``ut_video_budget_up`` 0, not the scrape
+    fail."""
+
+    def __init__(self, open_budget: Callable[[], RequestBudget]) -> None:
+        self._open = open_budget
+        self._budget: RequestBudget | None = None
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("ut_video_budget_up", "1 when the request budget's store was read for this scrape.")
+        try:
+            with self._lock:
+                if self._budget is None:
+                    self._budget = self._open()
+                usage = self._budget.usage()
+        except Exception as exc:  # noqa: BLE001 - any failure of the store: report it as down, keep the rest
+            log.warning("cannot read the request budget: %s: %s", type(exc).__name__, redact_text(str(exc))[:200])
+            self.close()
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        for name, documentation, value in (
+            ("ut_video_budget_limit", "Requests the budget allows per window (UT_RATE_LIMIT_PER_MINUTE).", usage.limit),
+            (
+                "ut_video_budget_window_seconds",
+                "The budget's window (UT_RATE_LIMIT_WINDOW_SECONDS).",
+                usage.window_seconds,
+            ),
+            (
+                "ut_video_budget_requests_used",
+                "Requests sent in the current sliding window by every process sharing the budget.",
+                usage.used,
+            ),
+            ("ut_video_budget_requests_left", "Requests that may still go in the current window.", usage.left),
+            (
+                "ut_video_budget_backoff_seconds",
+                "Seconds left of the back-off a 429 imposed on every process (0: none in force).",
+                usage.backoff_remaining_seconds,
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, documentation)
+            gauge.add_metric([], float(value))
+            yield gauge
+        rate_limited = CounterMetricFamily(
+            "ut_video_api_rate_limited", "429 answers of the Results API, counted by every client sharing the budget."
+        )
+        rate_limited.add_metric([], float(usage.rate_limited))
+        yield rate_limited
+
+    def close(self) -> None:
+        with self._lock:
+            budget, self._budget = self._budget, None
+        if budget is not None:
+            budget.close()
+
+
+def budget_from_env(env: Mapping[str, str] | None = None) -> Callable[[], RequestBudget]:
+    """What opens the pipeline's request budget, from the same settings the pipeline reads. The settings are
+    checked now (`SettingsError` naming the variable); the store is reached only when the opener is called."""
+    env = os.environ if env is None else env
+    settings = parse_budget(env.get("UT_BUDGET_BACKEND"), env.get("UT_BUDGET_URL"), env.get("DAGSTER_PG_URL"))
+    limit = parse_positive_int(
+        env.get("UT_RATE_LIMIT_PER_MINUTE"), "UT_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE
+    )
+    window = parse_positive_float(env.get("UT_RATE_LIMIT_WINDOW_SECONDS"), "UT_RATE_LIMIT_WINDOW_SECONDS", 60.0)
+    max_backoff = parse_max_backoff(env.get("UT_MAX_BACKOFF_SECONDS"))
+    configured_path = (env.get("UT_BUDGET_PATH") or "").strip()
+    path = Path(configured_path) if configured_path else default_budget_path(env)
+
+    def open_budget() -> RequestBudget:
+        return build_budget(
+            settings.backend,
+            limit=limit,
+            window_seconds=window,
+            path=path,
+            url=settings.url,
+            max_backoff_seconds=max_backoff,
+        )
+
+    return open_budget
+
+
+def registry_for(
+    instance: Callable[[], dg.DagsterInstance], budget: BudgetCollector | None = None
+) -> CollectorRegistry:
+    """A registry holding the pipeline collector and, when given, the budget's (no process metrics of the
+    exporter itself)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(instance))
+    if budget is not None:
+        registry.register(budget)
     return registry
 
 
-__all__ = ["PipelineCollector", "registry_for"]
+__all__ = ["BudgetCollector", "PipelineCollector", "budget_from_env", "registry_for"]

@@ -18,6 +18,10 @@ Two rules on top of the sliding-window limit:
 - that mark never lies more than ``max_backoff_seconds`` (``UT_MAX_BACKOFF_SECONDS``) ahead, whatever it is
   asked for (``inf``, NaN, ``1e12``) and whatever an older version or another process left in the store: a
   mark found beyond the cap is pulled back to it, so one hostile ``Retry-After`` cannot freeze every host.
+
+For monitoring, `RequestBudget.usage` reads (and never changes) the shared state: requests in the current
+window, the back-off in force, and how many 429s the clients sharing the budget have seen, which the client
+counts in the same store with `RequestBudget.record_rate_limited` (``ut-video-assets metrics`` exports them).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,6 +52,7 @@ BUCKET_NAME = "usertesting-results-api"
 # every host draws on the same name. Postgres: pyrate-limiter prefixes the table with "ratelimit___".
 SHARED_BUDGET_NAME = "ut_video_assets_budget"
 POSTGRES_BACKOFF_TABLE = "ut_video_assets_budget_backoff"
+POSTGRES_COUNTERS_TABLE = "ut_video_assets_budget_counters"
 REDIS_KEY_PREFIX = "ut_video_assets:budget"
 # How long a process waits for the shared budget's database before its run fails (a run retry or the next
 # sensor tick tries again).
@@ -57,6 +63,26 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 # second for request latency) keeps us clear of it at a cost of ~3% throughput.
 WINDOW_SAFETY_FACTOR = 1.03
 WINDOW_SAFETY_MS = 250
+
+
+@dataclass(frozen=True)
+class BudgetUsage:
+    """The shared budget as every process sees it now (`RequestBudget.usage`)."""
+
+    used: int
+    """Requests admitted in the current sliding window (the limiter's window: ``window_seconds`` with its
+    safety margin, see `effective_window_ms`), by every process sharing the budget."""
+    limit: int
+    window_seconds: float
+    backoff_remaining_seconds: float
+    """Seconds left of the shared back-off mark a 429 set (0: none in force), at most ``max_backoff_seconds``."""
+    rate_limited: int
+    """429 answers the Results API gave the clients sharing this budget, counted since the store was created."""
+
+    @property
+    def left(self) -> int:
+        """Requests that could go now, were there no back-off."""
+        return max(0, self.limit - self.used)
 
 
 class RequestBudget(Protocol):
@@ -76,6 +102,12 @@ class RequestBudget(Protocol):
     def back_off(self, seconds: float) -> None:
         """Tell every caller sharing this budget not to send anything for ``seconds`` (clamped to
         ``[0, max_backoff_seconds]``; NaN is no back-off, infinity the cap)."""
+
+    def record_rate_limited(self) -> None:
+        """Count one 429 from the API in the shared store (what `usage` reports as ``rate_limited``)."""
+
+    def usage(self) -> BudgetUsage:
+        """The shared state now, read only (a mark beyond the cap is reported at the cap, not pulled back)."""
 
     def close(self) -> None: ...
 
@@ -138,6 +170,32 @@ class _BudgetBase:
         """Seconds until the shared back-off mark expires (0 or less: no back-off)."""
         raise NotImplementedError
 
+    def _read_backoff(self) -> float:  # pragma: no cover - overridden
+        """Seconds until the shared back-off mark expires, read without repairing it (NaN: unreadable)."""
+        raise NotImplementedError
+
+    def _count_since(self, start_ms: int) -> int:  # pragma: no cover - overridden
+        """Requests in the window with timestamps (the bucket's clock, ms) from ``start_ms`` on."""
+        raise NotImplementedError
+
+    def _rate_limited_count(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def usage(self) -> BudgetUsage:
+        bucket = self._limiter.buckets()[0]
+        # The bucket's own clock and window, as the limiter counts: the database's for Postgres and Redis.
+        start = int(bucket.now()) - effective_window_ms(self.window_seconds)  # type: ignore[no-untyped-call]
+        backoff = self._read_backoff()
+        if not backoff <= self.max_backoff_seconds:  # beyond the cap, infinite or NaN: acquire waits the cap
+            backoff = self.max_backoff_seconds
+        return BudgetUsage(
+            used=self._count_since(start),
+            limit=self.limit,
+            window_seconds=self.window_seconds,
+            backoff_remaining_seconds=max(backoff, 0.0),
+            rate_limited=self._rate_limited_count(),
+        )
+
     def _slot_wait_seconds(self) -> float:
         """How long until the limiter could admit one more request (0 when it could now)."""
         bucket = self._limiter.buckets()[0]
@@ -194,6 +252,32 @@ class SqliteBudget(_BudgetBase):
         self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
         self._conn.execute("CREATE TABLE IF NOT EXISTS backoff (id INTEGER PRIMARY KEY CHECK (id = 1), until REAL)")
         self._conn.execute("INSERT OR IGNORE INTO backoff (id, until) VALUES (1, 0)")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+
+    def _read_backoff(self) -> float:
+        with self._lock:
+            row = self._conn.execute("SELECT until FROM backoff WHERE id = 1").fetchone()
+        until = row[0] if row and row[0] is not None else 0.0  # NULL (a NaN an older version wrote): none
+        return float(until) - time.time()
+
+    def _count_since(self, start_ms: int) -> int:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM rate_bucket WHERE item_timestamp >= ?", (start_ms,)
+            ).fetchone()
+        return int(row[0])
+
+    def _rate_limited_count(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM counters WHERE name = 'rate_limited'").fetchone()
+        return int(row[0]) if row else 0
+
+    def record_rate_limited(self) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO counters (name, value) VALUES ('rate_limited', 1) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + 1"
+            )
 
     def _backoff_remaining(self) -> float:
         now = time.time()
@@ -279,6 +363,15 @@ class PostgresBudget(_BudgetBase):
                         "CREATE TABLE IF NOT EXISTS {} (name TEXT PRIMARY KEY, until DOUBLE PRECISION NOT NULL)"
                     ).format(self._backoff_table)
                 )
+            self._counters_table = sql.Identifier(POSTGRES_COUNTERS_TABLE)
+            self._window_table = sql.Identifier(f"ratelimit___{name.lower()}")  # the name PostgresBucket gives it
+            with self._pool.connection() as conn:
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (POSTGRES_COUNTERS_TABLE,))
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (name TEXT PRIMARY KEY, rate_limited BIGINT NOT NULL)"
+                    ).format(self._counters_table)
+                )
         except (psycopg.Error, OSError) as exc:  # PoolTimeout is a psycopg.OperationalError
             self._pool.close()
             raise BudgetUnavailableError(
@@ -307,6 +400,43 @@ class PostgresBudget(_BudgetBase):
                 conn.execute(repair, (cap, self.name, cap))
                 remaining = cap
         return remaining
+
+    def _read_backoff(self) -> float:
+        from psycopg import sql
+
+        query = sql.SQL(
+            "SELECT COALESCE(MAX(until), 0) - EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM {} WHERE name = %s"
+        ).format(self._backoff_table)
+        with self._pool.connection() as conn:
+            row = conn.execute(query, (self.name,)).fetchone()
+        return float(row[0]) if row else 0.0
+
+    def _count_since(self, start_ms: int) -> int:
+        from psycopg import sql
+
+        # The comparison PostgresBucket counts with (its timestamps are the database's clock, sessions in UTC).
+        query = sql.SQL("SELECT COUNT(*) FROM {} WHERE item_timestamp >= TO_TIMESTAMP(%s)").format(self._window_table)
+        with self._pool.connection() as conn:
+            row = conn.execute(query, (start_ms / 1000,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _rate_limited_count(self) -> int:
+        from psycopg import sql
+
+        query = sql.SQL("SELECT rate_limited FROM {} WHERE name = %s").format(self._counters_table)
+        with self._pool.connection() as conn:
+            row = conn.execute(query, (self.name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def record_rate_limited(self) -> None:
+        from psycopg import sql
+
+        query = sql.SQL(
+            "INSERT INTO {table} (name, rate_limited) VALUES (%s, 1) "
+            "ON CONFLICT (name) DO UPDATE SET rate_limited = {table}.rate_limited + 1"
+        ).format(table=self._counters_table)
+        with self._pool.connection() as conn:
+            conn.execute(query, (self.name,))
 
     def back_off(self, seconds: float) -> None:
         from psycopg import sql
@@ -371,6 +501,7 @@ class RedisBudget(_BudgetBase):
         )
         self._window_key = f"{REDIS_KEY_PREFIX}:{name}:window"
         self._backoff_key = f"{REDIS_KEY_PREFIX}:{name}:backoff"
+        self._rate_limited_key = f"{REDIS_KEY_PREFIX}:{name}:rate_limited"
         try:
             bucket = _ServerClockRedisBucket.init(
                 [Rate(limit, effective_window_ms(window_seconds))], self._redis, self._window_key
@@ -392,6 +523,20 @@ class RedisBudget(_BudgetBase):
             self._redis.pexpire(self._backoff_key, cap_ms)
             ttl_ms = cap_ms
         return ttl_ms / 1000.0 if ttl_ms > 0 else 0.0
+
+    def _read_backoff(self) -> float:
+        ttl_ms = int(self._redis.pttl(self._backoff_key))  # -2: no key, -1: no expiry (never set so)
+        return ttl_ms / 1000.0 if ttl_ms > 0 else 0.0
+
+    def _count_since(self, start_ms: int) -> int:
+        return int(self._redis.zcount(self._window_key, start_ms, "+inf"))
+
+    def _rate_limited_count(self) -> int:
+        value = self._redis.get(self._rate_limited_key)
+        return int(value) if value is not None else 0
+
+    def record_rate_limited(self) -> None:
+        self._redis.incr(self._rate_limited_key)
 
     def back_off(self, seconds: float) -> None:
         milliseconds = int(self._bounded(seconds) * 1000)  # bounded first: int(inf) raises OverflowError

@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -20,6 +20,7 @@ import redis
 from ut_video_assets.ratelimit import (
     POSTGRES_BACKOFF_TABLE,
     BudgetUnavailableError,
+    BudgetUsage,
     PostgresBudget,
     RedisBudget,
     SqliteBudget,
@@ -290,3 +291,64 @@ def test_build_budget_passes_the_cap(tmp_path: Path) -> None:
             budget.acquire(max_wait=0.1)
     finally:
         budget.close()
+
+
+# --- What every process sees: `usage`, read only, the same on every backend -------------------------------------
+
+BudgetFactory = Callable[..., SqliteBudget | PostgresBudget | RedisBudget]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "redis"])
+def shared_budget(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BudgetFactory]:
+    """Opens budgets on one shared store of the backend (each one its own connection, as two processes have)."""
+    opened: list[SqliteBudget | PostgresBudget | RedisBudget] = []
+    name = f"test_{uuid.uuid4().hex[:10]}"
+    url = (
+        request.getfixturevalue("postgres_url" if request.param == "postgres" else "redis_url")
+        if (request.param != "sqlite")
+        else ""
+    )
+
+    def make(limit: int, window: float, **kwargs: float) -> SqliteBudget | PostgresBudget | RedisBudget:
+        budget: SqliteBudget | PostgresBudget | RedisBudget
+        if request.param == "sqlite":
+            budget = SqliteBudget(tmp_path / "shared.sqlite", limit, window, **kwargs)
+        elif request.param == "postgres":
+            budget = PostgresBudget(url, limit, window, name=name, **kwargs)
+        else:
+            budget = RedisBudget(url, limit, window, name=name, **kwargs)
+        opened.append(budget)
+        return budget
+
+    yield make
+    for budget in opened:
+        budget.close()
+    if request.param == "redis":
+        with redis.Redis.from_url(url) as client:
+            keys = list(client.scan_iter(match=f"ut_video_assets:budget:{name}:*"))
+            if keys:
+                client.delete(*keys)
+
+
+def test_usage_reports_what_every_process_did(shared_budget: BudgetFactory) -> None:
+    writer, reader = shared_budget(3, 1.0), shared_budget(3, 1.0)
+    assert reader.usage() == BudgetUsage(
+        used=0, limit=3, window_seconds=1.0, backoff_remaining_seconds=0.0, rate_limited=0
+    )
+    writer.acquire(max_wait=1)
+    writer.acquire(max_wait=1)
+    usage = reader.usage()
+    assert (usage.used, usage.left) == (2, 1)
+    writer.back_off(30)
+    writer.record_rate_limited()
+    writer.record_rate_limited()
+    usage = reader.usage()
+    assert 28 < usage.backoff_remaining_seconds <= 30
+    assert usage.rate_limited == 2
+    # Read only: a reader with a shorter back-off cap reports the mark at its cap but leaves it alone.
+    capped = shared_budget(3, 1.0, max_backoff_seconds=5)
+    assert capped.usage().backoff_remaining_seconds == 5
+    assert writer.usage().backoff_remaining_seconds > 28
+    time.sleep(1.4)  # past the limiter's window (1 s x 1.03 + 0.25 s): the requests leave it
+    usage = reader.usage()
+    assert (usage.used, usage.left, usage.rate_limited) == (0, 3, 2)

@@ -293,6 +293,7 @@ class ResultsApiClient:
                 response, default=self._budget.window_seconds, cap=self._budget.max_backoff_seconds
             )
             self._budget.back_off(wait)
+            self._budget.record_rate_limited()  # shared with every process: `ut-video-assets metrics` reads it
             raise RateLimitedError(
                 f"{resource}: rate limited, retry in {wait:.0f} s", retry_after=wait, resource=resource
             )

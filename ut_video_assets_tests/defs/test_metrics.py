@@ -18,7 +18,15 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ut_video_assets.metrics import registry_for
+from ut_video_assets.metrics import BudgetCollector, registry_for
+from ut_video_assets.ratelimit import RedisBudget, SqliteBudget
+from ut_video_assets.usertesting import (
+    ClientCredentialsTokens,
+    RateLimitedError,
+    ResultsApiClient,
+    RetryPolicy,
+    make_http_client,
+)
 from ut_video_assets_tests.defs.conftest import Pipeline
 
 
@@ -87,6 +95,48 @@ def test_metrics_follow_the_pipeline(pipeline: Pipeline, exporter: str) -> None:
     assert after["ut_video_recent_video_bytes_sum"][()] == stored_size.size
     assert after["ut_video_recent_download_seconds_count"][()] == 1
     assert after["ut_video_recent_download_seconds_sum"][()] > 0
+
+
+def test_metrics_show_the_request_budget_its_back_off_and_429s(pipeline: Pipeline, exporter: str) -> None:
+    """The exporter reads the budget the pipeline shares (the SQLite file at UT_BUDGET_PATH): a discovery tick
+    and a request the API answers 429 are seen from the exporter's own process."""
+    before = scrape(exporter)
+    assert before["ut_video_budget_up"][()] == 1
+    assert before["ut_video_budget_limit"][()] == 10
+    assert before["ut_video_budget_requests_used"][()] == 0
+    assert before["ut_video_budget_backoff_seconds"][()] == 0
+    assert before["ut_video_api_rate_limited_total"][()] == 0
+
+    pipeline.tick()
+    sandbox = pipeline.sandbox
+    sent = sum(sandbox.stats()["statuses"]["list"].values())
+    assert sent >= 1
+    sandbox.add_fault(kind="rate_limit", endpoint="list", times=1, retry_after=True, retry_after_seconds=30)
+    budget = SqliteBudget(Path(os.environ["UT_BUDGET_PATH"]), 10, 60)
+    try:
+        with make_http_client() as http:
+            tokens = ClientCredentialsTokens(http, sandbox.token_url, sandbox.client_id, sandbox.client_secret)
+            client = ResultsApiClient(http, tokens, budget, base_url=sandbox.base_url, policy=RetryPolicy(attempts=1))
+            with pytest.raises(RateLimitedError):
+                client.list_sessions(sandbox.test_ids[0], limit=1)
+    finally:
+        budget.close()
+
+    after = scrape(exporter)
+    assert after["ut_video_budget_requests_used"][()] == sent + 1
+    assert after["ut_video_budget_requests_left"][()] == 10 - sent - 1
+    assert 25 < after["ut_video_budget_backoff_seconds"][()] <= 30
+    assert after["ut_video_api_rate_limited_total"][()] == 1
+
+
+def test_an_unreachable_budget_store_is_reported_and_the_rest_still_served() -> None:
+    collector = BudgetCollector(lambda: RedisBudget("redis://:secret-pw@127.0.0.1:9/0", 10, 60, connect_timeout=1))
+    with dg.instance_for_test() as instance:
+        exposition = generate_latest(registry_for(lambda: instance, collector)).decode()
+    samples = {s.name: s.value for family in text_string_to_metric_families(exposition) for s in family.samples}
+    assert samples["ut_video_budget_up"] == 0
+    assert "ut_video_budget_requests_used" not in samples
+    assert samples["ut_video_sessions_discovered"] == 0
 
 
 def test_the_grafana_dashboard_only_queries_exported_metrics() -> None:

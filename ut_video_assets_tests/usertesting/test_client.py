@@ -128,13 +128,17 @@ def test_static_token_rejected_after_revocation(sandbox: Sandbox, budget: Sqlite
 
 
 @pytest.mark.parametrize("with_retry_after", [True, False])
-def test_429_backs_off_and_retries(sandbox: Sandbox, api_client: ResultsApiClient, with_retry_after: bool) -> None:
+def test_429_backs_off_and_retries(
+    sandbox: Sandbox, api_client: ResultsApiClient, budget: SqliteBudget, with_retry_after: bool
+) -> None:
     sandbox.add_fault(kind="rate_limit", endpoint="list", times=2, retry_after=with_retry_after, retry_after_seconds=1)
     started = time.monotonic()
     page = api_client.list_sessions(sandbox.test_ids[0])
     assert page.sessions
     assert time.monotonic() - started >= 1.0  # the shared back-off mark held the retry
     assert sandbox.stats()["statuses"]["list"] == {"429": 2, "200": 1}
+    assert budget.usage().rate_limited == 2  # counted in the shared store, for `ut-video-assets metrics`
+    assert budget.usage().used == 3
 
 
 def test_back_off_mark_is_shared_through_the_budget(tmp_path: pytest.TempPathFactory) -> None:
