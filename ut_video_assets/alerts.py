@@ -6,7 +6,8 @@ message per burst and posts it to ``UT_ALERT_WEBHOOK_URL``:
 
 - failed runs: the sessions (partition keys) they did not store, the first step error, a link to the run;
 - failed blocking checks: the check, the session, the check's own description, a link to the run;
-- a stale backlog: sessions discovered but not stored for longer than ``UT_BACKLOG_MAX_AGE_SECONDS``.
+- a stale backlog: sessions discovered but not stored for longer than ``UT_BACKLOG_MAX_AGE_SECONDS``;
+- a stale catalog: a stored video missing from ``video_catalog`` for longer than ``UT_CATALOG_MAX_LAG_SECONDS``.
 
 The body is JSON with a ``text`` field (what Slack and Microsoft Teams incoming webhooks display, and what most
 generic receivers take) plus the same facts as structured fields under ``ut_video_assets``. Nothing in it is a
@@ -29,6 +30,9 @@ from ut_video_assets.settings import SettingsError, parse_positive_float, parse_
 DEFAULT_BACKLOG_MAX_AGE_SECONDS = 6 * 3600.0
 """Longer than a 1,000-session backlog takes at the API's ceiling (~2 h, docs/DEPLOYMENT.md §5): an alert means
 ingestion has stalled, not that it is busy."""
+DEFAULT_CATALOG_MAX_LAG_SECONDS = 3600.0
+"""Well above what the catalog refresh sensor needs (a refresh once downloads pause, at least every 10 minutes
+while they run, a few seconds per refresh): an alert means refreshes stopped (sensor off, runs failing or stuck)."""
 MAX_LISTED = 20
 """Sessions, runs or checks named one by one in the text; the structured fields carry them all."""
 MAX_REASON_CHARS = 300
@@ -45,10 +49,14 @@ class AlertSettings:
     webhook_url: str | None
     ui_url: str | None
     backlog_max_age_seconds: float
+    catalog_max_lag_seconds: float = DEFAULT_CATALOG_MAX_LAG_SECONDS
 
     def __repr__(self) -> str:
         hook = "<redacted>" if self.webhook_url else None
-        return f"AlertSettings(webhook_url={hook}, ui_url={self.ui_url!r}, backlog={self.backlog_max_age_seconds:g}s)"
+        return (
+            f"AlertSettings(webhook_url={hook}, ui_url={self.ui_url!r}, backlog={self.backlog_max_age_seconds:g}s, "
+            f"catalog={self.catalog_max_lag_seconds:g}s)"
+        )
 
 
 def parse_alert_settings(
@@ -56,9 +64,11 @@ def parse_alert_settings(
     ui_url: str | None,
     backlog_max_age_seconds: str | float | None,
     allow_hosts: frozenset[str] = frozenset(),
+    catalog_max_lag_seconds: str | float | None = None,
 ) -> AlertSettings:
     """``UT_ALERT_WEBHOOK_URL`` (https, or http for a host on ``UT_VIDEO_URL_ALLOW_HOSTS``; unset: no alerts),
-    ``UT_DAGSTER_UI_URL`` (http or https; unset: no links) and ``UT_BACKLOG_MAX_AGE_SECONDS``."""
+    ``UT_DAGSTER_UI_URL`` (http or https; unset: no links), ``UT_BACKLOG_MAX_AGE_SECONDS`` and
+    ``UT_CATALOG_MAX_LAG_SECONDS``."""
     hook = (webhook_url or "").strip() or None
     if hook is not None:
         try:
@@ -74,7 +84,10 @@ def parse_alert_settings(
     max_age = parse_positive_float(
         backlog_max_age_seconds, "UT_BACKLOG_MAX_AGE_SECONDS", DEFAULT_BACKLOG_MAX_AGE_SECONDS
     )
-    return AlertSettings(webhook_url=hook, ui_url=ui, backlog_max_age_seconds=max_age)
+    max_lag = parse_positive_float(
+        catalog_max_lag_seconds, "UT_CATALOG_MAX_LAG_SECONDS", DEFAULT_CATALOG_MAX_LAG_SECONDS
+    )
+    return AlertSettings(webhook_url=hook, ui_url=ui, backlog_max_age_seconds=max_age, catalog_max_lag_seconds=max_lag)
 
 
 def _parse_ui_url(text: str) -> str:
@@ -117,6 +130,19 @@ class StaleBacklog:
     """Stale sessions, oldest discovery first."""
     oldest_age_seconds: float
     max_age_seconds: float
+
+
+@dataclass(frozen=True)
+class StaleCatalog:
+    """Videos stored since the catalog last ran, the first of them longer ago than the allowed lag."""
+
+    sessions: tuple[str, ...]
+    """Sessions stored since the catalog's last refresh began, first stored first (at most a few hundred)."""
+    lag_seconds: float
+    """How long the first of them has been missing from the catalog."""
+    max_lag_seconds: float
+    catalog_refreshed_at: float | None
+    """When the last catalog refresh began (epoch seconds); None when the catalog was never built."""
 
 
 def clean_reason(text: str | None) -> str:
@@ -213,6 +239,31 @@ def backlog_alert(backlog: StaleBacklog, ui_url: str | None) -> dict[str, Any]:
     }
 
 
+def catalog_alert(catalog: StaleCatalog, ui_url: str | None, now: float) -> dict[str, Any]:
+    refreshed = (
+        f"last refreshed {duration(now - catalog.catalog_refreshed_at)} ago"
+        if catalog.catalog_refreshed_at is not None
+        else "never built"
+    )
+    text = (
+        f"ut-video-assets: video_catalog is stale: {len(catalog.sessions)} stored video(s) are not in it, the "
+        f"first stored {duration(catalog.lag_seconds)} ago (allowed: {duration(catalog.max_lag_seconds)}); the "
+        f"catalog was {refreshed}: {_listed(catalog.sessions)}"
+    )
+    if ui_url:
+        text += f"; {ui_url.rstrip('/')}/assets/video_catalog"
+    return {
+        "text": text,
+        "ut_video_assets": {
+            "kind": "catalog",
+            "sessions": list(catalog.sessions),
+            "lag_seconds": round(catalog.lag_seconds, 1),
+            "max_lag_seconds": catalog.max_lag_seconds,
+            "catalog_refreshed_at": catalog.catalog_refreshed_at,
+        },
+    }
+
+
 def post_alert(http: httpx.Client, webhook_url: str, body: dict[str, Any]) -> None:
     """POST ``body`` as JSON; raises `AlertDeliveryError` unless the receiver answers 2xx."""
     try:
@@ -225,12 +276,15 @@ def post_alert(http: httpx.Client, webhook_url: str, body: dict[str, Any]) -> No
 
 __all__ = [
     "DEFAULT_BACKLOG_MAX_AGE_SECONDS",
+    "DEFAULT_CATALOG_MAX_LAG_SECONDS",
     "AlertDeliveryError",
     "AlertSettings",
     "FailedCheck",
     "FailedRun",
     "StaleBacklog",
+    "StaleCatalog",
     "backlog_alert",
+    "catalog_alert",
     "clean_reason",
     "failure_alert",
     "parse_alert_settings",

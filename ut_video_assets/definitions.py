@@ -99,6 +99,7 @@ def build_defs() -> dg.Definitions:
                 webhook_url=_env("UT_ALERT_WEBHOOK_URL"),
                 ui_url=_env("UT_DAGSTER_UI_URL"),
                 backlog_max_age_seconds=_env("UT_BACKLOG_MAX_AGE_SECONDS"),
+                catalog_max_lag_seconds=_env("UT_CATALOG_MAX_LAG_SECONDS"),
                 url_allow_hosts=_env("UT_VIDEO_URL_ALLOW_HOSTS"),
             ),
             "api": api,

@@ -1,10 +1,17 @@
-"""The alert sensor: failed runs, failed blocking checks and a stale backlog, posted to ``UT_ALERT_WEBHOOK_URL``.
+"""The alert sensor: failed runs, failed blocking checks, a stale backlog and a stale catalog, posted to
+``UT_ALERT_WEBHOOK_URL``.
 
 Thin by design: it reads the Dagster instance (run failures, check executions, partitions and their discovery
 observations) and hands plain records to `ut_video_assets.alerts`, which words and sends the message. Each tick
 sends at most one failure alert, however many runs, sessions and checks failed since the last tick, and one
-backlog alert when sessions went stale that were not reported before. The cursor remembers what was reported;
-a tick whose webhook call fails keeps the old cursor, so the next tick sends the same burst again.
+backlog alert when sessions went stale that were not reported before, and one catalog alert per staleness episode
+(a stored video missing from ``video_catalog`` for longer than ``UT_CATALOG_MAX_LAG_SECONDS``; the episode ends
+when the catalog is built again). The cursor remembers what was reported; a tick whose webhook call fails keeps
+the old cursor, so the next tick sends the same burst again.
+
+Dagster's own freshness policies do not fit the catalog (docs/NOTES.md §1.4): they judge an asset by how long ago
+it was materialized, while the catalog is only refreshed after new videos land, so it is stale exactly when it
+lags the videos stored after it, however old it is.
 
 A plain ``@sensor`` rather than ``@run_failure_sensor``: the latter is called once per failed run, and a failure
 burst (a store outage failing ten runs) must be one alert.
@@ -35,7 +42,9 @@ from ut_video_assets.alerts import (
     FailedCheck,
     FailedRun,
     StaleBacklog,
+    StaleCatalog,
     backlog_alert,
+    catalog_alert,
     clean_reason,
     failure_alert,
     parse_alert_settings,
@@ -49,6 +58,7 @@ from ut_video_assets.usertesting import make_http_client
 ALERT_SENSOR_INTERVAL_SECONDS = 15
 """Short enough that an alert arrives within a minute of a failure; a tick is a few reads of the instance."""
 SESSION_VIDEO = dg.AssetKey("session_video")
+VIDEO_CATALOG = dg.AssetKey("video_catalog")
 SESSION_PARTITIONS = str(session_partitions.name)
 MAX_RECORDS_PER_TICK = 200
 """Failed runs and failed check executions read per tick; more wait for the next tick."""
@@ -59,11 +69,13 @@ MAX_BACKLOG_SCAN = 2000
 
 class AlertsResource(dg.ConfigurableResource):
     """Where alerts go (``UT_ALERT_WEBHOOK_URL``), the UI's address for links (``UT_DAGSTER_UI_URL``) and when
-    the backlog counts as stale (``UT_BACKLOG_MAX_AGE_SECONDS``). Read when a tick starts; never shown in the UI."""
+    the backlog and the catalog count as stale (``UT_BACKLOG_MAX_AGE_SECONDS``, ``UT_CATALOG_MAX_LAG_SECONDS``).
+    Read when a tick starts; never shown in the UI."""
 
     webhook_url: str | None = None
     ui_url: str | None = None
     backlog_max_age_seconds: str | None = None
+    catalog_max_lag_seconds: str | None = None
     url_allow_hosts: str | None = None
 
     def settings(self) -> AlertSettings:
@@ -72,6 +84,7 @@ class AlertsResource(dg.ConfigurableResource):
             self.ui_url,
             self.backlog_max_age_seconds,
             parse_url_allow_hosts(self.url_allow_hosts),
+            self.catalog_max_lag_seconds,
         )
 
     def send(self, settings: AlertSettings, body: dict[str, Any]) -> None:
@@ -82,13 +95,14 @@ class AlertsResource(dg.ConfigurableResource):
 
 @dataclass
 class AlertCursor:
-    """What was already reported: the last run-failure event, the last check execution per check, and the
-    discovery time of the newest stale session reported."""
+    """What was already reported: the last run-failure event, the last check execution per check, the
+    discovery time of the newest stale session reported, and the catalog version whose staleness was reported."""
 
     runs_after: int | None = None
     checks_after: dict[str, int] = field(default_factory=dict)
     stale_until: float = 0.0
     backlog_checked_at: float = 0.0
+    catalog_alerted: str | None = None
 
     @classmethod
     def parse(cls, text: str | None) -> AlertCursor:
@@ -100,6 +114,7 @@ class AlertCursor:
             checks_after={str(k): int(v) for k, v in data.get("checks_after", {}).items()},
             stale_until=float(data.get("stale_until", 0.0)),
             backlog_checked_at=float(data.get("backlog_checked_at", 0.0)),
+            catalog_alerted=data.get("catalog_alerted"),
         )
 
     def dump(self) -> str:
@@ -109,6 +124,7 @@ class AlertCursor:
                 "checks_after": self.checks_after,
                 "stale_until": self.stale_until,
                 "backlog_checked_at": self.backlog_checked_at,
+                "catalog_alerted": self.catalog_alerted,
             }
         )
 
@@ -119,8 +135,9 @@ class AlertCursor:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Posts one alert per failure burst (failed runs with the sessions they did not store, failed blocking "
-        "checks) and one when sessions stay discovered but unstored longer than UT_BACKLOG_MAX_AGE_SECONDS, "
-        "to UT_ALERT_WEBHOOK_URL."
+        "checks), one when sessions stay discovered but unstored longer than UT_BACKLOG_MAX_AGE_SECONDS, and one "
+        "when a stored video is missing from video_catalog longer than UT_CATALOG_MAX_LAG_SECONDS, to "
+        "UT_ALERT_WEBHOOK_URL."
     ),
 )
 def failure_alerts_sensor(context: dg.SensorEvaluationContext, alerts: AlertsResource) -> dg.SkipReason:
@@ -148,6 +165,8 @@ def failure_alerts_sensor(context: dg.SensorEvaluationContext, alerts: AlertsRes
     if looked:
         backlog = stale_backlog(instance, settings.backlog_max_age_seconds, now)
     fresh_stale = backlog is not None and backlog[1] > cursor.stale_until
+    # A few reads with limits: every tick.
+    catalog = stale_catalog(instance, settings.catalog_max_lag_seconds, now)
 
     sent: list[str] = []
     try:
@@ -163,6 +182,11 @@ def failure_alerts_sensor(context: dg.SensorEvaluationContext, alerts: AlertsRes
             cursor.stale_until = backlog[1]
         if looked:
             cursor.backlog_checked_at = now
+        if catalog is not None and catalog[1] != cursor.catalog_alerted:
+            if settings.webhook_url:
+                alerts.send(settings, catalog_alert(catalog[0], settings.ui_url, now))
+            sent.append(f"video_catalog stale ({len(catalog[0].sessions)} video(s) missing)")
+            cursor.catalog_alerted = catalog[1]
     except AlertDeliveryError as exc:
         # What was delivered stays delivered; an undelivered backlog alert is looked for again next tick.
         context.update_cursor(cursor.dump())
@@ -317,3 +341,29 @@ def stale_backlog(instance: dg.DagsterInstance, max_age: float, now: float) -> t
         sessions=tuple(k for _, k in stale), oldest_age_seconds=now - stale[0][0], max_age_seconds=max_age
     )
     return backlog, stale[-1][0]
+
+
+def stale_catalog(instance: dg.DagsterInstance, max_lag: float, now: float) -> tuple[StaleCatalog, str] | None:
+    """The videos stored since the last catalog refresh began, when the first of them has been missing from the
+    catalog for more than ``max_lag`` seconds; with the staleness episode's key (the catalog version it is
+    relative to, ``never`` before the first catalog). None when the catalog is fresh enough."""
+    latest = instance.fetch_materializations(VIDEO_CATALOG, limit=1).records
+    refreshed_at: float | None = None
+    episode = "never"
+    if latest:
+        episode = str(latest[0].storage_id)
+        # When the refresh began: a video stored while it ran may not be in it.
+        run = instance.get_run_record_by_id(latest[0].event_log_entry.run_id)
+        refreshed_at = run.start_time if run is not None and run.start_time else latest[0].timestamp
+    since = dg.AssetRecordsFilter(asset_key=SESSION_VIDEO, after_timestamp=refreshed_at)
+    missing = instance.fetch_materializations(since, limit=MAX_RECORDS_PER_TICK, ascending=True).records
+    if not missing or now - missing[0].timestamp <= max_lag:
+        return None
+    sessions = tuple(dict.fromkeys(r.partition_key for r in missing if r.partition_key is not None))
+    catalog = StaleCatalog(
+        sessions=sessions,
+        lag_seconds=now - missing[0].timestamp,
+        max_lag_seconds=max_lag,
+        catalog_refreshed_at=refreshed_at,
+    )
+    return catalog, episode

@@ -222,6 +222,45 @@ def test_a_stale_backlog_is_alerted_once_per_new_stale_session(
     assert new.session_id in receiver.bodies[1]["ut_video_assets"]["sessions"]
 
 
+def test_a_stale_catalog_is_alerted_once_per_episode(
+    alerting: Alerting, pipeline: Pipeline, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UT_CATALOG_MAX_LAG_SECONDS", "2")
+    alerting.defs = build_defs()
+    pipeline.tick()
+    first, second = [s for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0]) if s.has_video][:2]
+    assert pipeline.materialize(first.session_id).success
+    alerting.tick()
+    assert receiver.bodies == [], "the catalog may lag a stored video a little"
+    time.sleep(2.1)  # the catalog's lag behind the stored video, not a backoff
+    alerting.tick()
+    (body,) = receiver.bodies
+    facts = body["ut_video_assets"]
+    assert facts["kind"] == "catalog"
+    assert facts["sessions"] == [first.session_id]
+    assert facts["catalog_refreshed_at"] is None
+    assert facts["lag_seconds"] > 2
+    assert body["text"].startswith("ut-video-assets: video_catalog is stale: 1 stored video(s) are not in it")
+    assert "never built" in body["text"]
+    assert f"{UI_URL}/assets/video_catalog" in body["text"]
+    alerting.tick()
+    assert len(receiver.bodies) == 1, "one alert per staleness episode"
+
+    assert pipeline.run_job("video_catalog_job").success
+    time.sleep(2.1)
+    alerting.tick()
+    assert len(receiver.bodies) == 1, "the catalog caught up: nothing to report"
+
+    assert pipeline.materialize(second.session_id).success
+    time.sleep(2.1)
+    alerting.tick()
+    assert len(receiver.bodies) == 2, "a new episode after the catalog was built again"
+    facts = receiver.bodies[1]["ut_video_assets"]
+    assert facts["sessions"] == [second.session_id]
+    assert facts["catalog_refreshed_at"] is not None
+    assert "last refreshed" in receiver.bodies[1]["text"]
+
+
 def test_alert_text_never_carries_a_presigned_url_or_token() -> None:
     leaked = (
         "download failed: https://store.example/bucket/v.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc123"
