@@ -25,14 +25,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from ut_video_assets.redact import redact_text
-from ut_video_assets.settings import SettingsError, parse_positive_float, parse_url
+from ut_video_assets.settings import (
+    DEFAULT_BACKLOG_MAX_AGE_SECONDS,
+    DEFAULT_CATALOG_MAX_LAG_SECONDS,
+    SettingsError,
+    parse_positive_float,
+    parse_url,
+)
 
-DEFAULT_BACKLOG_MAX_AGE_SECONDS = 6 * 3600.0
-"""Longer than a 1,000-session backlog takes at the API's ceiling (~2 h, docs/DEPLOYMENT.md §5): an alert means
-ingestion has stalled, not that it is busy."""
-DEFAULT_CATALOG_MAX_LAG_SECONDS = 3600.0
-"""Well above what the catalog refresh sensor needs (a refresh once downloads pause, at least every 10 minutes
-while they run, a few seconds per refresh): an alert means refreshes stopped (sensor off, runs failing or stuck)."""
 MAX_LISTED = 20
 """Sessions, runs or checks named one by one in the text; the structured fields carry them all."""
 MAX_REASON_CHARS = 300

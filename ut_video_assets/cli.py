@@ -31,7 +31,7 @@ from ut_video_assets.settings import (
     DEFAULT_MAX_CONCURRENT_DOWNLOADS,
     DEFAULT_RATE_LIMIT_PER_MINUTE,
     SettingsError,
-    check_numeric_settings,
+    check_settings,
     parse_bucket,
     parse_budget,
     parse_credentials,
@@ -101,7 +101,7 @@ def check_config(env: Mapping[str, str]) -> list[str]:
     parse_positive_int(get("UT_S3_UPLOAD_CONCURRENCY"), "UT_S3_UPLOAD_CONCURRENCY", 4)
     parse_positive_float(get("UT_DOWNLOAD_READ_TIMEOUT_SECONDS"), "UT_DOWNLOAD_READ_TIMEOUT_SECONDS", 30.0)
     parse_max_backoff(get("UT_MAX_BACKOFF_SECONDS"), "UT_MAX_BACKOFF_SECONDS")
-    check_numeric_settings(env)  # every numeric setting within its bounds, the ones not read above included
+    check_settings(env)  # every numeric setting within its bounds and every true/false one, per SETTINGS
     sse = (get("UT_S3_SSE") or "").strip() or None
     if sse not in (None, "AES256", "aws:kms", "aws:kms:dsse"):
         raise SettingsError(f"UT_S3_SSE must be AES256, aws:kms or aws:kms:dsse, got {sse!r}")

@@ -1,8 +1,10 @@
 """Every setting of the pipeline in one place, validated, with errors that name the environment variable.
 
-The Dagster layer reads these variables through ``dagster.EnvVar`` (so secrets never appear in the UI) and
-hands the values to the functions here; the CLI and the demo read ``os.environ`` directly. Both get the same
-checks and the same messages.
+`SETTINGS` is the one specification of every ``UT_*`` variable: its type, default and, for numbers, bounds (the
+README's configuration table must agree with it: ``ut_video_assets_tests/test_settings_spec.py``). The Dagster
+layer reads these variables through ``dagster.EnvVar`` (so secrets never appear in the UI) and hands the values
+to the functions here; the CLI and the demo read ``os.environ`` directly. Both get the same checks and the same
+messages.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS = 300.0
 DOWNLOAD_POOL = "ut_video_downloads"
 """Dagster concurrency pool (and run-queue tag) that caps simultaneous downloads across all runs."""
 DOWNLOAD_TAG = "ut_video_assets/download"
+DEFAULT_BACKLOG_MAX_AGE_SECONDS = 6 * 3600.0
+"""Longer than a 1,000-session backlog takes at the API's ceiling (~2 h, docs/DEPLOYMENT.md §5): an alert means
+ingestion has stalled, not that it is busy."""
+DEFAULT_CATALOG_MAX_LAG_SECONDS = 3600.0
+"""Well above what the catalog refresh sensor needs (a refresh once downloads pause, at least every 10 minutes
+while they run, a few seconds per refresh): an alert means refreshes stopped (sensor off, runs failing or stuck)."""
 
 
 class SettingsError(ValueError):
@@ -100,6 +108,115 @@ def parse_test_ids(value: str | None, name: str = "UT_TEST_IDS") -> tuple[str, .
     return tuple(ids)
 
 
+SettingValue = int | float | bool | str
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``UT_*`` environment variable: its type, its default and, for a number, its sane range (inclusive)."""
+
+    kind: str
+    """``int``, ``float``, ``bool``, ``url``, ``text``, ``choice``, ``path``, ``uuids`` (comma-separated) or
+    ``hosts`` (comma-separated ``host`` / ``host:port``)."""
+    default: SettingValue | None
+    """The value used when the variable is unset or empty; None when there is none (required, or off)."""
+    why: str
+    low: float | None = None
+    high: float | None = None
+    required: bool = False
+    secret: bool = False
+    """A credential (or a URL that may hold one): never printed, logged or shown in the UI."""
+    choices: tuple[str, ...] = ()
+    shown_default: str | None = None
+    """How the README shows a default computed from another setting (a path under ``$DAGSTER_HOME``)."""
+
+    def default_text(self) -> str:
+        """The default as the README's configuration table shows it."""
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.default is None:
+            return "—"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        if isinstance(self.default, float):
+            return f"{self.default:g}"
+        return str(self.default) if self.default != "" else "empty"
+
+
+def _number(kind: type[int] | type[float], default: float, low: float, high: float, why: str) -> Setting:
+    return Setting(kind.__name__, kind(default), why, low=low, high=high)
+
+
+SETTINGS: dict[str, Setting] = {
+    # The Results API and its credentials
+    "UT_API_BASE_URL": Setting("url", DEFAULT_BASE_URL, "the Results API"),
+    "UT_ACCESS_TOKEN": Setting("text", None, "a bearer token instead of client credentials", secret=True),
+    "UT_CLIENT_ID": Setting("text", None, "OAuth2 client credentials"),
+    "UT_CLIENT_SECRET": Setting("text", None, "OAuth2 client credentials", secret=True),
+    "UT_TOKEN_URL": Setting("url", DEFAULT_TOKEN_URL, "the token endpoint"),
+    "UT_TOKEN_SCOPE": Setting("text", DEFAULT_TOKEN_SCOPE, "the token's scope"),
+    "UT_VIDEO_URL_ALLOW_HOSTS": Setting("hosts", "", "hosts exempt from https and public addresses only"),
+    "UT_TEST_IDS": Setting("uuids", None, "the tests to watch", required=True),
+    # The request budget
+    "UT_RATE_LIMIT_PER_MINUTE": _number(
+        int, DEFAULT_RATE_LIMIT_PER_MINUTE, 1, 10_000, "the Results API allows 10 a minute"
+    ),
+    "UT_RATE_LIMIT_WINDOW_SECONDS": _number(float, 60.0, 1, 3600, "the API's window is a minute"),
+    "UT_MAX_BACKOFF_SECONDS": _number(
+        float, DEFAULT_MAX_BACKOFF_SECONDS, 1, 3600, "every process waits this long at worst"
+    ),
+    "UT_BUDGET_PATH": Setting(
+        "path", None, "the host-local budget file", shown_default="$DAGSTER_HOME/ut-video-assets/request_budget.sqlite"
+    ),
+    "UT_BUDGET_BACKEND": Setting(
+        "choice", "sqlite", "where the request budget lives", choices=("sqlite", "postgres", "redis")
+    ),
+    "UT_BUDGET_URL": Setting("url", None, "the budget's database (postgres: DAGSTER_PG_URL when unset)", secret=True),
+    "UT_DISCOVERY_BUDGET_SHARE": _number(float, 0.5, 0.01, 1, "a share of the request budget"),
+    # Discovery and runs
+    "UT_SENSOR_INTERVAL_SECONDS": _number(int, 60, 1, 86_400, "from a second to a day"),
+    "UT_DISCOVERY_BUSY_INTERVAL_SECONDS": _number(
+        float, DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS, 1, 86_400, "from a second to a day"
+    ),
+    "UT_SESSIONS_PER_RUN": _number(int, DEFAULT_SESSIONS_PER_RUN, 1, 500, "sessions one run stores in turn"),
+    "UT_MAX_CONCURRENT_DOWNLOADS": _number(
+        int, DEFAULT_MAX_CONCURRENT_DOWNLOADS, 1, 64, "each download holds a spool file and an upload"
+    ),
+    # The destination
+    "UT_VIDEO_BUCKET": Setting("text", None, "the destination bucket", required=True),
+    "UT_VIDEO_PREFIX": Setting("text", "", "the key prefix"),
+    "UT_S3_SSE": Setting("choice", None, "server-side encryption", choices=("AES256", "aws:kms", "aws:kms:dsse")),
+    "UT_S3_SSE_KMS_KEY_ID": Setting("text", None, "the KMS key for aws:kms"),
+    "UT_S3_PART_SIZE_MIB": _number(int, 64, 5, 5120, "S3 parts are 5 MiB to 5 GiB"),
+    "UT_S3_UPLOAD_CONCURRENCY": _number(int, 4, 1, 64, "parts in flight per upload"),
+    "UT_LEASE_SECONDS": _number(float, 120.0, 3, 3600, "a session's write lease"),
+    "UT_DEEP_VERIFY": Setting("bool", False, "the checksum check also reads every video back"),
+    # Downloads
+    "UT_MAX_VIDEO_BYTES": _number(
+        int, 20 * 1024**3, 1024**2, 5 * 1024**4, "the largest video accepted; S3 objects end at 5 TiB"
+    ),
+    "UT_PROBE_MEMORY_MIB": _number(int, 1024, 128, 65_536, "memory of the child process probing a video"),
+    "UT_PROBE_TIMEOUT_SECONDS": _number(float, 120.0, 1, 3600, "time the probe of one video may take"),
+    "UT_THUMBNAIL_IN_EVENT_LOG": Setting("bool", False, "thumbnails also in the event log (a privacy cost)"),
+    "UT_SPOOL_DIR": Setting(
+        "path", None, "where downloads are spooled", shown_default="$DAGSTER_HOME/ut-video-assets/spool"
+    ),
+    "UT_DOWNLOAD_READ_TIMEOUT_SECONDS": _number(float, 30.0, 0.5, 3600, "silence before a resume"),
+    # Alerts
+    "UT_ALERT_WEBHOOK_URL": Setting("url", None, "where alerts go (none when unset)", secret=True),
+    "UT_DAGSTER_UI_URL": Setting("url", None, "links to runs in alerts"),
+    "UT_BACKLOG_MAX_AGE_SECONDS": _number(
+        float, DEFAULT_BACKLOG_MAX_AGE_SECONDS, 1, 30 * 86_400, "from a second (tests) to 30 days"
+    ),
+    "UT_CATALOG_MAX_LAG_SECONDS": _number(
+        float, DEFAULT_CATALOG_MAX_LAG_SECONDS, 1, 30 * 86_400, "from a second (tests) to 30 days"
+    ),
+    # The stand-ins only (`ut-video-assets store|sandbox|demo|dev`); the pipeline never reads it
+    "UT_STATE_DIR": Setting("path", None, "the stand-ins' data", shown_default=".state/"),
+}
+"""Every ``UT_*`` variable the package reads, by name."""
+
+
 @dataclass(frozen=True)
 class NumericSetting:
     """A numeric setting's type, default and sane range (inclusive), and why the range is what it is."""
@@ -112,31 +229,15 @@ class NumericSetting:
 
 
 NUMERIC_SETTINGS: dict[str, NumericSetting] = {
-    "UT_RATE_LIMIT_PER_MINUTE": NumericSetting(
-        int, DEFAULT_RATE_LIMIT_PER_MINUTE, 1, 10_000, "the Results API allows 10 a minute"
-    ),
-    "UT_RATE_LIMIT_WINDOW_SECONDS": NumericSetting(float, 60.0, 1, 3600, "the API's window is a minute"),
-    "UT_MAX_BACKOFF_SECONDS": NumericSetting(
-        float, DEFAULT_MAX_BACKOFF_SECONDS, 1, 3600, "every process waits this long at worst"
-    ),
-    "UT_MAX_CONCURRENT_DOWNLOADS": NumericSetting(
-        int, DEFAULT_MAX_CONCURRENT_DOWNLOADS, 1, 64, "each download holds a spool file and an upload"
-    ),
-    "UT_SESSIONS_PER_RUN": NumericSetting(int, DEFAULT_SESSIONS_PER_RUN, 1, 500, "sessions one run stores in turn"),
-    "UT_S3_PART_SIZE_MIB": NumericSetting(int, 64, 5, 5120, "S3 parts are 5 MiB to 5 GiB"),
-    "UT_S3_UPLOAD_CONCURRENCY": NumericSetting(int, 4, 1, 64, "parts in flight per upload"),
-    "UT_DOWNLOAD_READ_TIMEOUT_SECONDS": NumericSetting(float, 30.0, 0.5, 3600, "silence before a resume"),
-    "UT_SENSOR_INTERVAL_SECONDS": NumericSetting(int, 60, 1, 86_400, "from a second to a day"),
-    "UT_DISCOVERY_BUDGET_SHARE": NumericSetting(float, 0.5, 0.01, 1, "a share of the request budget"),
-    "UT_DISCOVERY_BUSY_INTERVAL_SECONDS": NumericSetting(
-        float, DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS, 1, 86_400, "from a second to a day"
-    ),
-    "UT_LEASE_SECONDS": NumericSetting(float, 120.0, 3, 3600, "a session's write lease"),
-    "UT_PROBE_MEMORY_MIB": NumericSetting(int, 1024, 128, 65_536, "memory of the child process probing a video"),
-    "UT_PROBE_TIMEOUT_SECONDS": NumericSetting(float, 120.0, 1, 3600, "time the probe of one video may take"),
-    "UT_MAX_VIDEO_BYTES": NumericSetting(
-        int, 20 * 1024**3, 1024**2, 5 * 1024**4, "the largest video accepted; S3 objects end at 5 TiB"
-    ),
+    name: NumericSetting(
+        int if spec.kind == "int" else float,
+        float(spec.default) if spec.kind == "float" else int(spec.default),  # type: ignore[arg-type]
+        spec.low,
+        spec.high,
+        spec.why,
+    )
+    for name, spec in SETTINGS.items()
+    if spec.kind in ("int", "float") and spec.low is not None and spec.high is not None
 }
 """Every numeric setting with its bounds: `parse_positive_int` / `parse_positive_float` enforce them for these
 names wherever a setting is read (run start, sensor tick, code location load), `check_numeric_settings` all at
@@ -189,6 +290,30 @@ def check_numeric_settings(env: Mapping[str, str]) -> dict[str, float]:
     return values
 
 
+def parse_bool(value: str | bool | None, name: str) -> bool:
+    """A ``true``/``false`` setting (also ``1``/``0``, ``yes``/``no``, ``on``/``off``); unset is its default."""
+    if isinstance(value, bool):
+        return value
+    text = (value or "").strip().lower()
+    if not text:
+        return bool(SETTINGS[name].default) if name in SETTINGS else False
+    if text in ("0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be true or false, got {text[:20]!r}")
+
+
+def check_settings(env: Mapping[str, str]) -> dict[str, float | bool]:
+    """Every numeric and true/false setting in ``env`` checked against `SETTINGS` (for ``check-config``); raises
+    `SettingsError` naming the first bad variable."""
+    values: dict[str, float | bool] = dict(check_numeric_settings(env))
+    for name, spec in SETTINGS.items():
+        if spec.kind == "bool":
+            values[name] = parse_bool(env.get(name), name)
+    return values
+
+
 def load_time_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
     """A whole-number setting Dagster needs when the code location loads (a sensor's interval, a backfill
     policy's size). A malformed value must not stop the code location from loading (the UI would be gone with
@@ -215,7 +340,7 @@ def parse_prefix(value: str | None, name: str = "UT_VIDEO_PREFIX") -> str:
     return prefix
 
 
-BUDGET_BACKENDS = ("sqlite", "postgres", "redis")
+BUDGET_BACKENDS = SETTINGS["UT_BUDGET_BACKEND"].choices
 """Where the shared request budget lives: a file on this host, or a database every host reaches."""
 _BUDGET_URL_SCHEMES = {
     "postgres": ("postgresql", "postgres"),
@@ -364,20 +489,26 @@ def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
 __all__ = [
     "ALLOW_HOSTS_VARIABLE",
     "BUDGET_BACKENDS",
+    "DEFAULT_BACKLOG_MAX_AGE_SECONDS",
     "DEFAULT_BASE_URL",
+    "DEFAULT_CATALOG_MAX_LAG_SECONDS",
     "DEFAULT_MAX_BACKOFF_SECONDS",
     "DEFAULT_MAX_CONCURRENT_DOWNLOADS",
     "DEFAULT_RATE_LIMIT_PER_MINUTE",
     "DOWNLOAD_POOL",
     "DOWNLOAD_TAG",
     "NUMERIC_SETTINGS",
+    "SETTINGS",
     "ApiCredentials",
     "BudgetSettings",
     "NumericSetting",
+    "Setting",
     "SettingsError",
     "check_numeric_settings",
+    "check_settings",
     "default_budget_path",
     "default_spool_dir",
+    "parse_bool",
     "parse_bucket",
     "parse_budget",
     "parse_credentials",

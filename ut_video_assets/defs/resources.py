@@ -26,6 +26,7 @@ from ut_video_assets.settings import (
     SettingsError,
     default_budget_path,
     default_spool_dir,
+    parse_bool,
     parse_bucket,
     parse_budget,
     parse_credentials,
@@ -204,12 +205,7 @@ class VideoStorageResource(dg.ConfigurableResource):
     def deep_verification(self) -> bool:
         """``UT_DEEP_VERIFY``: the checksum check also reads every stored video back in full (off by default:
         the store's own whole-object checksum, verified at commit, is compared without reading the bytes)."""
-        value = (self.deep_verify or "").strip().lower()
-        if value in ("", "0", "false", "no", "off"):
-            return False
-        if value in ("1", "true", "yes", "on"):
-            return True
-        raise SettingsError(f"UT_DEEP_VERIFY must be true or false, got {value[:20]!r}")
+        return parse_bool(self.deep_verify, "UT_DEEP_VERIFY")
 
     def store(self) -> VideoStore:
         sse = (self.server_side_encryption or "").strip() or None
@@ -240,12 +236,7 @@ class DownloadSettingsResource(dg.ConfigurableResource):
         """``UT_THUMBNAIL_IN_EVENT_LOG=true``: also put each thumbnail (a frame of the participant's screen or
         face) into the event log. Off by default: the event log lives in the Dagster instance's database, is shown
         to every UI user and is outside the bucket's encryption and access control."""
-        value = (self.thumbnail_in_event_log or "").strip().lower()
-        if value in ("", "0", "false", "no", "off"):
-            return False
-        if value in ("1", "true", "yes", "on"):
-            return True
-        raise SettingsError(f"UT_THUMBNAIL_IN_EVENT_LOG must be true or false, got {value[:20]!r}")
+        return parse_bool(self.thumbnail_in_event_log, "UT_THUMBNAIL_IN_EVENT_LOG")
 
     def probe_limits(self) -> ProbeLimits:
         """Limits of the child process that probes each downloaded video (``UT_PROBE_MEMORY_MIB``,

@@ -1,0 +1,117 @@
+"""One specification of every ``UT_*`` setting (`ut_video_assets.settings.SETTINGS`): the README's configuration
+table, the variables the package reads and the defaults the resources fall back to must all agree with it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ut_video_assets.cli import check_config
+from ut_video_assets.defs.alerting import AlertsResource
+from ut_video_assets.defs.resources import DownloadSettingsResource, S3ClientResource, VideoStorageResource
+from ut_video_assets.settings import SETTINGS, SettingsError, check_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE_HEADER = "| Variable | Default | Meaning |"
+GOOD_ENV = {
+    "UT_ACCESS_TOKEN": "a-token",
+    "UT_TEST_IDS": "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f",
+    "UT_VIDEO_BUCKET": "session-videos",
+}
+
+
+def readme_table(text: str) -> dict[str, tuple[str, bool]]:
+    """Each ``UT_*`` variable of the README's configuration table: its default as shown (the code span, or the
+    first word such as ``—`` or ``empty``; a parenthesised remark is not part of it) and whether it is marked
+    required. A row naming several variables gives each its default in turn, or all the same one."""
+    lines = text.splitlines()
+    rows: dict[str, tuple[str, bool]] = {}
+    for line in lines[lines.index(TABLE_HEADER) + 2 :]:
+        if not line.startswith("|"):
+            break
+        _, names_cell, default_cell, _ = line.split("|", 3)
+        names = re.findall(r"`(UT_[A-Z0-9_]+)`", names_cell)
+        if not names:
+            continue  # the AWS_* row: boto3's own variables
+        bare = re.sub(r"\(.*?\)", "", default_cell).strip()
+        defaults = re.findall(r"`([^`]*)`", bare) or [bare.split()[0]]
+        if len(defaults) == 1:
+            defaults *= len(names)
+        assert len(defaults) == len(names), f"README row {names}: {len(defaults)} defaults for {len(names)} names"
+        for name, default in zip(names, defaults, strict=True):
+            assert name not in rows, f"{name} is in the README's table twice"
+            rows[name] = (default, "(required)" in default_cell)
+    return rows
+
+
+def disagreements(text: str) -> list[str]:
+    table = readme_table(text)
+    problems = [f"{name}: in the README's table, not in SETTINGS" for name in sorted(set(table) - set(SETTINGS))]
+    problems += [f"{name}: in SETTINGS, not in the README's table" for name in sorted(set(SETTINGS) - set(table))]
+    for name in sorted(set(table) & set(SETTINGS)):
+        shown, required = table[name]
+        spec = SETTINGS[name]
+        if shown != spec.default_text():
+            problems.append(f"{name}: the README says the default is {shown!r}, SETTINGS {spec.default_text()!r}")
+        if required != spec.required:
+            problems.append(f"{name}: required in {'the README' if required else 'SETTINGS'} only")
+    return problems
+
+
+def test_the_readme_table_and_the_specification_agree() -> None:
+    assert disagreements((ROOT / "README.md").read_text()) == []
+
+
+def test_a_disagreement_is_found() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert "| `UT_S3_PART_SIZE_MIB`, `UT_S3_UPLOAD_CONCURRENCY` | `64`, `4` |" in text
+    changed = text.replace("| `64`, `4` |", "| `64`, `8` |")
+    assert disagreements(changed) == ["UT_S3_UPLOAD_CONCURRENCY: the README says the default is '8', SETTINGS '4'"]
+    dropped = text.replace("| `UT_DEEP_VERIFY` |", "| `UT_DEEP_VERIFICATION` |")
+    assert disagreements(dropped) == [
+        "UT_DEEP_VERIFICATION: in the README's table, not in SETTINGS",
+        "UT_DEEP_VERIFY: in SETTINGS, not in the README's table",
+    ]
+    unrequired = text.replace("| `UT_VIDEO_BUCKET` | — (required) |", "| `UT_VIDEO_BUCKET` | — |")
+    assert disagreements(unrequired) == ["UT_VIDEO_BUCKET: required in SETTINGS only"]
+
+
+def test_every_variable_the_package_reads_is_specified() -> None:
+    read = {
+        name
+        for path in (ROOT / "ut_video_assets").rglob("*.py")
+        for name in re.findall(r"\bUT_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+    }
+    assert read == set(SETTINGS)
+
+
+def test_the_resources_fall_back_to_the_specified_defaults() -> None:
+    def default(name: str) -> object:
+        return SETTINGS[name].default
+
+    downloads = DownloadSettingsResource()
+    assert downloads.policy().read_timeout == default("UT_DOWNLOAD_READ_TIMEOUT_SECONDS")
+    assert downloads.policy().max_bytes == default("UT_MAX_VIDEO_BYTES")
+    assert downloads.probe_limits().seconds == default("UT_PROBE_TIMEOUT_SECONDS")
+    assert downloads.probe_limits().memory_bytes == SETTINGS["UT_PROBE_MEMORY_MIB"].default * 1024 * 1024  # type: ignore[operator]
+    assert downloads.batch_size() == default("UT_SESSIONS_PER_RUN")
+    assert downloads.download_limit() == default("UT_MAX_CONCURRENT_DOWNLOADS")
+    assert downloads.embed_thumbnails() is default("UT_THUMBNAIL_IN_EVENT_LOG")
+    storage = VideoStorageResource(s3=S3ClientResource(region_name="us-east-1"), bucket="videos")
+    assert storage.lease_ttl() == default("UT_LEASE_SECONDS")
+    assert storage.deep_verification() is default("UT_DEEP_VERIFY")
+    alerts = AlertsResource().settings()
+    assert alerts.backlog_max_age_seconds == default("UT_BACKLOG_MAX_AGE_SECONDS")
+    assert alerts.catalog_max_lag_seconds == default("UT_CATALOG_MAX_LAG_SECONDS")
+    assert check_settings({}) == {
+        name: spec.default for name, spec in SETTINGS.items() if spec.kind in ("int", "float", "bool")
+    }
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SETTINGS.items() if s.kind == "bool"))
+def test_check_config_refuses_a_malformed_flag_naming_it(name: str) -> None:
+    with pytest.raises(SettingsError, match=f"{name} must be true or false"):
+        check_config({**GOOD_ENV, name: "maybe"})
+    check_config({**GOOD_ENV, name: "yes"})
