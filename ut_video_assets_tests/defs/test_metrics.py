@@ -139,9 +139,11 @@ def test_an_unreachable_budget_store_is_reported_and_the_rest_still_served() -> 
     assert samples["ut_video_sessions_discovered"] == 0
 
 
-def test_the_grafana_dashboard_only_queries_exported_metrics() -> None:
+def test_the_grafana_dashboard_only_queries_exported_metrics(tmp_path: Path) -> None:
+    budget = BudgetCollector(lambda: SqliteBudget(tmp_path / "budget.sqlite", 10, 60))
     with dg.instance_for_test() as instance:
-        exposition = generate_latest(registry_for(lambda: instance)).decode()
+        exposition = generate_latest(registry_for(lambda: instance, budget)).decode()
+    budget.close()
     exported = {s.name for family in text_string_to_metric_families(exposition) for s in family.samples}
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json").read_text())
     queried = {
