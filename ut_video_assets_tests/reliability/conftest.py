@@ -81,10 +81,10 @@ class Recorder:
 
 
 class _Collect(logging.Handler):
-    """Keeps every rendered log record (INFO and up) of the whole suite for the secrets scan."""
+    """Keeps every rendered log record of the whole suite (every logger, DEBUG and up) for the secrets scan."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -132,7 +132,7 @@ def suite(store: StoreEndpoint, tmp_path_factory: pytest.TempPathFactory) -> Ite
     root = logging.getLogger()
     previous_level = root.level
     root.addHandler(collect)
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.DEBUG)
     recorder = Recorder()
     instance = dg.DagsterInstance.from_config(str(home))
     try:

@@ -28,7 +28,7 @@ def render(data: dict[str, Any]) -> str:
         "|---|---|",
         f"| faults injected | {data['faults_injected']} |",
         f"| sessions stored and verified | {data['sessions_stored']} |",
-        f"| bytes verified (re-read and hashed) | {data['bytes_verified']:,} ({mib:,.1f} MiB) |",
+        f"| bytes verified (source re-read and hashed) | {data['bytes_verified']:,} ({mib:,.1f} MiB) |",
         f"| failures, each with a stated reason | {data['failures_explained']} of {data['failures']} |",
         f"| leaks (spool files, multipart uploads, objects outside the layout) | {data['leaks']} |",
     ]

@@ -1,7 +1,8 @@
 """Runs last (file order): scan everything the suite produced for credentials.
 
-The suite's own collector keeps INFO and up; the run made here is also captured at DEBUG (every logger: the
-HTTP stack, botocore's signing, the pipeline's children), where a pre-signed URL or token would show first.
+The suite's own collector keeps every record at DEBUG and up, and the run made here is captured at DEBUG too
+(every logger: the HTTP stack, botocore's signing, the pipeline's children), where a pre-signed URL or token
+would show first.
 """
 
 from __future__ import annotations
