@@ -70,6 +70,24 @@ def _version(etag: object) -> str:
     return str(etag or "").strip('"')
 
 
+@contextlib.contextmanager
+def _store_call(what: str, precondition: Precondition | None = None) -> Iterator[None]:
+    """The store's errors as ours: a failed precondition as `PreconditionFailedError` (when one was set), any
+    other refusal or transport error as `StorageError` naming ``what`` (an action and a URI, never a secret)."""
+    try:
+        yield
+    except ClientError as exc:
+        if precondition is not None and (_code(exc) in _PRECONDITION_CODES or status_of(exc) == 412):
+            raise PreconditionFailedError(f"{what}: {precondition.describe()}, and another writer changed it") from None
+        raise StorageError(f"{what} failed: {describe_store_error(exc)}") from None
+    except (BotoCoreError, S3UploadFailedError) as exc:
+        raise StorageError(f"{what} failed: {describe_store_error(exc)}") from None
+
+
+def _missing(exc: ClientError) -> bool:
+    return status_of(exc) == 404
+
+
 class S3PendingWrite:
     """One multipart upload (`ut_video_assets.commit.PendingWrite`)."""
 
@@ -81,9 +99,8 @@ class S3PendingWrite:
         self._aborted = False
 
     def send_part(self, number: int, body: IO[bytes], length: int) -> None:
-        client = self.backend.client
-        try:
-            response = client.upload_part(
+        with _store_call(f"sending part {number} of {self.backend.uri(self.key)}"):
+            response = self.backend.client.upload_part(
                 Bucket=self.backend.bucket,
                 Key=self.key,
                 UploadId=self.upload_id,
@@ -92,10 +109,6 @@ class S3PendingWrite:
                 ContentLength=length,
                 ChecksumAlgorithm="CRC32",
             )
-        except STORE_ERRORS as exc:
-            raise StorageError(
-                f"sending part {number} of {self.backend.uri(self.key)} failed: {describe_store_error(exc)}"
-            ) from None
         part = {"PartNumber": number, "ETag": response["ETag"]}
         if response.get("ChecksumCRC32"):
             part["ChecksumCRC32"] = response["ChecksumCRC32"]
@@ -108,30 +121,24 @@ class S3PendingWrite:
             if precondition.expected_version is None
             else {"IfMatch": f'"{precondition.expected_version}"'}
         )
-        try:
-            response = self.backend.client.complete_multipart_upload(
-                Bucket=self.backend.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": [self._parts[n] for n in sorted(self._parts)]},
-                ChecksumType="FULL_OBJECT",
-                ChecksumCRC32=crc32_to_base64(crc32),
-                **condition,
-            )
-        except ClientError as exc:
-            code = _code(exc)
-            if code in _PRECONDITION_CODES or status_of(exc) == 412:
-                raise PreconditionFailedError(
-                    f"{uri} was not committed: {precondition.describe()}, and another writer changed it"
-                ) from None
-            if code in _CHECKSUM_CODES:
+        with _store_call(f"{uri} was not committed", precondition):
+            try:
+                response = self.backend.client.complete_multipart_upload(
+                    Bucket=self.backend.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    MultipartUpload={"Parts": [self._parts[n] for n in sorted(self._parts)]},
+                    ChecksumType="FULL_OBJECT",
+                    ChecksumCRC32=crc32_to_base64(crc32),
+                    **condition,
+                )
+            except ClientError as exc:
+                if _code(exc) not in _CHECKSUM_CODES:
+                    raise
                 raise ChecksumMismatchError(
                     f"{uri} was not committed: the store computed another whole-object CRC-32 over the parts "
                     f"than the one computed while downloading ({describe_store_error(exc)})"
                 ) from None
-            raise StorageError(f"committing {uri} failed: {describe_store_error(exc)}") from None
-        except (BotoCoreError, S3UploadFailedError) as exc:
-            raise StorageError(f"committing {uri} failed: {describe_store_error(exc)}") from None
         stored = crc32_from_base64(str(response.get("ChecksumCRC32") or ""))
         if stored is not None and stored != crc32 & 0xFFFFFFFF:  # pragma: no cover - a store that lies
             raise ChecksumMismatchError(f"{uri}: the store reports another CRC-32 than the one it accepted")
@@ -175,7 +182,7 @@ class S3Backend:
     # --- the commit protocol -------------------------------------------------------------------------
 
     def begin(self, key: str, *, content_type: str, metadata: dict[str, str]) -> S3PendingWrite:
-        try:
+        with _store_call(f"starting the upload of {self.uri(key)}"):
             response = self.client.create_multipart_upload(
                 Bucket=self.bucket,
                 Key=key,
@@ -185,8 +192,6 @@ class S3Backend:
                 ChecksumType="FULL_OBJECT",
                 **self.encryption_args(),
             )
-        except STORE_ERRORS as exc:
-            raise StorageError(f"starting the upload of {self.uri(key)} failed: {describe_store_error(exc)}") from None
         return S3PendingWrite(self, key, str(response["UploadId"]))
 
     def pending_uploads(self, key: str) -> list[PendingUpload]:
@@ -210,14 +215,13 @@ class S3Backend:
     # --- committed objects ---------------------------------------------------------------------------
 
     def head(self, key: str) -> ObjectInfo | None:
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except ClientError as exc:
-            if status_of(exc) == 404:
-                return None
-            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
-        except BotoCoreError as exc:
-            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
+        with _store_call(f"reading {self.uri(key)}"):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            except ClientError as exc:
+                if _missing(exc):
+                    return None
+                raise
         full_object = str(head.get("ChecksumType") or "FULL_OBJECT") == "FULL_OBJECT"
         return ObjectInfo(
             key=key,
@@ -230,25 +234,22 @@ class S3Backend:
         )
 
     def get_labels(self, key: str) -> dict[str, str]:
-        try:
-            tags = self.client.get_object_tagging(Bucket=self.bucket, Key=key).get("TagSet", [])
-        except ClientError as exc:
-            if status_of(exc) == 404:
-                return {}
-            raise StorageError(f"reading the tags of {self.uri(key)} failed: {describe_store_error(exc)}") from None
-        except BotoCoreError as exc:
-            raise StorageError(f"reading the tags of {self.uri(key)} failed: {describe_store_error(exc)}") from None
+        with _store_call(f"reading the tags of {self.uri(key)}"):
+            try:
+                tags = self.client.get_object_tagging(Bucket=self.bucket, Key=key).get("TagSet", [])
+            except ClientError as exc:
+                if _missing(exc):
+                    return {}
+                raise
         return {str(t["Key"]): str(t["Value"]) for t in tags}
 
     def set_labels(self, key: str, labels: dict[str, str]) -> None:
-        try:
+        with _store_call(f"tagging {self.uri(key)}"):
             self.client.put_object_tagging(
                 Bucket=self.bucket,
                 Key=key,
                 Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in sorted(labels.items())]},
             )
-        except STORE_ERRORS as exc:
-            raise StorageError(f"tagging {self.uri(key)} failed: {describe_store_error(exc)}") from None
 
     def put_bytes(self, key: str, body: bytes, content_type: str, *, precondition: Precondition | None = None) -> str:
         condition: dict[str, str] = {}
@@ -257,7 +258,7 @@ class S3Backend:
                 condition["IfNoneMatch"] = "*"
             else:
                 condition["IfMatch"] = f'"{precondition.expected_version}"'
-        try:
+        with _store_call(f"writing {self.uri(key)}", precondition):
             response = self.client.put_object(
                 Bucket=self.bucket,
                 Key=key,
@@ -267,50 +268,35 @@ class S3Backend:
                 **condition,
                 **self.encryption_args(),
             )
-        except ClientError as exc:
-            if precondition is not None and (_code(exc) in _PRECONDITION_CODES or status_of(exc) == 412):
-                raise PreconditionFailedError(f"{self.uri(key)}: {precondition.describe()}") from None
-            raise StorageError(f"writing {self.uri(key)} failed: {describe_store_error(exc)}") from None
-        except (BotoCoreError, S3UploadFailedError) as exc:
-            raise StorageError(f"writing {self.uri(key)} failed: {describe_store_error(exc)}") from None
         return _version(response.get("ETag"))
 
     def get_bytes(self, key: str) -> tuple[bytes, str] | None:
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        with _store_call(f"reading {self.uri(key)}"):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _missing(exc):
+                    return None
+                raise
             body = response["Body"].read()
-        except ClientError as exc:
-            if status_of(exc) == 404:
-                return None
-            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
-        except BotoCoreError as exc:
-            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
         return bytes(body), _version(response.get("ETag"))
 
     def delete(self, key: str, *, version: str | None = None) -> None:
         condition = {"IfMatch": f'"{version}"'} if version else {}
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=key, **condition)
-        except ClientError as exc:
-            if status_of(exc) == 404:
-                return
-            if _code(exc) in _PRECONDITION_CODES or status_of(exc) == 412:
-                raise PreconditionFailedError(f"{self.uri(key)} changed; not deleted") from None
-            raise StorageError(f"deleting {self.uri(key)} failed: {describe_store_error(exc)}") from None
-        except BotoCoreError as exc:
-            raise StorageError(f"deleting {self.uri(key)} failed: {describe_store_error(exc)}") from None
+        with _store_call(f"deleting {self.uri(key)}", Precondition.version(version) if version else None):
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key, **condition)
+            except ClientError as exc:
+                if not _missing(exc):
+                    raise
 
     def open_reader(self, key: str, size: int) -> IO[bytes]:
         return io.BufferedReader(S3RangeReader(self.client, self.bucket, key, size), buffer_size=MiB)
 
     def iter_chunks(self, key: str, chunk_size: int) -> Iterator[bytes]:
-        try:
+        with _store_call(f"reading {self.uri(key)}"):
             response = self.client.get_object(Bucket=self.bucket, Key=key)
             yield from response["Body"].iter_chunks(chunk_size=chunk_size)
-        except ClientError as exc:
-            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
-        except BotoCoreError as exc:
-            raise StorageError(f"reading {self.uri(key)} failed: {describe_store_error(exc)}") from None
 
 
 class S3RangeReader(SizedReader):
