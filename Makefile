@@ -61,7 +61,7 @@ clean:
 screenshots: $(STAMP) browser-deps
 	UT_SCREENSHOTS_DIR=docs/img $(BIN)/pytest -m browser ut_video_assets_tests/browser
 
-# Benchmarks against peers and the API budget (docs/BENCHMARKS.md); not part of `make test` (~30 min).
+# Benchmarks against peers and the API budget (docs/BENCHMARKS.md); not part of `make test` (~35 min; the materialize leg alone: python -m bench.run --legs materialize --merge, ~6 min).
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,sandbox,bench]'
 	$(PY) -m bench.run
