@@ -238,7 +238,9 @@ class _Scan:
             try:
                 page = self.fetch(test_id, offset)
             except ApiError as exc:
-                self.result.errors.append(f"test {test_id}: {exc}")
+                # The API errors name the test already ("test …: …"); do not say it twice.
+                text = str(exc)
+                self.result.errors.append(text if test_id in text else f"test {test_id}: {text}")
                 resume = offset or pending
                 if resume:  # an older scan to finish; otherwise the next tick starts at the head anyway
                     self.result.cursor.pending_offsets[test_id] = resume

@@ -50,6 +50,7 @@ from ut_video_assets.settings import (
     parse_bucket,
     parse_budget,
     parse_credentials,
+    parse_max_backoff,
     parse_positive_float,
     parse_positive_int,
     parse_prefix,
@@ -126,6 +127,9 @@ class LiveTargets:
     budget_path: Path
     rate_limit: int
     rate_window: float
+    max_backoff_seconds: float
+    """The back-off cap the pipeline uses (``UT_MAX_BACKOFF_SECONDS``): the preflight shares its budget, and with
+    another cap it could shorten a back-off that is in force for every process."""
     server_side_encryption: str | None
     kms_key_id: str | None
 
@@ -158,6 +162,7 @@ class LiveTargets:
             rate_window=parse_positive_float(
                 env.get("UT_RATE_LIMIT_WINDOW_SECONDS"), "UT_RATE_LIMIT_WINDOW_SECONDS", 60.0
             ),
+            max_backoff_seconds=parse_max_backoff(env.get("UT_MAX_BACKOFF_SECONDS")),
             server_side_encryption=sse,
             kms_key_id=(env.get("UT_S3_SSE_KMS_KEY_ID") or "").strip() or None,
         )
@@ -234,6 +239,7 @@ def _open_budget(targets: LiveTargets) -> RequestBudget:
             window_seconds=targets.rate_window,
             path=targets.budget_path,
             url=targets.budget.url,
+            max_backoff_seconds=targets.max_backoff_seconds,
         )
     except BudgetUnavailableError:
         raise PreflightError(

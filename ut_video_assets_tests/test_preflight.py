@@ -367,3 +367,29 @@ def test_a_store_that_ignores_conditional_writes(
     assert code == Failure.NO_CONDITIONAL_WRITES == 17
     assert "ignores conditional writes" in err
     assert len(puts) == 2
+
+
+def test_the_preflight_keeps_a_longer_back_off_in_force(tmp_path: Path) -> None:
+    """The preflight opens the shared budget with the pipeline's own cap (UT_MAX_BACKOFF_SECONDS): a back-off of
+    20 minutes set by the pipeline under a 30-minute cap stays 20 minutes (the default cap would cut it to 15)."""
+    from ut_video_assets.preflight import LiveTargets, _open_budget
+    from ut_video_assets.ratelimit import SqliteBudget
+
+    path = tmp_path / "budget.sqlite"
+    pipeline = SqliteBudget(path, limit=10, window_seconds=60, max_backoff_seconds=1800)
+    pipeline.back_off(1200)
+    pipeline.close()
+    env = {
+        "UT_ACCESS_TOKEN": "t",
+        "UT_TEST_IDS": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+        "UT_VIDEO_BUCKET": "videos",
+        "UT_BUDGET_PATH": str(path),
+        "UT_MAX_BACKOFF_SECONDS": "1800",
+    }
+    targets = LiveTargets.from_env(env)
+    assert targets.max_backoff_seconds == 1800
+    budget = _open_budget(targets)
+    try:
+        assert budget.usage().backoff_remaining_seconds > 1100
+    finally:
+        budget.close()

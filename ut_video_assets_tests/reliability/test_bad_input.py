@@ -53,6 +53,8 @@ def test_malformed_list_page_is_rejected(rel: Reliability, kind: str) -> None:
     skip = result.skip_reason if isinstance(result, dg.SensorResult) else result
     reason = str(getattr(skip, "skip_message", skip))
     assert "the Results API failed" in reason and ("malformed" in reason or "non-JSON" in reason), reason
+    for test_id in rel.sandbox.test_ids:
+        assert reason.count(f"test {test_id}") <= 1, reason  # each test named once, not "test X: test X: ..."
     assert set(rel.instance.get_dynamic_partitions("session_ids")) == before
     rel.suite.recorder.add(
         test=rel.name,
