@@ -23,9 +23,10 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# dev: the test and lint tools; sandbox: the local stand-ins the demo, dev stack and tests run on.
+# dev: the test and lint tools; sandbox: the local stand-ins the demo, dev stack and tests run on; gcs, azure:
+# the Google Cloud Storage and Azure Blob destinations (the tests run every backend).
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[dev,sandbox]'
+	$(PY) -m pip install -e '.[dev,sandbox,gcs,azure]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -63,5 +64,5 @@ screenshots: $(STAMP) browser-deps
 
 # Benchmarks against peers and the API budget (docs/BENCHMARKS.md); not part of `make test` (~35 min; the materialize leg alone: python -m bench.run --legs materialize --merge, ~6 min).
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,sandbox,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,sandbox,gcs,azure,bench]'
 	$(PY) -m bench.run

@@ -48,7 +48,7 @@ def ingest(
     from ut_video_assets.usertesting import VideoUrl, make_http_client
 
     started = time.perf_counter()
-    store = VideoStore(boto3.client("s3"), bucket)
+    store = VideoStore.s3(boto3.client("s3"), bucket)
     if part_mib:
         store.part_size = part_mib * 1024 * 1024
     if concurrency:

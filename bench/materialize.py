@@ -405,7 +405,7 @@ def _stored_size(stage: Stage, session: Session) -> int:
     from ut_video_assets.storage import VideoStore
 
     client = stage.stack.store_endpoint.client()
-    store = VideoStore(client, stage.stack.options.bucket, stage.stack.options.prefix)
+    store = VideoStore.s3(client, stage.stack.options.bucket, stage.stack.options.prefix)
     key = store.video_key(session.test_id, session.session_id)
     return int(client.head_object(Bucket=store.bucket, Key=key)["ContentLength"])
 

@@ -171,7 +171,7 @@ def catalog_leg(store: StoreEndpoint, sizes: Sizes, echo: Any = print) -> dict[s
     client = store.client(max_pool_connections=32)
     bucket = f"bench-catalog-{uuid.uuid4().hex[:6]}"
     ensure_bucket(client, bucket)
-    store_ = VideoStore(client, bucket, "usertesting/")
+    store_ = VideoStore.s3(client, bucket, "usertesting/")
     tests = [str(uuid.UUID(int=i + 1, version=4)) for i in range(max(sizes.scale_tests, 1))]
     video = b"\0" * 1024
 

@@ -17,9 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from ut_video_assets.storage import RECORD_NAME, VIDEO_NAME, BadRecord, VideoStore
+from ut_video_assets.storage import RECORD_NAME, VIDEO_NAME, BadRecord, StorageError, VideoStore
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +182,13 @@ def previous_catalog(store: VideoStore) -> pd.DataFrame | None:
     import pyarrow as pa
 
     try:
-        body = store.client.get_object(Bucket=store.bucket, Key=store.catalog_key)["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
-            log.warning("could not read the previous catalog (%s); building it from scratch", exc)
+        got = store.backend.get_bytes(store.catalog_key)
+    except StorageError as exc:
+        log.warning("could not read the previous catalog (%s); building it from scratch", exc)
         return None
-    except BotoCoreError as exc:
-        log.warning("could not read the previous catalog (%s); building it from scratch", type(exc).__name__)
+    if got is None:
         return None
+    body = got[0]
     try:
         frame = read_parquet_bytes(body)
     except (pa.ArrowException, OSError) as exc:

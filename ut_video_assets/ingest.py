@@ -5,7 +5,7 @@ One session goes down the layers once::
     prepare:  skip if stored ─▶ lease ─▶ URL just in time ─▶ stream to spool (SHA-256, CRC-32, MD5 when the
               source has one) while the parts go to a pending write ─▶ last part ─▶ probe + thumbnail ─▶ spool
               removed
-    commit:   lease still ours? ─▶ commit with the whole-object CRC-32 and a precondition ─▶ SHA-256 label
+    commit:   lease still ours? ─▶ commit with the whole-object checksum and a precondition ─▶ SHA-256 label
               ─▶ thumbnail ─▶ record
 
 `prepare` and `commit` are separate because the Dagster layer commits in its IO manager (the one place a video
@@ -259,6 +259,7 @@ class IngestEngine:
                 policy=self.settings.policy,
                 on_progress=ProgressReporter(self._report),
                 sink=upload,
+                checksums=(self.store.backend.checksum_algorithm,),
             )
             sent_early = upload.bytes_started  # parts sent or on their way before the last byte
             pending = upload.send_rest(download.size)
@@ -306,7 +307,7 @@ class IngestEngine:
                 raise IngestError(f"session {sid}: {exc}", reason="lease_lost", retryable=True) from None
             try:
                 info = prepared.pending.commit(
-                    size=download.size, crc32=download.crc32, precondition=prepared.precondition
+                    size=download.size, checksums=download.checksums, precondition=prepared.precondition
                 )
             except PreconditionFailedError as exc:
                 raise IngestError(f"session {sid}: {exc}", reason="conflict", retryable=False) from None
@@ -363,15 +364,16 @@ class IngestEngine:
 
     def _repair(self, session: SessionRef, existing: StoredVideo, lease: Lease) -> IngestedVideo | None:
         """Finish a video whose commit happened but whose label or record did not (a killed run): read it back
-        once for the SHA-256, check it against the store's own CRC-32, probe it with ranged reads. None when the
-        object cannot be vouched for (no whole-object CRC-32, not this session's, or corrupt): download again."""
+        once for the SHA-256, check it against the store's own whole-object checksum, probe it with ranged reads.
+        None when the object cannot be vouched for (no whole-object checksum, not this session's, or corrupt):
+        download again."""
         sid = session.session_id
-        if existing.crc32 is None or existing.session_id != sid:
+        if existing.checksum is None or existing.session_id != sid:
             return None
         self._report(f"session {sid}: the video is stored but has no record; finishing it from the store")
         try:
-            sha256, crc32, size = self.store.digest_stored(existing.key)
-            if crc32 != existing.crc32 or size != existing.size:
+            sha256, checksums, crc32, size = self.store.digest_stored(existing.key)
+            if checksums.get(existing.checksum_algorithm) != existing.checksum or size != existing.size:
                 self._report(f"session {sid}: the stored object does not match its own checksum; downloading again")
                 return None
             with open_stored_video(self.store, existing) as reader:
@@ -397,6 +399,7 @@ class IngestEngine:
                 retries=0,
                 bytes_received=0,
                 seconds=0.0,
+                checksums=checksums,
             )
             record = build_record(session, stored, download, media)
             self.store.put_record(session.test_id, sid, record)
@@ -421,6 +424,10 @@ def build_record(
         "size_bytes": stored.size,
         "checksum_sha256": download.sha256,
         "checksum_crc32": download.crc32,
+        # Every whole-object checksum computed while downloading, wire form (base64), by algorithm; the store's
+        # own (`checksum_algorithm`: S3 CRC-32, GCS CRC-32C, Azure MD5) is what the checksum check compares.
+        "checksums": dict(download.checksums),
+        "checksum_algorithm": stored.checksum_algorithm,
         "video_etag": stored.etag,
         "ingestion_timestamp": stored.metadata.get("ingestion-timestamp") or datetime.now(UTC).isoformat(),
         "original_filename": download.original_filename,

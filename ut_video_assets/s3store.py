@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import IO, Any
 
@@ -28,14 +28,15 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ut_video_assets.commit import (
+    ChecksumAlgorithm,
     ChecksumMismatchError,
+    ListedObject,
     ObjectInfo,
     PendingUpload,
     Precondition,
     PreconditionFailedError,
     StorageError,
-    crc32_from_base64,
-    crc32_to_base64,
+    checksum_for,
 )
 from ut_video_assets.rawio import SizedReader
 from ut_video_assets.redact import redact_text
@@ -88,6 +89,14 @@ def _missing(exc: ClientError) -> bool:
     return status_of(exc) == 404
 
 
+def _full_object_crc32(value: object, checksum_type: object) -> str | None:
+    """The object's whole-object CRC-32 (wire form), or None for a composite (``…-N``) or absent one."""
+    text = str(value or "")
+    if not text or "-" in text or str(checksum_type or "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    return text
+
+
 class S3PendingWrite:
     """One multipart upload (`ut_video_assets.commit.PendingWrite`)."""
 
@@ -114,8 +123,9 @@ class S3PendingWrite:
             part["ChecksumCRC32"] = response["ChecksumCRC32"]
         self._parts[number] = part
 
-    def commit(self, *, size: int, crc32: int, precondition: Precondition) -> ObjectInfo:
+    def commit(self, *, size: int, checksums: Mapping[str, str], precondition: Precondition) -> ObjectInfo:
         uri = self.backend.uri(self.key)
+        crc32 = checksum_for(checksums, "crc32", uri)
         condition = (
             {"IfNoneMatch": "*"}
             if precondition.expected_version is None
@@ -129,7 +139,7 @@ class S3PendingWrite:
                     UploadId=self.upload_id,
                     MultipartUpload={"Parts": [self._parts[n] for n in sorted(self._parts)]},
                     ChecksumType="FULL_OBJECT",
-                    ChecksumCRC32=crc32_to_base64(crc32),
+                    ChecksumCRC32=crc32,
                     **condition,
                 )
             except ClientError as exc:
@@ -139,10 +149,10 @@ class S3PendingWrite:
                     f"{uri} was not committed: the store computed another whole-object CRC-32 over the parts "
                     f"than the one computed while downloading ({describe_store_error(exc)})"
                 ) from None
-        stored = crc32_from_base64(str(response.get("ChecksumCRC32") or ""))
-        if stored is not None and stored != crc32 & 0xFFFFFFFF:  # pragma: no cover - a store that lies
+        stored = _full_object_crc32(response.get("ChecksumCRC32"), "FULL_OBJECT")
+        if stored is not None and stored != crc32:  # pragma: no cover - a store that lies
             raise ChecksumMismatchError(f"{uri}: the store reports another CRC-32 than the one it accepted")
-        return ObjectInfo(key=self.key, size=size, version=_version(response.get("ETag")), crc32=stored)
+        return ObjectInfo(key=self.key, size=size, version=_version(response.get("ETag")), checksum=stored)
 
     def abort(self) -> None:
         if self._aborted:
@@ -157,8 +167,13 @@ class S3PendingWrite:
 class S3Backend:
     """`ut_video_assets.commit.ObjectBackend` over one bucket. ``client`` is a boto3 S3 client."""
 
+    scheme = "s3"
     min_part_size = 5 * MiB
+    part_multiple = 1
     max_parts = 10_000
+    checksum_algorithm: ChecksumAlgorithm = "crc32"
+    store_verifies_whole_object = True
+    sequential_parts = False
 
     def __init__(
         self, client: Any, bucket: str, *, server_side_encryption: str | None = None, kms_key_id: str | None = None
@@ -222,16 +237,22 @@ class S3Backend:
                 if _missing(exc):
                     return None
                 raise
-        full_object = str(head.get("ChecksumType") or "FULL_OBJECT") == "FULL_OBJECT"
         return ObjectInfo(
             key=key,
             size=int(head["ContentLength"]),
             version=_version(head.get("ETag")),
-            crc32=crc32_from_base64(str(head.get("ChecksumCRC32") or "")) if full_object else None,
+            checksum=_full_object_crc32(head.get("ChecksumCRC32"), head.get("ChecksumType")),
             metadata={k.lower(): v for k, v in head.get("Metadata", {}).items()},
             content_type=str(head.get("ContentType", "")),
             last_modified=head.get("LastModified"),
         )
+
+    def list_objects(self, prefix: str) -> Iterator[ListedObject]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        with _store_call(f"listing {self.uri(prefix)}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield ListedObject(str(obj["Key"]), int(obj["Size"]), _version(obj.get("ETag")))
 
     def get_labels(self, key: str) -> dict[str, str]:
         with _store_call(f"reading the tags of {self.uri(key)}"):

@@ -8,27 +8,27 @@ Layout (``prefix`` may be empty)::
     {prefix}catalog/video_catalog.parquet                       the catalog
     {prefix}_leases/session_id={session}.json                   a writer's lease, while one writes (`lease`)
 
-Videos are written through the commit protocol (`ut_video_assets.commit`; S3 in `ut_video_assets.s3store`):
-nothing is visible at a video's key before the store has verified the whole object's CRC-32, and the SHA-256 is
-a label (object tag) and a field of the record. Verifying a stored video therefore needs no read of its bytes:
-the store's own whole-object checksum and size against what was computed while downloading (`verify_stored`);
-`deep_verify` reads it back for scheduled scrubs. Nothing here knows about Dagster.
+Videos are written through the commit protocol (`ut_video_assets.commit`; S3, GCS and Azure backends):
+nothing is visible at a video's key before its commit with the whole object's checksum (CRC-32 on S3, CRC-32C on
+GCS, MD5 on Azure), and the SHA-256 is a label (object tag or metadata) and a field of the record. Verifying a
+stored video therefore needs no read of its bytes: the store's own whole-object checksum and size against what
+was computed while downloading (`verify_stored`); `deep_verify` reads it back for scheduled scrubs. Nothing here
+knows about Dagster.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
-from ut_video_assets.commit import ObjectBackend, ObjectInfo, StorageError, crc32_to_base64
+from ut_video_assets.checksums import checksum_of
+from ut_video_assets.commit import ObjectBackend, ObjectInfo, StorageError, crc32_from_base64
 from ut_video_assets.ids import normalize_uuid
 from ut_video_assets.s3store import S3Backend, describe_store_error
 
@@ -72,13 +72,20 @@ class StoredVideo:
     sha256: str
     """From the object's label (tag), or its metadata for videos stored by earlier versions; may be empty."""
     etag: str
-    """The store's version of the object (S3 ETag)."""
+    """The store's version of the object (S3 ETag, GCS generation, Azure ETag)."""
     metadata: dict[str, str] = field(default_factory=dict)
     content_type: str = "video/mp4"
     last_modified: datetime | None = None
-    crc32: int | None = None
-    """The store's own whole-object CRC-32 (None for objects stored without one)."""
+    checksum: str | None = None
+    """The store's own whole-object checksum, wire form (None for objects stored without one)."""
+    checksum_algorithm: str = "crc32"
+    """Which checksum `checksum` is: ``crc32`` (S3), ``crc32c`` (GCS), ``md5`` (Azure)."""
     uri_scheme: str = "s3"
+
+    @property
+    def crc32(self) -> int | None:
+        """The store's whole-object CRC-32 (S3 only; None elsewhere)."""
+        return crc32_from_base64(self.checksum or "") if self.checksum_algorithm == "crc32" else None
 
     @property
     def uri(self) -> str:
@@ -122,33 +129,50 @@ class VerifyResult:
 
 
 class VideoStore:
-    """The destination: layout, records and verification over an `ObjectBackend` (S3 from a boto3 client)."""
+    """The destination: layout, records and verification over an `ObjectBackend` (S3, GCS or Azure)."""
 
     def __init__(
         self,
-        client: Any,
-        bucket: str,
+        backend: ObjectBackend,
         prefix: str = "",
         *,
         part_size: int = DEFAULT_PART_SIZE,
         max_concurrency: int = 4,
-        server_side_encryption: str | None = None,
-        kms_key_id: str | None = None,
     ) -> None:
-        if not bucket:
+        if not backend.bucket:
             raise ValueError("the destination bucket name is empty")
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         if prefix.startswith("/") or ".." in prefix.split("/"):
             raise ValueError(f"the key prefix {prefix!r} must be relative and must not contain '..'")
-        self.client = client
-        self.bucket = bucket
+        self.backend = backend
+        self.bucket = backend.bucket
         self.prefix = prefix
-        self.part_size = part_size
-        self.max_concurrency = max_concurrency
-        self.backend: ObjectBackend = S3Backend(
-            client, bucket, server_side_encryption=server_side_encryption, kms_key_id=kms_key_id
-        )
+        # Parts must be multiples of the backend's unit (GCS: 256 KiB); round down, never below the minimum.
+        unit = max(backend.part_multiple, 1)
+        self.part_size = max(part_size // unit * unit, backend.min_part_size)
+        # Sequential backends (GCS resumable uploads) take one part at a time, in order.
+        self.max_concurrency = 1 if backend.sequential_parts else max_concurrency
+
+    @classmethod
+    def s3(
+        cls,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        server_side_encryption: str | None = None,
+        kms_key_id: str | None = None,
+        **kwargs: Any,
+    ) -> VideoStore:
+        """A store on an S3 bucket through a boto3 client."""
+        backend = S3Backend(client, bucket, server_side_encryption=server_side_encryption, kms_key_id=kms_key_id)
+        return cls(backend, prefix, **kwargs)
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client of an S3 store (None for other backends)."""
+        return getattr(self.backend, "client", None) if isinstance(self.backend, S3Backend) else None
 
     # --- layout --------------------------------------------------------------------------------------
 
@@ -185,7 +209,6 @@ class VideoStore:
         return self._stored(info, labels.get(SHA256_LABEL) or info.metadata.get("sha256", ""))
 
     def _stored(self, info: ObjectInfo, sha256: str) -> StoredVideo:
-        scheme = self.uri(info.key).split("://", 1)[0]
         return StoredVideo(
             bucket=self.bucket,
             key=info.key,
@@ -195,33 +218,34 @@ class VideoStore:
             metadata=info.metadata,
             content_type=info.content_type,
             last_modified=info.last_modified,
-            crc32=info.crc32,
-            uri_scheme=scheme,
+            checksum=info.checksum,
+            checksum_algorithm=self.backend.checksum_algorithm,
+            uri_scheme=self.backend.scheme,
         )
 
     def label_video(self, key: str, sha256: str) -> None:
-        """Attach the video's SHA-256 as a label (an S3 object tag): no copy, the bytes are not touched."""
+        """Attach the video's SHA-256 as a label (S3 object tag, GCS/Azure metadata): no copy of the bytes."""
         self.backend.set_labels(key, {SHA256_LABEL: sha256})
 
-    def verify_stored(self, stored: StoredVideo, *, sha256: str, crc32: int | None, size: int) -> VerifyResult:
-        """Verify without reading the bytes: the store's own whole-object CRC-32 (which it checked itself at the
-        commit) and size against what was computed while downloading, and the SHA-256 label against the record.
-        """
+    def verify_stored(self, stored: StoredVideo, *, sha256: str, checksum: str | None, size: int) -> VerifyResult:
+        """Verify without reading the bytes: the store's own whole-object checksum (``checksum``: the same
+        algorithm, computed while downloading) and size, and the SHA-256 label against the record."""
         problems = []
+        name = stored.checksum_algorithm.upper()
         if stored.size != size:
             problems.append(f"size is {stored.size}, expected {size}")
-        if crc32 is None:
-            problems.append("no CRC-32 was recorded while downloading")
-        elif stored.crc32 is None:
-            problems.append("the store keeps no whole-object CRC-32 for this object")
-        elif stored.crc32 != crc32:
-            problems.append(f"the store's CRC-32 is {crc32_to_base64(stored.crc32)}, expected {crc32_to_base64(crc32)}")
+        if checksum is None:
+            problems.append(f"no {name} was recorded while downloading")
+        elif stored.checksum is None:
+            problems.append(f"the store keeps no whole-object {name} for this object")
+        elif stored.checksum != checksum:
+            problems.append(f"the store's {name} is {stored.checksum}, expected {checksum}")
         if stored.sha256 != sha256:
             problems.append(f"the SHA-256 label is {stored.sha256 or 'missing'}, expected {sha256}")
         if problems:
             return VerifyResult(False, f"{stored.uri}: " + "; ".join(problems), sha256, stored.sha256, stored.size)
         return VerifyResult(
-            True, "the store's CRC-32, the size and the SHA-256 label match the download", sha256, sha256, stored.size
+            True, f"the store's {name}, the size and the SHA-256 label match the download", sha256, sha256, stored.size
         )
 
     def deep_verify(self, test_id: str, session_id: str, expected_sha256: str) -> VerifyResult:
@@ -230,31 +254,25 @@ class VideoStore:
         info = self.backend.head(key)
         if info is None:
             return VerifyResult(False, f"no object at {self.uri(key)}", expected_sha256, None, None)
-        digest, crc, size = hashlib.sha256(), 0, 0
-        for chunk in self.backend.iter_chunks(key, MiB):
-            digest.update(chunk)
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-        actual = digest.hexdigest()
+        algorithm = self.backend.checksum_algorithm
+        sums = checksum_of(self.backend.iter_chunks(key, MiB), [algorithm])
+        actual, size = sums.sha256.hexdigest(), sums.size
         if actual != expected_sha256:
             reason = f"SHA-256 of {self.uri(key)} is {actual}, expected {expected_sha256}"
             return VerifyResult(False, reason, expected_sha256, actual, size, size)
-        if info.crc32 is not None and info.crc32 != crc:
-            reason = f"{self.uri(key)}: the bytes do not match the store's own CRC-32"
+        if info.checksum is not None and info.checksum != sums.wire()[algorithm]:
+            reason = f"{self.uri(key)}: the bytes do not match the store's own {algorithm.upper()}"
             return VerifyResult(False, reason, expected_sha256, actual, size, size)
         return VerifyResult(True, "read back in full: checksum matches", expected_sha256, actual, size, size)
 
     # kept for callers that think in "verify" (tests, the reliability suite): a full read-back
     verify_video = deep_verify
 
-    def digest_stored(self, key: str) -> tuple[str, int, int]:
-        """(SHA-256, CRC-32, size) of a stored object read back in full (repairs after a crash)."""
-        digest, crc, size = hashlib.sha256(), 0, 0
-        for chunk in self.backend.iter_chunks(key, MiB):
-            digest.update(chunk)
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-        return digest.hexdigest(), crc, size
+    def digest_stored(self, key: str) -> tuple[str, dict[str, str], int, int]:
+        """(SHA-256, checksums in wire form (CRC-32 and the backend's), CRC-32, size) of a stored object read
+        back in full (repairs after a crash)."""
+        sums = checksum_of(self.backend.iter_chunks(key, MiB), [self.backend.checksum_algorithm])
+        return sums.sha256.hexdigest(), sums.wire(), sums.crc32, sums.size
 
     # --- records -------------------------------------------------------------------------------------
 
@@ -281,6 +299,13 @@ class VideoStore:
     def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
         self.backend.put_bytes(key, body, content_type)
 
+    def read_bytes(self, key: str) -> bytes:
+        """A small object's bytes (the catalog); `StorageError` naming its URI when there is none."""
+        got = self.backend.get_bytes(key)
+        if got is None:
+            raise StorageError(f"no object at {self.uri(key)}")
+        return got[0]
+
     def get_json(self, key: str) -> dict[str, Any] | BadRecord | None:
         """A small JSON object; None when absent, `BadRecord` when it is not a JSON object."""
         got = self.backend.get_bytes(key)
@@ -302,20 +327,18 @@ class VideoStore:
     def iter_session_prefixes(self) -> Iterator[tuple[str, str, dict[str, ListedFile]]]:
         """(test_id, session_id, {file name: its size and ETag}) for each ``test_id=…/session_id=…/`` under the
         prefix, from the bucket listing alone (1,000 keys a request)."""
-        paginator = self.client.get_paginator("list_objects_v2")
         current: tuple[str, str] | None = None
         files: dict[str, ListedFile] = {}
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + "test_id="):
-            for obj in page.get("Contents", []):
-                parts = obj["Key"][len(self.prefix) :].split("/")
-                if len(parts) != 3 or not parts[0].startswith("test_id=") or not parts[1].startswith("session_id="):
-                    continue
-                ids = (parts[0][len("test_id=") :], parts[1][len("session_id=") :])
-                if ids != current:
-                    if current is not None:
-                        yield (*current, files)
-                    current, files = ids, {}
-                files[parts[2]] = ListedFile(int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
+        for obj in self.backend.list_objects(self.prefix + "test_id="):
+            parts = obj.key[len(self.prefix) :].split("/")
+            if len(parts) != 3 or not parts[0].startswith("test_id=") or not parts[1].startswith("session_id="):
+                continue
+            ids = (parts[0][len("test_id=") :], parts[1][len("session_id=") :])
+            if ids != current:
+                if current is not None:
+                    yield (*current, files)
+                current, files = ids, {}
+            files[parts[2]] = ListedFile(obj.size, obj.version)
         if current is not None:
             yield (*current, files)
 

@@ -21,21 +21,20 @@ Nothing here knows about Dagster.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import random
 import re
 import shutil
 import time
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
 import httpx
 
+from ut_video_assets.checksums import WholeChecksums
 from ut_video_assets.usertesting.models import VideoUrl
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ class DownloadResult:
     size: int
     sha256: str
     crc32: int
-    """CRC-32 of the whole video (zlib's), computed while downloading: the store checks it at commit."""
+    """CRC-32 of the whole video (zlib's), computed while downloading (S3 checks it at commit)."""
     content_type: str
     original_filename: str
     source_etag: str | None
@@ -133,21 +132,18 @@ class DownloadResult:
     bytes_received: int
     """All body bytes read, including any read twice (after a restart from zero)."""
     seconds: float
+    checksums: dict[str, str] = field(default_factory=dict)
+    """Whole-video checksums in wire form (base64) by algorithm: ``crc32`` always, plus those asked for
+    (``crc32c`` for GCS, ``md5`` for Azure) and ``md5`` when the source's ETag was one."""
 
 
-class _Hashes:
-    """The checksums of bytes ``[0, offset)`` of the spool file, always from byte 0 (never of a suffix)."""
+class _Hashes(WholeChecksums):
+    """The checksums of bytes ``[0, offset)`` of the spool file, always from byte 0 (never of a suffix); MD5
+    also when the source's ETag is a plain MD5 (``md5_for_source``), to check the bytes against it."""
 
-    def __init__(self, with_md5: bool) -> None:
-        self.sha256 = hashlib.sha256()
-        self.crc32 = 0
-        self.md5 = hashlib.md5(usedforsecurity=False) if with_md5 else None
-
-    def update(self, data: bytes | memoryview) -> None:
-        self.sha256.update(data)
-        self.crc32 = zlib.crc32(data, self.crc32)
-        if self.md5 is not None:
-            self.md5.update(data)
+    def __init__(self, with_md5: bool, extra: frozenset[str] = frozenset()) -> None:
+        super().__init__(extra | {"md5"} if with_md5 else extra)
+        self.md5_for_source = with_md5
 
 
 class _RetryableError(Exception):
@@ -170,6 +166,7 @@ class VideoDownloader:
         policy: TransferPolicy | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         sink: SpoolSink | None = None,
+        checksums: Iterable[str] = (),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._http = http
@@ -190,7 +187,8 @@ class VideoDownloader:
         self._total: int | None = None
         self._etag: str | None = None
         self._content_type = "application/octet-stream"
-        self._hashes = _Hashes(with_md5=False)
+        self._extra_checksums = frozenset(checksums)
+        self._hashes = _Hashes(with_md5=False, extra=self._extra_checksums)
         self._needs_truncate = False
         self._denied_with_fresh_url = False
         self._started = time.monotonic()
@@ -415,14 +413,14 @@ class VideoDownloader:
         assert self._offset == 0
         etag = response.headers.get("etag")
         self._etag = etag
-        self._hashes = _Hashes(with_md5=bool(etag and _PLAIN_MD5_ETAG.match(etag)))
+        self._hashes = _Hashes(with_md5=bool(etag and _PLAIN_MD5_ETAG.match(etag)), extra=self._extra_checksums)
 
     def _restart(self, why: str) -> None:
         log.warning("session %s: %s; discarding %d bytes", self._session_id, why, self._offset)
         self._offset = 0
         self._total = None
         self._etag = None
-        self._hashes = _Hashes(with_md5=False)
+        self._hashes = _Hashes(with_md5=False, extra=self._extra_checksums)
         self._needs_truncate = True
         self._sink_offset = 0
         if self._sink is not None:
@@ -494,7 +492,7 @@ class VideoDownloader:
     def _check_md5(self) -> bool:
         """Compare the MD5 of the received bytes with the source's plain-MD5 ETag; True when it was compared.
         A mismatch restarts the download from byte 0 (raises)."""
-        if self._hashes.md5 is None or not self._etag:
+        if self._hashes.md5 is None or not self._hashes.md5_for_source or not self._etag:
             return False
         match = _PLAIN_MD5_ETAG.match(self._etag)
         assert match is not None
@@ -560,13 +558,14 @@ class VideoDownloader:
             content_type=self._content_type if self._content_type.startswith("video/") else "video/mp4",
             original_filename=original,
             source_etag=self._etag,
-            source_md5_verified=self._hashes.md5 is not None,
+            source_md5_verified=self._hashes.md5_for_source,
             url_requests=self._url_requests,
             url_refreshes=max(self._url_requests - 1, 0),
             resumes=self._resumes,
             retries=self._retries,
             bytes_received=self._bytes_received,
             seconds=time.monotonic() - self._started,
+            checksums=self._hashes.wire(),
         )
 
 
@@ -579,6 +578,10 @@ def download_video(
     policy: TransferPolicy | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     sink: SpoolSink | None = None,
+    checksums: Iterable[str] = (),
 ) -> DownloadResult:
-    """Download one session's video to ``dest``; see `VideoDownloader`."""
-    return VideoDownloader(http, session_id, get_url, dest, policy=policy, on_progress=on_progress, sink=sink).run()
+    """Download one session's video to ``dest``; see `VideoDownloader` (``checksums``: whole-video checksums
+    to compute besides SHA-256 and CRC-32, e.g. the destination's ``crc32c`` or ``md5``)."""
+    return VideoDownloader(
+        http, session_id, get_url, dest, policy=policy, on_progress=on_progress, sink=sink, checksums=checksums
+    ).run()

@@ -86,7 +86,7 @@ def video_store(store: StoreEndpoint) -> VideoStore:
     client = store.client()
     bucket = f"dest-{uuid.uuid4().hex[:12]}"
     ensure_bucket(client, bucket)
-    return VideoStore(client, bucket, "videos/", part_size=5 * 1024 * 1024)
+    return VideoStore.s3(client, bucket, "videos/", part_size=5 * 1024 * 1024)
 
 
 # --- Shared databases (PostgreSQL, Redis) on loopback --------------------------------------------------------

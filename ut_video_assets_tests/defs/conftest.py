@@ -102,4 +102,4 @@ def pipeline(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with dg.instance_for_test() as instance:
-        yield Pipeline(build_defs(), instance, VideoStore(client, bucket, "ut/"), sandbox, spool)
+        yield Pipeline(build_defs(), instance, VideoStore.s3(client, bucket, "ut/"), sandbox, spool)

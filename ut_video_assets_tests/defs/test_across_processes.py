@@ -87,7 +87,7 @@ def deployment(
     sandbox.set_rate_limit(LIMIT, WINDOW)
     instance = dg.DagsterInstance.from_config(str(home))
     try:
-        pipeline = Pipeline(build_defs(), instance, VideoStore(client, bucket, "ut/"), sandbox, tmp_path / "spool")
+        pipeline = Pipeline(build_defs(), instance, VideoStore.s3(client, bucket, "ut/"), sandbox, tmp_path / "spool")
         yield Deployment(pipeline, {**inherited, **settings}, workdir, home)
     finally:
         instance.dispose()

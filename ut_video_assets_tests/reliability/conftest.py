@@ -354,7 +354,7 @@ def rel(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     pipeline = Reliability(
-        build_defs(), suite.instance, VideoStore(store.client(), suite.bucket, PREFIX), sandbox, spool
+        build_defs(), suite.instance, VideoStore.s3(store.client(), suite.bucket, PREFIX), sandbox, spool
     )
     pipeline.suite = suite
     pipeline.env = env

@@ -77,7 +77,7 @@ def test_store_killed_during_the_multipart_upload(
         for name, value in {**ep_env, "UT_VIDEO_BUCKET": bucket}.items():
             monkeypatch.setenv(name, value)
         rel.rebuild()
-        return VideoStore(second.endpoint.client(), bucket, PREFIX)
+        return VideoStore.s3(second.endpoint.client(), bucket, PREFIX)
 
     try:
         rel.store = point_at(endpoint.env())
