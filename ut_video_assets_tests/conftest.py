@@ -17,6 +17,7 @@ import redis
 from psycopg import sql
 
 from ut_video_assets.ratelimit import SqliteBudget
+from ut_video_assets.sandbox.gcs import EmbeddedGcs, GcsEndpoint
 from ut_video_assets.sandbox.scenario import SandboxConfig
 from ut_video_assets.sandbox.server import Sandbox
 from ut_video_assets.sandbox.store import EmbeddedStore, StoreEndpoint, ensure_bucket
@@ -130,3 +131,13 @@ def redis_url() -> str:
     except (redis.RedisError, OSError) as exc:
         service_unavailable("Redis", exc)
     return REDIS_TEST_URL
+
+
+# --- Google Cloud Storage: fake-gcs-server on loopback (ut_video_assets.sandbox.gcs) --------------------------
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEndpoint]:
+    """A running GCS emulator for the whole test session (tests make buckets of their own)."""
+    with EmbeddedGcs(tmp_path_factory.mktemp("gcs")) as endpoint:
+        yield endpoint
