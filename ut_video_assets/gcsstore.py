@@ -69,6 +69,8 @@ LABEL_PREFIX = "label-"
 # (connect, read) seconds for every request: a large chunk on a slow link needs the long read timeout.
 DEFAULT_TIMEOUT = (10.0, 300.0)
 SESSION_ATTEMPTS = 4
+# google-cloud-storage's own default: retry a transient failure of a call for up to 2 minutes.
+DEFAULT_RETRY_SECONDS = 120.0
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _CLIENT_ERRORS: tuple[type[BaseException], ...] = (
     api_exceptions.GoogleAPIError,
@@ -85,6 +87,8 @@ except ImportError:  # pragma: no cover - older google-cloud-storage
 
 def describe_gcs_error(exc: BaseException) -> str:
     """The service's error class, status and message (URLs without their query, so no session URI)."""
+    if isinstance(exc, api_exceptions.RetryError) and exc.cause is not None:
+        return describe_gcs_error(exc.cause)  # the library's retries gave up: what failed last
     if isinstance(exc, api_exceptions.GoogleAPICallError):
         return f"{type(exc).__name__} ({exc.code}): {redact_text(str(exc.message))[:200]}"
     if isinstance(exc, auth_exceptions.DefaultCredentialsError):
@@ -356,10 +360,22 @@ class GcsBackend:
     store_verifies_whole_object = True
     sequential_parts = True
 
-    def __init__(self, client: Any, bucket: str, *, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    ) -> None:
+        """``timeout``: (connect, read) seconds of each request; ``retry_seconds``: how long the client library
+        retries a transient failure (429, 5xx, a dropped connection) of one call before it gives up."""
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
         self.client = client
         self.bucket = bucket
         self.timeout = timeout
+        self.retry = DEFAULT_RETRY.with_timeout(retry_seconds)
         self._bucket = client.bucket(bucket)
 
     @property
@@ -390,6 +406,7 @@ class GcsBackend:
                 checksum=None,  # our own CRC-32C (computed while downloading) goes with the final request
                 if_generation_match=generation or 0,
                 timeout=self.timeout,
+                retry=self.retry,
             )
         return GcsPendingWrite(self, key, str(session_uri), precondition, dict(metadata))
 
@@ -405,7 +422,7 @@ class GcsBackend:
 
     def _get(self, key: str) -> Any:
         with _store_call(f"reading {self.uri(key)}"):
-            return self._bucket.get_blob(key, timeout=self.timeout)
+            return self._bucket.get_blob(key, timeout=self.timeout, retry=self.retry)
 
     def _generation(self, key: str) -> int | None:
         blob = self._get(key)
@@ -440,7 +457,11 @@ class GcsBackend:
     def list_objects(self, prefix: str) -> Iterator[ListedObject]:
         with _store_call(f"listing {self.uri(prefix)}"):
             blobs = self.client.list_blobs(
-                self.bucket, prefix=prefix, fields="items(name,size,generation),nextPageToken", timeout=self.timeout
+                self.bucket,
+                prefix=prefix,
+                fields="items(name,size,generation),nextPageToken",
+                timeout=self.timeout,
+                retry=self.retry,
             )
             for blob in blobs:  # GCS lists names in lexicographic (key) order
                 yield ListedObject(str(blob.name), int(blob.size or 0), str(blob.generation))
@@ -472,6 +493,7 @@ class GcsBackend:
                         if_generation_match=blob.generation,
                         if_metageneration_match=blob.metageneration,
                         timeout=self.timeout,
+                        retry=self.retry,
                     )
                 return
             except PreconditionFailedError:
@@ -483,7 +505,12 @@ class GcsBackend:
         blob = self._bucket.blob(key)
         with _store_call(f"writing {self.uri(key)}", precondition):
             blob.upload_from_string(
-                body, content_type=content_type, if_generation_match=generation, checksum="crc32c", timeout=self.timeout
+                body,
+                content_type=content_type,
+                if_generation_match=generation,
+                checksum="crc32c",
+                timeout=self.timeout,
+                retry=self.retry,
             )
         return str(blob.generation)
 
@@ -491,7 +518,7 @@ class GcsBackend:
         blob = self._bucket.blob(key)
         with _store_call(f"reading {self.uri(key)}"):
             try:
-                data = blob.download_as_bytes(timeout=self.timeout)
+                data = blob.download_as_bytes(timeout=self.timeout, retry=self.retry)
             except api_exceptions.NotFound:
                 return None
         return bytes(data), str(blob.generation)  # the download's own x-goog-generation
@@ -502,7 +529,7 @@ class GcsBackend:
         enforces, so a writer that replaced it in between keeps its object) and ``generation``."""
         if not version:
             with _store_call(f"deleting {self.uri(key)}"), contextlib.suppress(api_exceptions.NotFound):
-                self._bucket.blob(key).delete(timeout=self.timeout)
+                self._bucket.blob(key).delete(timeout=self.timeout, retry=self.retry)
             return
         precondition = Precondition.version(version)
         generation = _generation_match(precondition)
@@ -514,7 +541,9 @@ class GcsBackend:
                 f"deleting {self.uri(key)}: {precondition.describe()}, and another writer changed it"
             )
         with _store_call(f"deleting {self.uri(key)}", precondition), contextlib.suppress(api_exceptions.NotFound):
-            self._bucket.blob(key, generation=generation).delete(if_generation_match=generation, timeout=self.timeout)
+            self._bucket.blob(key, generation=generation).delete(
+                if_generation_match=generation, timeout=self.timeout, retry=self.retry
+            )
 
     def open_reader(self, key: str, size: int) -> IO[bytes]:
         return io.BufferedReader(GcsRangeReader(self, key, size), buffer_size=MiB)
@@ -552,7 +581,7 @@ class GcsRangeReader(SizedReader):
             end = min(start + max(self._block_size, len(view)), self.size) - 1
             with _store_call(f"reading {self._backend.uri(self._key)}"):
                 self._block = self._blob.download_as_bytes(
-                    start=start, end=end, checksum=None, timeout=self._backend.timeout
+                    start=start, end=end, checksum=None, timeout=self._backend.timeout, retry=self._backend.retry
                 )
             self._block_start = start
         offset = self.position - self._block_start
