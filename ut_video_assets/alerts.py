@@ -20,18 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from ut_video_assets.redact import redact_text
-from ut_video_assets.settings import (
-    DEFAULT_BACKLOG_MAX_AGE_SECONDS,
-    DEFAULT_CATALOG_MAX_LAG_SECONDS,
-    SettingsError,
-    parse_positive_float,
-    parse_url,
-)
+from ut_video_assets.settings import DEFAULT_BACKLOG_MAX_AGE_SECONDS, DEFAULT_CATALOG_MAX_LAG_SECONDS, Settings
 
 MAX_LISTED = 20
 """Sessions, runs or checks named one by one in the text; the structured fields carry them all."""
@@ -59,49 +52,16 @@ class AlertSettings:
         )
 
 
-def parse_alert_settings(
-    webhook_url: str | None,
-    ui_url: str | None,
-    backlog_max_age_seconds: str | float | None,
-    allow_hosts: frozenset[str] = frozenset(),
-    catalog_max_lag_seconds: str | float | None = None,
-) -> AlertSettings:
+def alert_settings(settings: Settings) -> AlertSettings:
     """``UT_ALERT_WEBHOOK_URL`` (https, or http for a host on ``UT_VIDEO_URL_ALLOW_HOSTS``; unset: no alerts),
     ``UT_DAGSTER_UI_URL`` (http or https; unset: no links), ``UT_BACKLOG_MAX_AGE_SECONDS`` and
-    ``UT_CATALOG_MAX_LAG_SECONDS``."""
-    hook = (webhook_url or "").strip() or None
-    if hook is not None:
-        try:
-            hook = parse_url(hook, "UT_ALERT_WEBHOOK_URL", allow_hosts)
-        except SettingsError:
-            # parse_url's message is safe (scheme and host only), but say which rule applies here.
-            raise SettingsError(
-                "UT_ALERT_WEBHOOK_URL must be an https URL (plain http only for a host on UT_VIDEO_URL_ALLOW_HOSTS)"
-            ) from None
-    ui = (ui_url or "").strip() or None
-    if ui is not None:
-        ui = _parse_ui_url(ui)
-    max_age = parse_positive_float(
-        backlog_max_age_seconds, "UT_BACKLOG_MAX_AGE_SECONDS", DEFAULT_BACKLOG_MAX_AGE_SECONDS
+    ``UT_CATALOG_MAX_LAG_SECONDS``, read through the settings specification."""
+    return AlertSettings(
+        webhook_url=settings.url("UT_ALERT_WEBHOOK_URL"),
+        ui_url=settings.url("UT_DAGSTER_UI_URL"),
+        backlog_max_age_seconds=settings.number("UT_BACKLOG_MAX_AGE_SECONDS"),
+        catalog_max_lag_seconds=settings.number("UT_CATALOG_MAX_LAG_SECONDS"),
     )
-    max_lag = parse_positive_float(
-        catalog_max_lag_seconds, "UT_CATALOG_MAX_LAG_SECONDS", DEFAULT_CATALOG_MAX_LAG_SECONDS
-    )
-    return AlertSettings(webhook_url=hook, ui_url=ui, backlog_max_age_seconds=max_age, catalog_max_lag_seconds=max_lag)
-
-
-def _parse_ui_url(text: str) -> str:
-    """The UI's base URL: http is fine (it often lives on an internal network); it goes into every alert, so
-    it must not carry a user name, password or query."""
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        raise SettingsError("UT_DAGSTER_UI_URL is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError("UT_DAGSTER_UI_URL must be an http(s) URL, e.g. https://dagster.example.com")
-    if parts.username is not None or parts.password is not None or parts.query:
-        raise SettingsError("UT_DAGSTER_UI_URL must not carry a user name, password or query")
-    return text.rstrip("/")
 
 
 # --- What went wrong ----------------------------------------------------------------------------------------
@@ -283,11 +243,11 @@ __all__ = [
     "FailedRun",
     "StaleBacklog",
     "StaleCatalog",
+    "alert_settings",
     "backlog_alert",
     "catalog_alert",
     "clean_reason",
     "failure_alert",
-    "parse_alert_settings",
     "post_alert",
     "run_url",
 ]

@@ -27,23 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ut_video_assets.settings import (
-    DEFAULT_MAX_CONCURRENT_DOWNLOADS,
-    DEFAULT_RATE_LIMIT_PER_MINUTE,
-    SettingsError,
-    check_settings,
-    parse_bucket,
-    parse_budget,
-    parse_credentials,
-    parse_max_backoff,
-    parse_positive_float,
-    parse_positive_int,
-    parse_prefix,
-    parse_test_ids,
-    parse_url,
-    parse_url_allow_hosts,
-)
-from ut_video_assets.usertesting import DEFAULT_BASE_URL
+from ut_video_assets.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from ut_video_assets.sandbox.stack import StackOptions
@@ -70,50 +54,23 @@ def _needs_sandbox(command: str, func: Callable[[argparse.Namespace], int]) -> C
 
 
 def check_config(env: Mapping[str, str]) -> list[str]:
-    """Validate every pipeline setting in ``env``; returns human-readable lines, raises `SettingsError`."""
-
-    def get(name: str) -> str | None:
-        return env.get(name)
-
-    allow_hosts = parse_url_allow_hosts(get("UT_VIDEO_URL_ALLOW_HOSTS"))
-    base_url = parse_url(get("UT_API_BASE_URL") or DEFAULT_BASE_URL, "UT_API_BASE_URL", allow_hosts)
-    credentials = parse_credentials(
-        get("UT_ACCESS_TOKEN"),
-        get("UT_CLIENT_ID"),
-        get("UT_CLIENT_SECRET"),
-        get("UT_TOKEN_URL"),
-        get("UT_TOKEN_SCOPE"),
-        allow_hosts=allow_hosts,
-    )
-    test_ids = parse_test_ids(get("UT_TEST_IDS"), "UT_TEST_IDS")
-    bucket = parse_bucket(get("UT_VIDEO_BUCKET"), "UT_VIDEO_BUCKET")
-    prefix = parse_prefix(get("UT_VIDEO_PREFIX"), "UT_VIDEO_PREFIX")
-    limit = parse_positive_int(
-        get("UT_RATE_LIMIT_PER_MINUTE"), "UT_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE
-    )
-    window = parse_positive_float(get("UT_RATE_LIMIT_WINDOW_SECONDS"), "UT_RATE_LIMIT_WINDOW_SECONDS", 60.0)
-    budget = parse_budget(get("UT_BUDGET_BACKEND"), get("UT_BUDGET_URL"), get("DAGSTER_PG_URL"))
-    interval = parse_positive_int(get("UT_SENSOR_INTERVAL_SECONDS"), "UT_SENSOR_INTERVAL_SECONDS", 60)
-    downloads = parse_positive_int(
-        get("UT_MAX_CONCURRENT_DOWNLOADS"), "UT_MAX_CONCURRENT_DOWNLOADS", DEFAULT_MAX_CONCURRENT_DOWNLOADS
-    )
-    parse_positive_int(get("UT_S3_PART_SIZE_MIB"), "UT_S3_PART_SIZE_MIB", 64)
-    parse_positive_int(get("UT_S3_UPLOAD_CONCURRENCY"), "UT_S3_UPLOAD_CONCURRENCY", 4)
-    parse_positive_float(get("UT_DOWNLOAD_READ_TIMEOUT_SECONDS"), "UT_DOWNLOAD_READ_TIMEOUT_SECONDS", 30.0)
-    parse_max_backoff(get("UT_MAX_BACKOFF_SECONDS"), "UT_MAX_BACKOFF_SECONDS")
-    check_settings(env)  # every numeric setting within its bounds and every true/false one, per SETTINGS
-    sse = (get("UT_S3_SSE") or "").strip() or None
-    if sse not in (None, "AES256", "aws:kms", "aws:kms:dsse"):
-        raise SettingsError(f"UT_S3_SSE must be AES256, aws:kms or aws:kms:dsse, got {sse!r}")
+    """Validate every pipeline setting in ``env`` against the specification; returns human-readable lines, raises
+    `SettingsError` naming the first bad variable."""
+    settings = Settings(env)
+    settings.check()
+    credentials = settings.credentials()
+    budget = settings.request_budget()
     auth = "access token" if credentials.access_token else f"client credentials ({credentials.token_url})"
-    endpoint = get("AWS_ENDPOINT_URL") or "AWS default endpoint"
+    endpoint = env.get("AWS_ENDPOINT_URL") or "AWS default endpoint"
+    test_ids = settings.test_ids()
     return [
-        f"Results API:  {base_url}, {auth}",
+        f"Results API:  {settings.api_base_url()}, {auth}",
         f"Tests:        {len(test_ids)} ({', '.join(test_ids)})",
-        f"Destination:  s3://{bucket}/{prefix} via {endpoint}",
-        f"Rate limit:   {limit} requests per {window:g} s; discovery every {interval} s; "
-        f"at most {downloads} downloads at once",
-        f"Budget:       {budget.describe()}",
+        f"Destination:  s3://{settings.bucket()}/{settings.prefix()} via {endpoint}",
+        f"Rate limit:   {budget.limit} requests per {budget.window_seconds:g} s; discovery every "
+        f"{settings.integer('UT_SENSOR_INTERVAL_SECONDS')} s; "
+        f"at most {settings.integer('UT_MAX_CONCURRENT_DOWNLOADS')} downloads at once",
+        f"Budget:       {budget.store.describe()}",
     ]
 
 
@@ -232,9 +189,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def _stack_options(args: argparse.Namespace, *, fresh: bool, name: str) -> StackOptions:
     from ut_video_assets.sandbox.stack import StackOptions
 
-    downloads = parse_positive_int(
-        os.environ.get("UT_MAX_CONCURRENT_DOWNLOADS"), "UT_MAX_CONCURRENT_DOWNLOADS", DEFAULT_MAX_CONCURRENT_DOWNLOADS
-    )
+    downloads = Settings().integer("UT_MAX_CONCURRENT_DOWNLOADS")
     return StackOptions(
         state_dir=_state_dir(args) / name,
         sensor_interval_seconds=args.sensor_interval,

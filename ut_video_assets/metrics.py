@@ -14,27 +14,18 @@ and left in the current window, the back-off in force, and the 429s the API answ
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ut_video_assets.ratelimit import RequestBudget, build_budget
+from ut_video_assets.ratelimit import RequestBudget
 from ut_video_assets.redact import redact_text
-from ut_video_assets.settings import (
-    DEFAULT_RATE_LIMIT_PER_MINUTE,
-    default_budget_path,
-    parse_budget,
-    parse_max_backoff,
-    parse_positive_float,
-    parse_positive_int,
-)
+from ut_video_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -238,27 +229,7 @@ class BudgetCollector(Collector):
 def budget_from_env(env: Mapping[str, str] | None = None) -> Callable[[], RequestBudget]:
     """What opens the pipeline's request budget, from the same settings the pipeline reads. The settings are
     checked now (`SettingsError` naming the variable); the store is reached only when the opener is called."""
-    env = os.environ if env is None else env
-    settings = parse_budget(env.get("UT_BUDGET_BACKEND"), env.get("UT_BUDGET_URL"), env.get("DAGSTER_PG_URL"))
-    limit = parse_positive_int(
-        env.get("UT_RATE_LIMIT_PER_MINUTE"), "UT_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE
-    )
-    window = parse_positive_float(env.get("UT_RATE_LIMIT_WINDOW_SECONDS"), "UT_RATE_LIMIT_WINDOW_SECONDS", 60.0)
-    max_backoff = parse_max_backoff(env.get("UT_MAX_BACKOFF_SECONDS"))
-    configured_path = (env.get("UT_BUDGET_PATH") or "").strip()
-    path = Path(configured_path) if configured_path else default_budget_path(env)
-
-    def open_budget() -> RequestBudget:
-        return build_budget(
-            settings.backend,
-            limit=limit,
-            window_seconds=window,
-            path=path,
-            url=settings.url,
-            max_backoff_seconds=max_backoff,
-        )
-
-    return open_budget
+    return Settings(env).request_budget().open
 
 
 def registry_for(

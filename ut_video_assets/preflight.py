@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -39,27 +38,10 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from ut_video_assets.ratelimit import BudgetUnavailableError, RequestBudget, build_budget
+from ut_video_assets.ratelimit import BudgetUnavailableError, RequestBudget
 from ut_video_assets.redact import redact_url
-from ut_video_assets.settings import (
-    DEFAULT_RATE_LIMIT_PER_MINUTE,
-    ApiCredentials,
-    BudgetSettings,
-    SettingsError,
-    default_budget_path,
-    parse_bucket,
-    parse_budget,
-    parse_credentials,
-    parse_max_backoff,
-    parse_positive_float,
-    parse_positive_int,
-    parse_prefix,
-    parse_test_ids,
-    parse_url,
-    parse_url_allow_hosts,
-)
+from ut_video_assets.settings import ApiCredentials, RequestBudgetSettings, Settings
 from ut_video_assets.usertesting import (
-    DEFAULT_BASE_URL,
     ApiError,
     AuthenticationError,
     ClientCredentialsTokens,
@@ -123,48 +105,26 @@ class LiveTargets:
     test_id: str
     bucket: str
     prefix: str
-    budget: BudgetSettings
-    budget_path: Path
-    rate_limit: int
-    rate_window: float
-    max_backoff_seconds: float
-    """The back-off cap the pipeline uses (``UT_MAX_BACKOFF_SECONDS``): the preflight shares its budget, and with
-    another cap it could shorten a back-off that is in force for every process."""
+    budget: RequestBudgetSettings
+    """The shared request budget, opened as the pipeline opens it: with another back-off cap
+    (``UT_MAX_BACKOFF_SECONDS``) the preflight could shorten a back-off that is in force for every process."""
     server_side_encryption: str | None
     kms_key_id: str | None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LiveTargets:
         """Raises `SettingsError` naming the variable."""
-        sse = (env.get("UT_S3_SSE") or "").strip() or None
-        if sse not in (None, "AES256", "aws:kms", "aws:kms:dsse"):
-            raise SettingsError(f"UT_S3_SSE must be AES256, aws:kms or aws:kms:dsse, got {sse!r}")
-        budget_path = (env.get("UT_BUDGET_PATH") or "").strip()
-        allow_hosts = parse_url_allow_hosts(env.get("UT_VIDEO_URL_ALLOW_HOSTS"))
+        settings = Settings(env)
+        sse, kms_key_id = settings.server_side_encryption()
         return cls(
-            base_url=parse_url(env.get("UT_API_BASE_URL") or DEFAULT_BASE_URL, "UT_API_BASE_URL", allow_hosts),
-            credentials=parse_credentials(
-                env.get("UT_ACCESS_TOKEN"),
-                env.get("UT_CLIENT_ID"),
-                env.get("UT_CLIENT_SECRET"),
-                env.get("UT_TOKEN_URL"),
-                env.get("UT_TOKEN_SCOPE"),
-                allow_hosts=allow_hosts,
-            ),
-            test_id=parse_test_ids(env.get("UT_TEST_IDS"), "UT_TEST_IDS")[0],
-            bucket=parse_bucket(env.get("UT_VIDEO_BUCKET"), "UT_VIDEO_BUCKET"),
-            prefix=parse_prefix(env.get("UT_VIDEO_PREFIX"), "UT_VIDEO_PREFIX"),
-            budget=parse_budget(env.get("UT_BUDGET_BACKEND"), env.get("UT_BUDGET_URL"), env.get("DAGSTER_PG_URL")),
-            budget_path=Path(budget_path) if budget_path else default_budget_path(env),
-            rate_limit=parse_positive_int(
-                env.get("UT_RATE_LIMIT_PER_MINUTE"), "UT_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE
-            ),
-            rate_window=parse_positive_float(
-                env.get("UT_RATE_LIMIT_WINDOW_SECONDS"), "UT_RATE_LIMIT_WINDOW_SECONDS", 60.0
-            ),
-            max_backoff_seconds=parse_max_backoff(env.get("UT_MAX_BACKOFF_SECONDS")),
+            base_url=settings.api_base_url(),
+            credentials=settings.credentials(),
+            test_id=settings.test_ids()[0],
+            bucket=settings.bucket(),
+            prefix=settings.prefix(),
+            budget=settings.request_budget(),
             server_side_encryption=sse,
-            kms_key_id=(env.get("UT_S3_SSE_KMS_KEY_ID") or "").strip() or None,
+            kms_key_id=kms_key_id,
         )
 
 
@@ -227,23 +187,16 @@ def check_results_api(targets: LiveTargets, *, deadline: float, echo: Callable[[
         budget.close()
     echo(
         f"Results API:  test {targets.test_id}: {page.total_count} completed session(s); "
-        f"{sent} request(s) from the shared budget of {targets.rate_limit} per {targets.rate_window:g} s"
+        f"{sent} request(s) from the shared budget of {targets.budget.limit} per {targets.budget.window_seconds:g} s"
     )
 
 
 def _open_budget(targets: LiveTargets) -> RequestBudget:
     try:
-        return build_budget(
-            targets.budget.backend,
-            limit=targets.rate_limit,
-            window_seconds=targets.rate_window,
-            path=targets.budget_path,
-            url=targets.budget.url,
-            max_backoff_seconds=targets.max_backoff_seconds,
-        )
+        return targets.budget.open()
     except BudgetUnavailableError:
         raise PreflightError(
-            Failure.UNREACHABLE, f"the request budget is unreachable: {targets.budget.describe()}"
+            Failure.UNREACHABLE, f"the request budget is unreachable: {targets.budget.store.describe()}"
         ) from None
 
 

@@ -1,10 +1,12 @@
 """Every setting of the pipeline in one place, validated, with errors that name the environment variable.
 
 `SETTINGS` is the one specification of every ``UT_*`` variable: its type, default and, for numbers, bounds (the
-README's configuration table must agree with it: ``ut_video_assets_tests/test_settings_spec.py``). The Dagster
-layer reads these variables through ``dagster.EnvVar`` (so secrets never appear in the UI) and hands the values
-to the functions here; the CLI and the demo read ``os.environ`` directly. Both get the same checks and the same
-messages.
+README's configuration table must agree with it: ``ut_video_assets_tests/test_settings_spec.py``). `Settings` is
+its one reader: every consumer asks it for a variable by name and gets the value parsed by its kind, the
+specified default when unset, and a `SettingsError` naming the variable when malformed. The Dagster layer's
+resources take their variables through ``dagster.EnvVar`` fields (so secrets never appear in the UI) and read
+them with `Settings.of`; ``check-config``, its live checks, the metrics exporter and the stand-ins' commands read
+``os.environ`` with `Settings()`; values Dagster needs when the code location loads go through `load_time_int`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
@@ -23,6 +26,9 @@ from ut_video_assets.netguard import host_is_allowed, parse_allow_hosts
 from ut_video_assets.usertesting.auth import DEFAULT_TOKEN_SCOPE, DEFAULT_TOKEN_URL
 from ut_video_assets.usertesting.client import DEFAULT_BASE_URL
 from ut_video_assets.usertesting.waits import DEFAULT_MAX_BACKOFF_SECONDS
+
+if TYPE_CHECKING:
+    from ut_video_assets.ratelimit import RequestBudget
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +133,8 @@ class Setting:
     secret: bool = False
     """A credential (or a URL that may hold one): never printed, logged or shown in the UI."""
     choices: tuple[str, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    """Other spellings a ``choice`` accepts, each with the choice it means."""
     shown_default: str | None = None
     """How the README shows a default computed from another setting (a path under ``$DAGSTER_HOME``)."""
 
@@ -169,7 +177,11 @@ SETTINGS: dict[str, Setting] = {
         "path", None, "the host-local budget file", shown_default="$DAGSTER_HOME/ut-video-assets/request_budget.sqlite"
     ),
     "UT_BUDGET_BACKEND": Setting(
-        "choice", "sqlite", "where the request budget lives", choices=("sqlite", "postgres", "redis")
+        "choice",
+        "sqlite",
+        "where the request budget lives",
+        choices=("sqlite", "postgres", "redis"),
+        aliases=(("postgresql", "postgres"),),
     ),
     "UT_BUDGET_URL": Setting("url", None, "the budget's database (postgres: DAGSTER_PG_URL when unset)", secret=True),
     "UT_DISCOVERY_BUDGET_SHARE": _number(float, 0.5, 0.01, 1, "a share of the request budget"),
@@ -281,13 +293,11 @@ def parse_positive_float(value: str | float | None, name: str, default: float) -
 def check_numeric_settings(env: Mapping[str, str]) -> dict[str, float]:
     """Every numeric setting in ``env`` parsed and bounds-checked (defaults for the unset ones); raises
     `SettingsError` naming the first bad variable."""
-    values: dict[str, float] = {}
-    for name, spec in NUMERIC_SETTINGS.items():
-        if spec.kind is int:
-            values[name] = parse_positive_int(env.get(name), name, int(spec.default))
-        else:
-            values[name] = parse_positive_float(env.get(name), name, spec.default)
-    return values
+    settings = Settings(env)
+    return {
+        name: settings.integer(name) if spec.kind is int else settings.number(name)
+        for name, spec in NUMERIC_SETTINGS.items()
+    }
 
 
 def parse_bool(value: str | bool | None, name: str) -> bool:
@@ -308,27 +318,24 @@ def check_settings(env: Mapping[str, str]) -> dict[str, float | bool]:
     """Every numeric and true/false setting in ``env`` checked against `SETTINGS` (for ``check-config``); raises
     `SettingsError` naming the first bad variable."""
     values: dict[str, float | bool] = dict(check_numeric_settings(env))
+    settings = Settings(env)
     for name, spec in SETTINGS.items():
         if spec.kind == "bool":
-            values[name] = parse_bool(env.get(name), name)
+            values[name] = settings.flag(name)
     return values
 
 
-def load_time_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
+def load_time_int(name: str, env: Mapping[str, str] | None = None) -> int:
     """A whole-number setting Dagster needs when the code location loads (a sensor's interval, a backfill
-    policy's size). A malformed value must not stop the code location from loading (the UI would be gone with
-    it): it is logged and the default used; ``check-config`` and the runs report the same value as an error."""
-    value = (os.environ if env is None else env).get(name)
+    policy's size), read through `Settings`. A malformed value must not stop the code location from loading (the
+    UI would be gone with it): it is logged and the specified default used; ``check-config`` and the runs report
+    the same value as an error."""
     try:
-        return parse_positive_int(value, name, default)
+        return Settings(env).integer(name)
     except SettingsError as exc:
+        default = Settings({}).integer(name)
         log.error("%s; using %s until it is fixed", exc, default)
         return default
-
-
-def parse_max_backoff(value: str | float | None, name: str = "UT_MAX_BACKOFF_SECONDS") -> float:
-    """The longest wait a server hint (``Retry-After``, ``x-ratelimit-reset``) may impose on every process."""
-    return parse_positive_float(value, name, DEFAULT_MAX_BACKOFF_SECONDS)
 
 
 def parse_prefix(value: str | None, name: str = "UT_VIDEO_PREFIX") -> str:
@@ -481,9 +488,242 @@ def default_budget_path(env: Mapping[str, str] | None = None) -> Path:
 
 
 def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    configured = env.get("UT_SPOOL_DIR", "").strip()
-    return Path(configured) if configured else state_dir(env) / "spool"
+    return Settings(env).spool_dir()
+
+
+def parse_ui_url(value: str | None, name: str = "UT_DAGSTER_UI_URL") -> str:
+    """The Dagster UI's base URL, for links: http is fine (it often lives on an internal network); it goes into
+    every alert, so it must not carry a user name, password or query."""
+    text = _require(value, name)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise SettingsError(f"{name} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name} must be an http(s) URL, e.g. https://dagster.example.com")
+    if parts.username is not None or parts.password is not None or parts.query:
+        raise SettingsError(f"{name} must not carry a user name, password or query")
+    return text.rstrip("/")
+
+
+def parse_webhook_url(value: str | None, name: str, allow_hosts: frozenset[str]) -> str:
+    """A webhook URL: a credential (Slack and Teams put the key in the path), so the error never echoes it."""
+    try:
+        return parse_url(value, name, allow_hosts)
+    except SettingsError:
+        raise SettingsError(
+            f"{name} must be an https URL (plain http only for a host on {ALLOW_HOSTS_VARIABLE})"
+        ) from None
+
+
+@dataclass(frozen=True)
+class RequestBudgetSettings:
+    """Everything that opens the shared request budget: where it lives and its limits."""
+
+    store: BudgetSettings
+    path: Path
+    """The host-local file (``sqlite``)."""
+    limit: int
+    window_seconds: float
+    max_backoff_seconds: float
+
+    def open(self) -> RequestBudget:
+        """The budget itself (`ut_video_assets.ratelimit.build_budget`); raises its `BudgetUnavailableError`."""
+        from ut_video_assets.ratelimit import build_budget
+
+        return build_budget(
+            self.store.backend,
+            limit=self.limit,
+            window_seconds=self.window_seconds,
+            path=self.path,
+            url=self.store.url,
+            max_backoff_seconds=self.max_backoff_seconds,
+        )
+
+
+class Settings:
+    """The one reader of the ``UT_*`` variables: each is looked up by name in `SETTINGS` and parsed by its kind,
+    with its specified default when unset and a `SettingsError` naming it when malformed.
+
+    Every consumer reads through it: the resources (from the values Dagster resolved for their ``EnvVar`` fields,
+    `Settings.of`), the load-time values of the code location (`load_time_int`), ``check-config`` and its live
+    checks, the metrics exporter and the stand-ins' commands (``os.environ``). ``values`` maps a variable's name
+    to its text; ``None`` means ``os.environ``. Asking for a name that is not specified, or as another kind than
+    specified, is a programming error (`KeyError`, `TypeError`), not a settings error.
+    """
+
+    def __init__(self, values: Mapping[str, str | None] | None = None) -> None:
+        self._values: Mapping[str, str | None] = os.environ if values is None else values
+
+    @classmethod
+    def of(cls, source: object, fields: Mapping[str, str]) -> Settings:
+        """The settings held by ``source``'s attributes: ``fields`` maps each attribute to its variable."""
+        return cls({variable: getattr(source, attribute) for attribute, variable in fields.items()})
+
+    def raw(self, name: str) -> str | None:
+        """The variable's text, stripped; None when unset or blank."""
+        value = self._values.get(name)
+        text = str(value).strip() if value is not None else ""
+        return text or None
+
+    def _spec(self, name: str, *kinds: str) -> Setting:
+        spec = SETTINGS[name]
+        if spec.kind not in kinds:
+            raise TypeError(f"{name} is a {spec.kind} setting, not {' or '.join(kinds)}")
+        return spec
+
+    def integer(self, name: str) -> int:
+        spec = self._spec(name, "int")
+        assert isinstance(spec.default, int)
+        return parse_positive_int(self.raw(name), name, spec.default)
+
+    def number(self, name: str) -> float:
+        spec = self._spec(name, "float")
+        assert isinstance(spec.default, float)
+        return parse_positive_float(self.raw(name), name, spec.default)
+
+    def flag(self, name: str) -> bool:
+        self._spec(name, "bool")
+        return parse_bool(self.raw(name), name)
+
+    def text(self, name: str) -> str | None:
+        """A ``text`` or ``choice`` setting: the bucket and the prefix validated as such, a choice by its list."""
+        spec = self._spec(name, "text", "choice")
+        value = self.raw(name)
+        if name in _TEXT_RULES:
+            return _TEXT_RULES[name](value, name)
+        if value is None:
+            if spec.required:
+                raise SettingsError(f"{name} is not set")
+            return None if spec.default is None else str(spec.default)
+        if spec.kind == "choice":
+            return _choice(spec, name, value)
+        return value
+
+    def required_text(self, name: str) -> str:
+        value = self.text(name)
+        if value is None:
+            raise SettingsError(f"{name} is not set")
+        return value
+
+    def bucket(self) -> str:
+        return self.required_text("UT_VIDEO_BUCKET")
+
+    def prefix(self) -> str:
+        return self.text("UT_VIDEO_PREFIX") or ""
+
+    def url(self, name: str) -> str | None:
+        """A URL setting: https (plain http only for a host on ``UT_VIDEO_URL_ALLOW_HOSTS``), except the UI's
+        address (http is fine) and the budget's database (checked with its backend, `budget`)."""
+        spec = self._spec(name, "url")
+        value = self.raw(name)
+        if value is None:
+            return None if spec.default is None else str(spec.default)
+        if name == "UT_DAGSTER_UI_URL":
+            return parse_ui_url(value, name)
+        if name == "UT_BUDGET_URL":
+            return value
+        if spec.secret:
+            return parse_webhook_url(value, name, self.allow_hosts())
+        return parse_url(value, name, self.allow_hosts())
+
+    def path(self, name: str) -> Path | None:
+        self._spec(name, "path")
+        value = self.raw(name)
+        return Path(value) if value else None
+
+    def test_ids(self, name: str = "UT_TEST_IDS") -> tuple[str, ...]:
+        self._spec(name, "uuids")
+        return parse_test_ids(self.raw(name), name)
+
+    def allow_hosts(self, name: str = ALLOW_HOSTS_VARIABLE) -> frozenset[str]:
+        self._spec(name, "hosts")
+        return parse_url_allow_hosts(self.raw(name), name)
+
+    def get(self, name: str) -> object:
+        """Any setting, parsed by its kind (for checking them all; consumers use the typed readers)."""
+        kind = SETTINGS[name].kind
+        readers: dict[str, Callable[[str], object]] = {
+            "int": self.integer,
+            "float": self.number,
+            "bool": self.flag,
+            "text": self.text,
+            "choice": self.text,
+            "url": self.url,
+            "path": self.path,
+            "uuids": self.test_ids,
+            "hosts": self.allow_hosts,
+        }
+        return readers[kind](name)
+
+    # --- Settings that are read together -----------------------------------------------------------------
+
+    def api_base_url(self) -> str:
+        return self.url("UT_API_BASE_URL") or DEFAULT_BASE_URL
+
+    def credentials(self) -> ApiCredentials:
+        return parse_credentials(
+            self.raw("UT_ACCESS_TOKEN"),
+            self.raw("UT_CLIENT_ID"),
+            self.raw("UT_CLIENT_SECRET"),
+            self.url("UT_TOKEN_URL"),
+            self.text("UT_TOKEN_SCOPE"),
+            allow_hosts=self.allow_hosts(),
+        )
+
+    def server_side_encryption(self) -> tuple[str | None, str | None]:
+        """``UT_S3_SSE`` and, with it, ``UT_S3_SSE_KMS_KEY_ID``."""
+        sse = self.text("UT_S3_SSE")
+        return sse, (self.text("UT_S3_SSE_KMS_KEY_ID") if sse else None)
+
+    def budget(self) -> BudgetSettings:
+        """The request budget's backend and URL (``postgres`` falls back to ``DAGSTER_PG_URL``)."""
+        backend = self.text("UT_BUDGET_BACKEND")
+        return parse_budget(backend, self.raw("UT_BUDGET_URL"), self.raw("DAGSTER_PG_URL"))
+
+    def request_budget(self) -> RequestBudgetSettings:
+        return RequestBudgetSettings(
+            store=self.budget(),
+            path=self.path("UT_BUDGET_PATH") or default_budget_path(self._home()),
+            limit=self.integer("UT_RATE_LIMIT_PER_MINUTE"),
+            window_seconds=self.number("UT_RATE_LIMIT_WINDOW_SECONDS"),
+            max_backoff_seconds=self.number("UT_MAX_BACKOFF_SECONDS"),
+        )
+
+    def spool_dir(self) -> Path:
+        return self.path("UT_SPOOL_DIR") or state_dir(self._home()) / "spool"
+
+    def _home(self) -> Mapping[str, str] | None:
+        """Where ``DAGSTER_HOME`` is read for the default paths: these values when they hold it, else the
+        process environment (a resource's values hold only its own variables)."""
+        home = self.raw("DAGSTER_HOME")
+        return {"DAGSTER_HOME": home} if home else None
+
+    def check(self) -> dict[str, object]:
+        """Every specified setting parsed (and the ones read together), for ``check-config``; raises
+        `SettingsError` naming the first bad variable."""
+        values = {name: self.get(name) for name in SETTINGS}
+        self.credentials()
+        self.budget()
+        return values
+
+
+def _choice(spec: Setting, name: str, value: str) -> str:
+    wanted = value.lower()
+    for choice in spec.choices:
+        if choice.lower() == wanted:
+            return choice
+    for alias, choice in spec.aliases:
+        if alias == wanted:
+            return choice
+    raise SettingsError(f"{name} must be one of {', '.join(spec.choices)}, got {value[:40]!r}")
+
+
+_TEXT_RULES: dict[str, Callable[[str | None, str], str]] = {
+    "UT_VIDEO_BUCKET": parse_bucket,
+    "UT_VIDEO_PREFIX": parse_prefix,
+}
+"""Text settings with a shape of their own."""
 
 
 __all__ = [
@@ -502,22 +742,26 @@ __all__ = [
     "ApiCredentials",
     "BudgetSettings",
     "NumericSetting",
+    "RequestBudgetSettings",
     "Setting",
+    "Settings",
     "SettingsError",
     "check_numeric_settings",
     "check_settings",
     "default_budget_path",
     "default_spool_dir",
+    "load_time_int",
     "parse_bool",
     "parse_bucket",
     "parse_budget",
     "parse_credentials",
-    "parse_max_backoff",
     "parse_positive_float",
     "parse_positive_int",
     "parse_prefix",
     "parse_test_ids",
+    "parse_ui_url",
     "parse_url",
     "parse_url_allow_hosts",
+    "parse_webhook_url",
     "state_dir",
 ]

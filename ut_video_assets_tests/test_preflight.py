@@ -387,7 +387,7 @@ def test_the_preflight_keeps_a_longer_back_off_in_force(tmp_path: Path) -> None:
         "UT_MAX_BACKOFF_SECONDS": "1800",
     }
     targets = LiveTargets.from_env(env)
-    assert targets.max_backoff_seconds == 1800
+    assert targets.budget.max_backoff_seconds == 1800
     budget = _open_budget(targets)
     try:
         assert budget.usage().backoff_remaining_seconds > 1100

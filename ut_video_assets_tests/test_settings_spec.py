@@ -3,15 +3,25 @@ table, the variables the package reads and the defaults the resources fall back 
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import dagster as dg
 import pytest
 
 from ut_video_assets.cli import check_config
+from ut_video_assets.definitions import build_defs
 from ut_video_assets.defs.alerting import AlertsResource
-from ut_video_assets.defs.resources import DownloadSettingsResource, S3ClientResource, VideoStorageResource
-from ut_video_assets.settings import SETTINGS, SettingsError, check_settings
+from ut_video_assets.defs.resources import (
+    DownloadSettingsResource,
+    S3ClientResource,
+    UserTestingApiResource,
+    VideoStorageResource,
+)
+from ut_video_assets.settings import SETTINGS, Settings, SettingsError, check_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_HEADER = "| Variable | Default | Meaning |"
@@ -115,3 +125,128 @@ def test_check_config_refuses_a_malformed_flag_naming_it(name: str) -> None:
     with pytest.raises(SettingsError, match=f"{name} must be true or false"):
         check_config({**GOOD_ENV, name: "maybe"})
     check_config({**GOOD_ENV, name: "yes"})
+
+
+SPECIFIED_RESOURCES = [UserTestingApiResource, VideoStorageResource, DownloadSettingsResource, AlertsResource]
+
+
+@pytest.mark.parametrize("resource", SPECIFIED_RESOURCES, ids=lambda r: r.__name__)
+def test_every_resource_setting_is_a_field_named_by_the_specification(resource: type[Any]) -> None:
+    """A resource reads its settings only through fields the specification names: no field escapes it, and no
+    variable is read that the specification does not have (``DAGSTER_PG_URL`` is Dagster's own)."""
+    fields: dict[str, str] = resource.SETTINGS_FIELDS
+    assert set(fields) == set(resource.model_fields) - {"s3"}
+    assert set(fields.values()) - set(SETTINGS) <= {"DAGSTER_PG_URL"}
+
+
+def test_build_defs_fills_each_field_from_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("UT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("UT_LEASE_SECONDS", "77")
+    monkeypatch.setenv("UT_SESSIONS_PER_RUN", "3")
+    monkeypatch.setenv("UT_ALERT_WEBHOOK_URL", "https://hooks.example/T/SECRET")
+    resources = build_defs().resources or {}
+    wired = {
+        (key, field): value
+        for key, resource in resources.items()
+        for field, value in vars(resource).items()
+        if isinstance(value, dg.EnvVar)
+    }
+    assert {(key, field): v.env_var_name for (key, field), v in wired.items()} == {
+        ("storage", "lease_seconds"): "UT_LEASE_SECONDS",
+        ("downloads", "sessions_per_run"): "UT_SESSIONS_PER_RUN",
+        ("alerts", "webhook_url"): "UT_ALERT_WEBHOOK_URL",
+    }
+    # Unset variables are left to the specification's defaults.
+    assert resources["storage"].upload_concurrency is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "read"),
+    [
+        (
+            "UT_S3_PART_SIZE_MIB",
+            "10000",
+            lambda: VideoStorageResource(s3=S3ClientResource(), bucket="videos", part_size_mib="10000").store(),
+        ),
+        ("UT_LEASE_SECONDS", "2", lambda: VideoStorageResource(s3=S3ClientResource(), lease_seconds="2").lease_ttl()),
+        (
+            "UT_S3_SSE",
+            "rot13",
+            lambda: VideoStorageResource(
+                s3=S3ClientResource(), bucket="videos", server_side_encryption="rot13"
+            ).store(),
+        ),
+        (
+            "UT_VIDEO_PREFIX",
+            "../up",
+            lambda: VideoStorageResource(s3=S3ClientResource(), bucket="videos", prefix="../up").store(),
+        ),
+        (
+            "UT_DOWNLOAD_READ_TIMEOUT_SECONDS",
+            "inf",
+            lambda: DownloadSettingsResource(read_timeout_seconds="inf").policy(),
+        ),
+        (
+            "UT_THUMBNAIL_IN_EVENT_LOG",
+            "maybe",
+            lambda: DownloadSettingsResource(thumbnail_in_event_log="maybe").embed_thumbnails(),
+        ),
+        (
+            "UT_DISCOVERY_BUSY_INTERVAL_SECONDS",
+            "0",
+            lambda: UserTestingApiResource(discovery_busy_interval_seconds="0").discovery_busy_interval(),
+        ),
+        ("UT_TEST_IDS", "not-a-uuid", lambda: UserTestingApiResource(test_ids="not-a-uuid").watched_test_ids()),
+        ("UT_DAGSTER_UI_URL", "ftp://ui", lambda: AlertsResource(ui_url="ftp://ui").settings()),
+        ("UT_CATALOG_MAX_LAG_SECONDS", "-1", lambda: AlertsResource(catalog_max_lag_seconds="-1").settings()),
+    ],
+    ids=lambda v: v if isinstance(v, str) and v.startswith("UT_") else "",
+)
+def test_a_run_and_check_config_refuse_a_setting_with_the_same_message(
+    name: str, value: str, read: Callable[[], object]
+) -> None:
+    """One reader: what a run or tick says about a malformed setting is what ``check-config`` says."""
+    with pytest.raises(SettingsError) as in_run:
+        read()
+    with pytest.raises(SettingsError) as in_check:
+        check_config({**GOOD_ENV, name: value})
+    assert str(in_run.value) == str(in_check.value)
+    assert name in str(in_run.value)
+
+
+def test_the_reader_parses_each_kind_by_the_specification() -> None:
+    settings = Settings(
+        {
+            "UT_BUDGET_BACKEND": "PostgreSQL",
+            "UT_S3_SSE": "aes256",
+            "UT_VIDEO_PREFIX": "videos",
+            "UT_DAGSTER_UI_URL": "http://dagster.internal:3000/",
+            "UT_SPOOL_DIR": " /var/spool/ut ",
+            "UT_VIDEO_URL_ALLOW_HOSTS": "127.0.0.1:9000",
+            "UT_API_BASE_URL": "http://127.0.0.1:9000/",
+        }
+    )
+    assert settings.text("UT_BUDGET_BACKEND") == "postgres"  # an alias, any case
+    assert settings.server_side_encryption() == ("AES256", None)
+    assert settings.prefix() == "videos/"
+    assert settings.url("UT_DAGSTER_UI_URL") == "http://dagster.internal:3000"  # http is fine for the UI
+    assert settings.api_base_url() == "http://127.0.0.1:9000"  # http only for an allowed host
+    assert settings.path("UT_SPOOL_DIR") == Path("/var/spool/ut")
+    assert settings.integer("UT_S3_PART_SIZE_MIB") == SETTINGS["UT_S3_PART_SIZE_MIB"].default
+    assert settings.url("UT_TOKEN_URL") == SETTINGS["UT_TOKEN_URL"].default
+    with pytest.raises(SettingsError, match="UT_VIDEO_BUCKET is not set"):
+        settings.bucket()
+    with pytest.raises(SettingsError, match="UT_ALERT_WEBHOOK_URL must be an https URL") as caught:
+        Settings({"UT_ALERT_WEBHOOK_URL": "http://hooks.example/T/SECRET-PATH"}).url("UT_ALERT_WEBHOOK_URL")
+    assert "SECRET-PATH" not in str(caught.value)
+    with pytest.raises(TypeError):
+        settings.number("UT_S3_PART_SIZE_MIB")  # an int setting read as another kind is the caller's bug
+
+
+def test_check_config_reads_every_specified_setting() -> None:
+    """``check-config`` parses every variable of the specification, so a malformed one of any kind is caught."""
+    values = Settings(GOOD_ENV).check()
+    assert set(values) == set(SETTINGS)
+    with pytest.raises(SettingsError, match="UT_BUDGET_BACKEND must be one of sqlite, postgres, redis"):
+        check_config({**GOOD_ENV, "UT_BUDGET_BACKEND": "mysql"})

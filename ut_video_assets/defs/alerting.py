@@ -23,7 +23,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import dagster as dg
 
@@ -43,16 +43,16 @@ from ut_video_assets.alerts import (
     FailedRun,
     StaleBacklog,
     StaleCatalog,
+    alert_settings,
     backlog_alert,
     catalog_alert,
     clean_reason,
     failure_alert,
-    parse_alert_settings,
     post_alert,
 )
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import SESSION_ASSET_KEY
-from ut_video_assets.settings import parse_url_allow_hosts
+from ut_video_assets.settings import Settings
 from ut_video_assets.usertesting import make_http_client
 
 ALERT_SENSOR_INTERVAL_SECONDS = 15
@@ -78,14 +78,17 @@ class AlertsResource(dg.ConfigurableResource):
     catalog_max_lag_seconds: str | None = None
     url_allow_hosts: str | None = None
 
+    SETTINGS_FIELDS: ClassVar[dict[str, str]] = {
+        "webhook_url": "UT_ALERT_WEBHOOK_URL",
+        "ui_url": "UT_DAGSTER_UI_URL",
+        "backlog_max_age_seconds": "UT_BACKLOG_MAX_AGE_SECONDS",
+        "catalog_max_lag_seconds": "UT_CATALOG_MAX_LAG_SECONDS",
+        "url_allow_hosts": "UT_VIDEO_URL_ALLOW_HOSTS",
+    }
+    """Each field's environment variable (`ut_video_assets.definitions` fills the fields from them)."""
+
     def settings(self) -> AlertSettings:
-        return parse_alert_settings(
-            self.webhook_url,
-            self.ui_url,
-            self.backlog_max_age_seconds,
-            parse_url_allow_hosts(self.url_allow_hosts),
-            self.catalog_max_lag_seconds,
-        )
+        return alert_settings(Settings.of(self, self.SETTINGS_FIELDS))
 
     def send(self, settings: AlertSettings, body: dict[str, Any]) -> None:
         assert settings.webhook_url

@@ -14,7 +14,7 @@ from ut_video_assets.defs.resources import DownloadSettingsResource, UserTesting
 from ut_video_assets.defs.verification import video_check_evaluations
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
 from ut_video_assets.ingest import EngineSettings, IngestEngine, IngestError, SessionRef
-from ut_video_assets.settings import DEFAULT_SESSIONS_PER_RUN, DOWNLOAD_POOL, SettingsError, load_time_int
+from ut_video_assets.settings import DOWNLOAD_POOL, SettingsError, load_time_int
 
 if TYPE_CHECKING:
     import pandas as pd  # imported when the catalog is built, not with the code location (catalog.py says why)
@@ -38,7 +38,7 @@ usertesting_session = dg.AssetSpec(
 # Backfills launched from the UI or the CLI group their sessions too, like the discovery sensor does: a run's
 # start-up costs seconds of CPU, a session a fraction of that (docs/BENCHMARKS.md). Read when the code location
 # loads. `backfill_policy` is a Dagster beta parameter (docs/NOTES.md §1.3); silence just that notice.
-SESSIONS_PER_RUN = load_time_int("UT_SESSIONS_PER_RUN", DEFAULT_SESSIONS_PER_RUN)
+SESSIONS_PER_RUN = load_time_int("UT_SESSIONS_PER_RUN")
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
 

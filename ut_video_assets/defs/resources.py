@@ -8,7 +8,7 @@ sensor tick starts, not when the code location loads, so the UI stays browsable 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dagster as dg
 import httpx
@@ -17,29 +17,10 @@ from pydantic import PrivateAttr
 from ut_video_assets.discovery import DiscoveryAllowance
 from ut_video_assets.media import ProbeLimits
 from ut_video_assets.netguard import make_guarded_client
-from ut_video_assets.ratelimit import RequestBudget, build_budget
-from ut_video_assets.settings import (
-    DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS,
-    DEFAULT_MAX_CONCURRENT_DOWNLOADS,
-    DEFAULT_RATE_LIMIT_PER_MINUTE,
-    DEFAULT_SESSIONS_PER_RUN,
-    SettingsError,
-    default_budget_path,
-    default_spool_dir,
-    parse_bool,
-    parse_bucket,
-    parse_budget,
-    parse_credentials,
-    parse_max_backoff,
-    parse_positive_float,
-    parse_positive_int,
-    parse_prefix,
-    parse_test_ids,
-    parse_url,
-    parse_url_allow_hosts,
-)
+from ut_video_assets.ratelimit import RequestBudget
+from ut_video_assets.settings import Settings
 from ut_video_assets.storage import VideoStore
-from ut_video_assets.transfer import DEFAULT_MAX_VIDEO_BYTES, TransferPolicy
+from ut_video_assets.transfer import TransferPolicy
 from ut_video_assets.usertesting import (
     DEFAULT_BASE_URL,
     ClientCredentialsTokens,
@@ -50,7 +31,18 @@ from ut_video_assets.usertesting import (
 )
 
 
-class UserTestingApiResource(dg.ConfigurableResource):
+class SpecifiedResource(dg.ConfigurableResource):
+    """A resource whose fields hold settings of the specification: ``SETTINGS_FIELDS`` maps each field to its
+    environment variable; `ut_video_assets.definitions` fills the fields from those variables (``EnvVar``) and
+    `settings` reads them through `ut_video_assets.settings.Settings` (types, bounds, defaults, errors)."""
+
+    SETTINGS_FIELDS: ClassVar[dict[str, str]] = {}
+
+    def settings(self) -> Settings:
+        return Settings.of(self, self.SETTINGS_FIELDS)
+
+
+class UserTestingApiResource(SpecifiedResource):
     """The UserTesting Results API, through the one request budget shared by every process that calls it.
 
     The budget is a SQLite file on this host by default (``UT_BUDGET_PATH``); ``UT_BUDGET_BACKEND=postgres``
@@ -76,34 +68,35 @@ class UserTestingApiResource(dg.ConfigurableResource):
     max_backoff_seconds: str | None = None
     url_allow_hosts: str | None = None
 
+    SETTINGS_FIELDS: ClassVar[dict[str, str]] = {
+        "base_url": "UT_API_BASE_URL",
+        "access_token": "UT_ACCESS_TOKEN",
+        "client_id": "UT_CLIENT_ID",
+        "client_secret": "UT_CLIENT_SECRET",
+        "token_url": "UT_TOKEN_URL",
+        "token_scope": "UT_TOKEN_SCOPE",
+        "test_ids": "UT_TEST_IDS",
+        "rate_limit_per_minute": "UT_RATE_LIMIT_PER_MINUTE",
+        "rate_limit_window_seconds": "UT_RATE_LIMIT_WINDOW_SECONDS",
+        "budget_path": "UT_BUDGET_PATH",
+        "budget_backend": "UT_BUDGET_BACKEND",
+        "budget_url": "UT_BUDGET_URL",
+        "instance_postgres_url": "DAGSTER_PG_URL",
+        "discovery_budget_share": "UT_DISCOVERY_BUDGET_SHARE",
+        "discovery_busy_interval_seconds": "UT_DISCOVERY_BUSY_INTERVAL_SECONDS",
+        "max_backoff_seconds": "UT_MAX_BACKOFF_SECONDS",
+        "url_allow_hosts": "UT_VIDEO_URL_ALLOW_HOSTS",
+    }
+
     _http: httpx.Client | None = PrivateAttr(default=None)
     _client: ResultsApiClient | None = PrivateAttr(default=None)
     _budget: RequestBudget | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        allow_hosts = parse_url_allow_hosts(self.url_allow_hosts)
-        base_url = parse_url(self.base_url, "UT_API_BASE_URL", allow_hosts)
-        credentials = parse_credentials(
-            self.access_token,
-            self.client_id,
-            self.client_secret,
-            self.token_url,
-            self.token_scope,
-            allow_hosts=allow_hosts,
-        )
-        limit = parse_positive_int(
-            self.rate_limit_per_minute, "UT_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE
-        )
-        window = parse_positive_float(self.rate_limit_window_seconds, "UT_RATE_LIMIT_WINDOW_SECONDS", 60.0)
-        budget = parse_budget(self.budget_backend, self.budget_url, self.instance_postgres_url)
-        self._budget = build_budget(
-            budget.backend,
-            limit=limit,
-            window_seconds=window,
-            path=Path(self.budget_path) if self.budget_path else default_budget_path(),
-            url=budget.url,
-            max_backoff_seconds=parse_max_backoff(self.max_backoff_seconds),
-        )
+        settings = self.settings()
+        base_url = settings.api_base_url()
+        credentials = settings.credentials()
+        self._budget = settings.request_budget().open()
         self._http = make_http_client()
         tokens: TokenSource
         if credentials.access_token:
@@ -136,22 +129,16 @@ class UserTestingApiResource(dg.ConfigurableResource):
         """The share of the request budget the discovery sensor may spend (``UT_DISCOVERY_BUDGET_SHARE``)."""
         if self._budget is None:
             raise dg.DagsterInvariantViolationError("UserTestingApiResource used before setup")
-        share = parse_positive_float(self.discovery_budget_share, "UT_DISCOVERY_BUDGET_SHARE", 0.5)
-        if share > 1:
-            raise SettingsError(f"UT_DISCOVERY_BUDGET_SHARE must be at most 1, got {share}")
+        share = self.settings().number("UT_DISCOVERY_BUDGET_SHARE")
         return DiscoveryAllowance(self._budget.limit, self._budget.window_seconds, share)
 
     def discovery_busy_interval(self) -> float:
         """How often discovery may look at the API while downloads are queued or running
         (``UT_DISCOVERY_BUSY_INTERVAL_SECONDS``): their URL requests need the budget more than polling does."""
-        return parse_positive_float(
-            self.discovery_busy_interval_seconds,
-            "UT_DISCOVERY_BUSY_INTERVAL_SECONDS",
-            DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS,
-        )
+        return self.settings().number("UT_DISCOVERY_BUSY_INTERVAL_SECONDS")
 
     def watched_test_ids(self) -> tuple[str, ...]:
-        return parse_test_ids(self.test_ids, "UT_TEST_IDS")
+        return self.settings().test_ids()
 
 
 class S3ClientResource(dg.ConfigurableResource):
@@ -180,7 +167,7 @@ class S3ClientResource(dg.ConfigurableResource):
         )
 
 
-class VideoStorageResource(dg.ConfigurableResource):
+class VideoStorageResource(SpecifiedResource):
     """The destination bucket. S3 credentials and endpoint come from the standard ``AWS_*`` variables
     (``AWS_ENDPOINT_URL`` for non-AWS stores), read by boto3 itself (`S3ClientResource`)."""
 
@@ -194,35 +181,42 @@ class VideoStorageResource(dg.ConfigurableResource):
     lease_seconds: str | None = None
     deep_verify: str | None = None
 
+    SETTINGS_FIELDS: ClassVar[dict[str, str]] = {
+        "bucket": "UT_VIDEO_BUCKET",
+        "prefix": "UT_VIDEO_PREFIX",
+        "server_side_encryption": "UT_S3_SSE",
+        "kms_key_id": "UT_S3_SSE_KMS_KEY_ID",
+        "part_size_mib": "UT_S3_PART_SIZE_MIB",
+        "upload_concurrency": "UT_S3_UPLOAD_CONCURRENCY",
+        "lease_seconds": "UT_LEASE_SECONDS",
+        "deep_verify": "UT_DEEP_VERIFY",
+    }
+
     def lease_ttl(self) -> float:
         """How long a session's write lease lives without renewal (``UT_LEASE_SECONDS``): a killed run's sessions
         can be taken over this long after it died; a live one renews it every third of this."""
-        ttl = parse_positive_float(self.lease_seconds, "UT_LEASE_SECONDS", 120.0)
-        if not 3 <= ttl <= 3600:
-            raise SettingsError(f"UT_LEASE_SECONDS must be between 3 and 3600, got {ttl:g}")
-        return ttl
+        return self.settings().number("UT_LEASE_SECONDS")
 
     def deep_verification(self) -> bool:
         """``UT_DEEP_VERIFY``: the checksum check also reads every stored video back in full (off by default:
         the store's own whole-object checksum, verified at commit, is compared without reading the bytes)."""
-        return parse_bool(self.deep_verify, "UT_DEEP_VERIFY")
+        return self.settings().flag("UT_DEEP_VERIFY")
 
     def store(self) -> VideoStore:
-        sse = (self.server_side_encryption or "").strip() or None
-        if sse not in (None, "AES256", "aws:kms", "aws:kms:dsse"):
-            raise SettingsError(f"UT_S3_SSE must be AES256, aws:kms or aws:kms:dsse, got {sse!r}")
+        settings = self.settings()
+        sse, kms_key_id = settings.server_side_encryption()
         return VideoStore.s3(
             self.s3.get_client(),
-            parse_bucket(self.bucket, "UT_VIDEO_BUCKET"),
-            parse_prefix(self.prefix, "UT_VIDEO_PREFIX"),
-            part_size=parse_positive_int(self.part_size_mib, "UT_S3_PART_SIZE_MIB", 64) * 1024 * 1024,
-            max_concurrency=parse_positive_int(self.upload_concurrency, "UT_S3_UPLOAD_CONCURRENCY", 4),
+            settings.bucket(),
+            settings.prefix(),
+            part_size=settings.integer("UT_S3_PART_SIZE_MIB") * 1024 * 1024,
+            max_concurrency=settings.integer("UT_S3_UPLOAD_CONCURRENCY"),
             server_side_encryption=sse,
-            kms_key_id=(self.kms_key_id or "").strip() or None,
+            kms_key_id=kms_key_id,
         )
 
 
-class DownloadSettingsResource(dg.ConfigurableResource):
+class DownloadSettingsResource(SpecifiedResource):
     """Where downloads are spooled and how patient they are."""
 
     spool_dir: str | None = None
@@ -236,43 +230,55 @@ class DownloadSettingsResource(dg.ConfigurableResource):
         """``UT_THUMBNAIL_IN_EVENT_LOG=true``: also put each thumbnail (a frame of the participant's screen or
         face) into the event log. Off by default: the event log lives in the Dagster instance's database, is shown
         to every UI user and is outside the bucket's encryption and access control."""
-        return parse_bool(self.thumbnail_in_event_log, "UT_THUMBNAIL_IN_EVENT_LOG")
+        return self.settings().flag("UT_THUMBNAIL_IN_EVENT_LOG")
 
     def probe_limits(self) -> ProbeLimits:
         """Limits of the child process that probes each downloaded video (``UT_PROBE_MEMORY_MIB``,
         ``UT_PROBE_TIMEOUT_SECONDS``)."""
+        settings = self.settings()
         return ProbeLimits(
-            seconds=parse_positive_float(self.probe_timeout_seconds, "UT_PROBE_TIMEOUT_SECONDS", 120.0),
-            memory_bytes=parse_positive_int(self.probe_memory_mib, "UT_PROBE_MEMORY_MIB", 1024) * 1024 * 1024,
+            seconds=settings.number("UT_PROBE_TIMEOUT_SECONDS"),
+            memory_bytes=settings.integer("UT_PROBE_MEMORY_MIB") * 1024 * 1024,
         )
 
     max_concurrent_downloads: str | None = None
     sessions_per_run: str | None = None
     video_url_allow_hosts: str | None = None
 
+    SETTINGS_FIELDS: ClassVar[dict[str, str]] = {
+        "spool_dir": "UT_SPOOL_DIR",
+        "read_timeout_seconds": "UT_DOWNLOAD_READ_TIMEOUT_SECONDS",
+        "max_video_bytes": "UT_MAX_VIDEO_BYTES",
+        "probe_memory_mib": "UT_PROBE_MEMORY_MIB",
+        "probe_timeout_seconds": "UT_PROBE_TIMEOUT_SECONDS",
+        "thumbnail_in_event_log": "UT_THUMBNAIL_IN_EVENT_LOG",
+        "max_concurrent_downloads": "UT_MAX_CONCURRENT_DOWNLOADS",
+        "sessions_per_run": "UT_SESSIONS_PER_RUN",
+        "video_url_allow_hosts": "UT_VIDEO_URL_ALLOW_HOSTS",
+    }
+
     def url_allow_hosts(self) -> frozenset[str]:
         """Hosts video URLs may come from although not https or not public (``UT_VIDEO_URL_ALLOW_HOSTS``);
         for `ut_video_assets.netguard.make_guarded_client` / `check_url`."""
-        return parse_url_allow_hosts(self.video_url_allow_hosts)
+        return self.settings().allow_hosts()
 
     def batch_size(self) -> int:
         """How many newly discovered sessions one run downloads (``UT_SESSIONS_PER_RUN``)."""
-        return parse_positive_int(self.sessions_per_run, "UT_SESSIONS_PER_RUN", DEFAULT_SESSIONS_PER_RUN)
+        return self.settings().integer("UT_SESSIONS_PER_RUN")
 
     def download_limit(self) -> int:
-        return parse_positive_int(
-            self.max_concurrent_downloads, "UT_MAX_CONCURRENT_DOWNLOADS", DEFAULT_MAX_CONCURRENT_DOWNLOADS
-        )
+        return self.settings().integer("UT_MAX_CONCURRENT_DOWNLOADS")
 
     def spool_path(self) -> Path:
-        path = Path(self.spool_dir) if self.spool_dir else default_spool_dir()
+        path = self.settings().spool_dir()
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def policy(self) -> TransferPolicy:
+        settings = self.settings()
         return TransferPolicy(
-            read_timeout=parse_positive_float(self.read_timeout_seconds, "UT_DOWNLOAD_READ_TIMEOUT_SECONDS", 30.0),
-            max_bytes=parse_positive_int(self.max_video_bytes, "UT_MAX_VIDEO_BYTES", DEFAULT_MAX_VIDEO_BYTES),
+            read_timeout=settings.number("UT_DOWNLOAD_READ_TIMEOUT_SECONDS"),
+            max_bytes=settings.integer("UT_MAX_VIDEO_BYTES"),
         )
 
     def http_client(self) -> httpx.Client:

@@ -12,7 +12,7 @@ from ut_video_assets.defs.resources import DownloadSettingsResource, UserTesting
 from ut_video_assets.discovery import DiscoveryCursor, discover_new_sessions
 from ut_video_assets.settings import DOWNLOAD_POOL, DOWNLOAD_TAG, load_time_int
 
-DISCOVERY_INTERVAL_SECONDS = load_time_int("UT_SENSOR_INTERVAL_SECONDS", 60)
+DISCOVERY_INTERVAL_SECONDS = load_time_int("UT_SENSOR_INTERVAL_SECONDS")
 # Keep a tick well inside Dagster's 60 s sensor timeout, whatever the API does.
 TICK_TIME_LIMIT_SECONDS = 40.0
 PARTITIONS_NAME = "session_ids"
