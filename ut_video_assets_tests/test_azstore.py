@@ -1,0 +1,297 @@
+"""The Azure Blob backend against Azurite 3.37 on loopback: what the service verifies (each block's CRC-64), what
+it does not (a block list's Content-MD5) and how the checks make up for it, a video streamed through
+`StreamingUpload` and verified, credentials from the environment (a SAS with the permissions docs/DEPLOYMENT.md
+lists), and errors that name the URI and never the key."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+from ut_video_assets import azstore
+from ut_video_assets.azstore import AzureBackend, azure_backend, azure_service
+from ut_video_assets.checksums import WholeChecksums
+from ut_video_assets.commit import PendingWrite, Precondition, StorageError, md5_to_base64
+from ut_video_assets.lease import LeaseKeeper
+from ut_video_assets.sandbox import azurite as azurite_module
+from ut_video_assets.sandbox.azurite import AzuriteEndpoint, AzuriteError, EmbeddedAzurite
+from ut_video_assets.sandbox.store import free_port
+from ut_video_assets.storage import VideoStore
+from ut_video_assets.upload import StreamingUpload
+
+MiB = 1024 * 1024
+TEST_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+
+
+@pytest.fixture
+def container(azurite_server: AzuriteEndpoint) -> str:
+    name = f"dest-{uuid.uuid4().hex[:12]}"
+    azurite_server.create_container(name)
+    return name
+
+
+@pytest.fixture
+def backend(azurite_server: AzuriteEndpoint, container: str) -> AzureBackend:
+    return azure_backend(container, service=azurite_server.service())
+
+
+def wire(data: bytes) -> dict[str, str]:
+    sums = WholeChecksums(["md5"])
+    sums.update(data)
+    return sums.wire()
+
+
+def flip_put_block_bodies(request: Any) -> None:
+    """A ``raw_request_hook``: one bit of every Put Block body flipped after the client computed its checksum,
+    as a faulty link or NIC would (the other requests pass untouched)."""
+    http = request.http_request
+    if "comp=block" not in http.url or "comp=blocklist" in http.url:
+        return
+    data = http.data
+    raw = bytearray(data.read() if hasattr(data, "read") else data)
+    raw[len(raw) // 2] ^= 0x10
+    http.data = bytes(raw)
+
+
+# --- what the service verifies -------------------------------------------------------------------------------
+
+
+def test_a_block_corrupted_on_the_way_is_refused_and_nothing_appears(
+    azurite_server: AzuriteEndpoint, container: str, backend: AzureBackend
+) -> None:
+    assert azstore._CRC64 is not None  # azure-storage-extensions is installed: blocks carry a CRC-64
+    corrupting = azure_backend(container, service=azurite_server.service(raw_request_hook=flip_put_block_bodies))
+    name, data = "v/session.mp4", os.urandom(3 * MiB)
+    pending = corrupting.begin(name, content_type="video/mp4", metadata={"session-id": "s"})
+    with pytest.raises(StorageError, match=r"sending part 1 of az://dest-\w+/v/session.mp4 failed: Crc64Mismatch"):
+        pending.send_part(1, io.BytesIO(data), len(data))
+    assert backend.head(name) is None
+    assert backend.pending_uploads(name) == []  # the block was not kept either
+
+    # Without the block's checksum the same corruption is taken: the refusal above is the CRC-64's doing.
+    corrupting.blob("unchecked").stage_block("x", io.BytesIO(data), length=len(data))
+    assert len(backend.pending_uploads("unchecked")) == 1
+
+
+def test_a_wrong_content_md5_is_stored_as_given_and_the_checks_catch_it(backend: AzureBackend) -> None:
+    """Azure (and Azurite) store a block list's Content-MD5 without checking it against the blocks: the checksum
+    check compares it with the download's MD5, and a deep verify reads the bytes back."""
+    store = VideoStore(backend, "videos/", part_size=5 * MiB)
+    session_id = str(uuid.uuid4())
+    key = store.video_key(TEST_ID, session_id)
+    data = os.urandom(6 * MiB)
+    good = wire(data)["md5"]
+    bad = hashlib.md5(b"not the video", usedforsecurity=False).digest()
+    pending = backend.begin(key, content_type="video/mp4", metadata={"session-id": session_id})
+    pending.send_part(1, io.BytesIO(data[: 5 * MiB]), 5 * MiB)
+    pending.send_part(2, io.BytesIO(data[5 * MiB :]), MiB)
+    pending.commit(size=len(data), checksums={"md5": md5_to_base64(bad)}, precondition=Precondition.absent())
+    sha256 = hashlib.sha256(data).hexdigest()
+    store.label_video(key, sha256)
+    stored = store.head_video(TEST_ID, session_id)
+    assert stored is not None and stored.checksum == md5_to_base64(bad)  # taken as given
+    checked = store.verify_stored(stored, sha256=sha256, checksum=good, size=len(data))
+    assert not checked.ok and f"the store's MD5 is {stored.checksum}, expected {good}" in checked.reason
+    deep = store.deep_verify(TEST_ID, session_id, sha256)
+    assert not deep.ok and "do not match the store's own MD5" in deep.reason
+
+
+def test_a_commit_must_name_every_part_once(backend: AzureBackend) -> None:
+    pending = backend.begin("gap", content_type="video/mp4", metadata={})
+    pending.send_part(1, io.BytesIO(b"a" * 10), 10)
+    pending.send_part(3, io.BytesIO(b"c" * 10), 10)
+    with pytest.raises(StorageError, match=r"not 1\.\.N"):
+        pending.commit(size=20, checksums=wire(b"a" * 20), precondition=Precondition.absent())
+    pending.send_part(2, io.BytesIO(b"b" * 10), 10)
+    with pytest.raises(StorageError, match="hold 30 bytes, not 20"):
+        pending.commit(size=20, checksums=wire(b"a" * 20), precondition=Precondition.absent())
+    assert backend.head("gap") is None
+
+
+def test_two_writers_blocks_never_mix(backend: AzureBackend) -> None:
+    """Block IDs carry each write's own prefix: a commit names only its blocks, whatever the other staged."""
+    first = backend.begin("both", content_type="video/mp4", metadata={})
+    second = backend.begin("both", content_type="video/mp4", metadata={})
+    first.send_part(1, io.BytesIO(b"1" * 100), 100)
+    second.send_part(1, io.BytesIO(b"2" * 100), 100)
+    second.send_part(2, io.BytesIO(b"2" * 50), 50)
+    assert {p.upload_id for p in backend.pending_uploads("both")} == {first.upload_id, second.upload_id}
+    first.commit(size=100, checksums=wire(b"1" * 100), precondition=Precondition.absent())
+    assert b"".join(backend.iter_chunks("both", MiB)) == b"1" * 100
+    assert backend.pending_uploads("both") == []  # the commit dropped the other writer's blocks
+
+
+# --- a video through the engine's streaming upload ---------------------------------------------------------
+
+
+def streaming(store: VideoStore, spool: Path, session_id: str) -> StreamingUpload:
+    key = store.video_key(TEST_ID, session_id)
+
+    def begin() -> PendingWrite:
+        return store.backend.begin(key, content_type="video/mp4", metadata={"session-id": session_id})
+
+    return StreamingUpload(
+        begin,
+        spool,
+        part_size=store.part_size,
+        min_part_size=store.backend.min_part_size,
+        max_parts=store.backend.max_parts,
+        max_concurrency=store.max_concurrency,
+    )
+
+
+def test_a_video_streams_into_azure_and_verifies_without_reading_it(backend: AzureBackend, tmp_path: Path) -> None:
+    store = VideoStore(backend, "videos/", part_size=5 * MiB)
+    session_id = str(uuid.uuid4())
+    key = store.video_key(TEST_ID, session_id)
+    data = b"\x00\x00\x00\x18ftypmp42" + os.urandom(17 * MiB - 12)  # three full 5 MiB parts and a 2 MiB one
+    sums = WholeChecksums(["md5"])
+    spool = tmp_path / "v.part"
+    upload = streaming(store, spool, session_id)
+    with open(spool, "wb") as out:
+        for start in range(0, len(data), MiB):
+            piece = data[start : start + MiB]
+            out.write(piece)
+            out.flush()
+            sums.update(piece)
+            upload.written(start + len(piece), len(data))
+    assert upload.parts_started == 3 and store.head_video(TEST_ID, session_id) is None  # sent, not visible
+    pending = upload.send_rest(len(data))
+    assert [p.upload_id for p in backend.pending_uploads(key)] == [pending.upload_id]
+    spool.unlink()
+    pending.commit(size=len(data), checksums=sums.wire(), precondition=Precondition.absent())
+    sha256 = sums.sha256.hexdigest()
+    store.label_video(key, sha256)
+
+    stored = store.head_video(TEST_ID, session_id)
+    assert stored is not None and stored.uri == f"az://{backend.bucket}/{key}"
+    assert stored.session_id == session_id and stored.checksum_algorithm == "md5"
+    checked = store.verify_stored(stored, sha256=sha256, checksum=sums.wire()["md5"], size=len(data))
+    assert checked.ok and checked.bytes_read == 0, checked.reason
+    deep = store.deep_verify(TEST_ID, session_id, hashlib.sha256(data).hexdigest())
+    assert deep.ok and deep.bytes_read == len(data), deep.reason
+    assert backend.pending_uploads(key) == []
+    with backend.open_reader(key, len(data)) as reader:  # ranged reads, as the probe seeks
+        reader.seek(len(data) - 100)
+        assert reader.read() == data[-100:]
+        reader.seek(4)
+        assert reader.read(8) == b"ftypmp42"
+    assert [f.size for *_ids, files in store.iter_session_prefixes() for f in files.values()] == [len(data)]
+
+
+def test_a_restarted_download_commits_only_its_own_blocks(backend: AzureBackend, tmp_path: Path) -> None:
+    store = VideoStore(backend, "videos/", part_size=5 * MiB)
+    session_id = str(uuid.uuid4())
+    key = store.video_key(TEST_ID, session_id)
+    spool = tmp_path / "v.part"
+    upload = streaming(store, spool, session_id)
+    spool.write_bytes(os.urandom(12 * MiB))
+    upload.written(12 * MiB, 20 * MiB)
+    upload.restarted()  # abort is a no-op on Azure: the voided blocks stay uncommitted for now
+    second = os.urandom(11 * MiB)
+    spool.write_bytes(second)
+    upload.written(len(second), len(second))
+    upload.send_rest(len(second)).commit(size=len(second), checksums=wire(second), precondition=Precondition.absent())
+    assert b"".join(backend.iter_chunks(key, MiB)) == second
+    assert backend.pending_uploads(key) == []  # dropped by our commit
+
+
+# --- credentials, permissions and errors ---------------------------------------------------------------------
+
+
+ALL_DOCUMENTED = {"read": True, "add": True, "create": True, "write": True, "delete": True, "list": True, "tag": True}
+
+
+def sas_env(azurite: AzuriteEndpoint, container: str, **permissions: bool) -> dict[str, str]:
+    """``AZURE_STORAGE_ACCOUNT_URL`` + ``AZURE_STORAGE_SAS_TOKEN`` for a one-hour container SAS with
+    ``permissions`` (docs/DEPLOYMENT.md lists read, add, create, write, delete, list and tag)."""
+    token = generate_container_sas(
+        azurite.account,
+        container,
+        account_key=azurite.account_key,
+        permission=ContainerSasPermissions(**permissions),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    return {"AZURE_STORAGE_ACCOUNT_URL": azurite.blob_endpoint, "AZURE_STORAGE_SAS_TOKEN": token}
+
+
+def test_a_container_sas_with_the_documented_permissions_runs_the_whole_protocol(
+    azurite_server: AzuriteEndpoint, container: str
+) -> None:
+    backend = azure_backend(container, service=azure_service(sas_env(azurite_server, container, **ALL_DOCUMENTED)))
+    data = os.urandom(MiB + 1)
+    pending = backend.begin("v/session.mp4", content_type="video/mp4", metadata={"session-id": "s"})
+    pending.send_part(1, io.BytesIO(data), len(data))
+    version = pending.commit(size=len(data), checksums=wire(data), precondition=Precondition.absent()).version
+    backend.set_labels("v/session.mp4", {"sha256": "ab" * 32})
+    assert backend.get_labels("v/session.mp4") == {"sha256": "ab" * 32}
+    assert backend.head("v/session.mp4").version == version  # type: ignore[union-attr]
+    assert [o.key for o in backend.list_objects("v/")] == ["v/session.mp4"]
+    keeper = LeaseKeeper(backend, "", "run sas", ttl=30)
+    try:
+        keeper.release(keeper.acquire(str(uuid.uuid4())))  # leases are written and deleted
+    finally:
+        keeper.close()
+    assert [o.key for o in backend.list_objects("")] == ["v/session.mp4"]
+
+
+def test_without_the_tag_permission_labels_are_refused(azurite_server: AzuriteEndpoint, container: str) -> None:
+    """Why the SAS needs ``t`` (and RBAC the tags data actions): the SHA-256 label is a blob index tag."""
+    env = sas_env(azurite_server, container, **{**ALL_DOCUMENTED, "tag": False})
+    token = env["AZURE_STORAGE_SAS_TOKEN"]
+    backend = azure_backend(container, service=azure_service(env))
+    backend.put_bytes("k", b"x", "application/octet-stream", precondition=Precondition.absent())
+    with pytest.raises(StorageError, match=r"tagging az://dest-\w+/k failed: AuthorizationPermissionMismatch") as info:
+        backend.set_labels("k", {"sha256": "ab" * 32})
+    assert token not in str(info.value) and "sig=" not in str(info.value)
+
+
+def test_the_environment_chooses_the_credential_and_errors_name_only_the_variable(
+    azurite_server: AzuriteEndpoint,
+) -> None:
+    service = azure_service(azurite_server.env())
+    assert service.account_name == azurite_server.account
+    with pytest.raises(StorageError, match="set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_URL"):
+        azure_service({})
+    broken = "AccountKey=c2VjcmV0LWtleS12YWx1ZQ=="  # no account name
+    with pytest.raises(StorageError, match="AZURE_STORAGE_CONNECTION_STRING is not a usable") as info:
+        azure_service({"AZURE_STORAGE_CONNECTION_STRING": broken})
+    assert "c2VjcmV0" not in str(info.value)
+    with pytest.raises(StorageError, match="must be an https:// URL"):
+        azure_service({"AZURE_STORAGE_ACCOUNT_URL": "acct.blob.core.windows.net"})
+    # No key and no SAS: azure-identity's DefaultAzureCredential (workload identity, managed identity, az login);
+    # building it makes no request.
+    keyless = azure_service({"AZURE_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net"})
+    assert type(keyless.credential).__name__ == "DefaultAzureCredential"
+
+
+def test_a_dead_store_is_a_clear_error_without_secrets(azurite_server: AzuriteEndpoint) -> None:
+    dead = AzuriteEndpoint(f"http://127.0.0.1:{free_port()}/devstoreaccount1")
+    backend = AzureBackend(dead.service(connection_timeout=1, read_timeout=1, retry_total=0), "dest")
+    pending = backend.begin("x", content_type="video/mp4", metadata={})
+    with pytest.raises(StorageError, match=r"sending part 1 of az://dest/x failed: ServiceRequestError") as info:
+        pending.send_part(1, io.BytesIO(b"abc"), 3)
+    with pytest.raises(StorageError, match=r"reading az://dest/x failed: ServiceRequestError"):
+        backend.head("x")
+    pending.abort()  # never raises
+    assert dead.account_key not in str(info.value) and "AccountKey" not in str(info.value)
+    assert dead.account_key not in repr(dead)
+
+
+def test_metadata_names_azure_cannot_hold_are_refused_before_sending(backend: AzureBackend) -> None:
+    with pytest.raises(StorageError, match="cannot be an Azure metadata name"):
+        backend.begin("m", content_type="video/mp4", metadata={"2nd-name": "x"})
+
+
+def test_a_missing_azurite_install_says_what_to_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(azurite_module, "AZURITE_MAIN", tmp_path / "missing" / "main.js")
+    with pytest.raises(AzuriteError, match="run make azurite-deps"):
+        EmbeddedAzurite(tmp_path / "data").start()
