@@ -19,10 +19,11 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-# Query parameters of SigV4 / SigV2 / GCS / Azure SAS URLs, and the usual token-ish names.
+# Query parameters of SigV4 / SigV2 / GCS / Azure SAS URLs, the usual token-ish names, and a GCS resumable
+# session's upload_id (whoever holds the session URI can finish or cancel that upload).
 _SENSITIVE_QUERY = re.compile(
     r"(?i)([?&](?:x-amz-[a-z-]+|x-goog-[a-z-]+|signature|awsaccesskeyid|sig|se|sp|sv|st|skoid|sktid|"
-    r"token|access_token|client_secret|key|expires|policy|key-pair-id)=)[^&#\s\"'<>]*"
+    r"token|access_token|client_secret|key|expires|policy|key-pair-id|upload_id)=)[^&#\s\"'<>]*"
 )
 # The credential parts of a signed URL also outside a query string: botocore logs its canonical request (query
 # on a line of its own) and the signature ("Signature:\n<hex>") at DEBUG when it signs or pre-signs.

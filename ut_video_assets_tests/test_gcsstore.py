@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from ut_video_assets.checksums import WholeChecksums
 from ut_video_assets.commit import PendingWrite, Precondition, StorageError
 from ut_video_assets.gcsstore import LABEL_PREFIX, GcsBackend, gcs_backend
+from ut_video_assets.redact import install_log_redaction
 from ut_video_assets.sandbox.gcs import GcsEndpoint
 from ut_video_assets.sandbox.store import free_port
 from ut_video_assets.storage import VideoStore, open_stored_video
@@ -164,3 +167,19 @@ def test_the_factory_uses_the_emulator_anonymously_or_names_missing_credentials(
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
     with pytest.raises(StorageError, match="no Google Cloud credentials found for the gs:// destination"):
         gcs_backend("any-bucket")
+
+
+def test_the_session_uri_stays_out_of_logs_and_errors(gcs: GcsBackend, caplog: pytest.LogCaptureFixture) -> None:
+    """The session URI is a bearer capability for the upload: urllib3 logs each request's path and query at
+    DEBUG, and the redaction installed for every logger must drop its ``upload_id``."""
+    install_log_redaction()
+    caplog.set_level(logging.DEBUG)
+    pending = gcs.begin("secret.bin", content_type="application/octet-stream", metadata={})
+    upload_id = parse_qs(urlsplit(pending._session_uri).query)["upload_id"][0]  # type: ignore[attr-defined]
+    pending.send_part(1, io.BytesIO(b"z" * 256 * KiB), 256 * KiB)
+    with pytest.raises(StorageError) as error:
+        pending.commit(size=256 * KiB, checksums={}, precondition=Precondition.absent())  # no CRC-32C computed
+    pending.abort()
+    assert "/upload/storage/v1/b/" in caplog.text  # the session's requests were logged ...
+    assert upload_id not in caplog.text  # ... without the capability
+    assert upload_id not in str(error.value) + repr(pending)
