@@ -1,4 +1,7 @@
-"""The video catalog: one row per stored video, as a pandas DataFrame and as Parquet.
+"""The video catalog: one row per session, as a pandas DataFrame and as Parquet.
+
+Every completed session the pipeline has settled has a row: a stored video (``has_video``), or a session
+UserTesting has no video for (``has_video = false``: its IDs and times only), so counting sessions works.
 
 Built from the small JSON records stored next to each video (never from the videos themselves), and
 incrementally: each row keeps the ETag of the record it was read from, so a rebuild lists the bucket (1,000 keys
@@ -33,6 +36,7 @@ _TIMESTAMP = "timestamp[us, tz=UTC]"
 COLUMNS: dict[str, tuple[str, str]] = {
     "session_id": ("string", "UserTesting session UUID (the Dagster partition key)"),
     "test_id": ("string", "UserTesting test UUID the session belongs to"),
+    "has_video": ("bool", "False when UserTesting has no video for the session (then only its IDs and times)"),
     "storage_path": ("string", "s3:// URI of the stored video"),
     "size_bytes": ("int64", "Size of the stored video in bytes"),
     "checksum_sha256": ("string", "SHA-256 of the video, computed while downloading (hex)"),
@@ -55,13 +59,20 @@ def arrow_schema() -> pa.Schema:
     """`COLUMNS` as an Arrow schema (built on first use)."""
     import pyarrow as pa
 
-    types = {"string": pa.string(), "int64": pa.int64(), "double": pa.float64(), _TIMESTAMP: pa.timestamp("us", "UTC")}
+    types = {
+        "string": pa.string(),
+        "int64": pa.int64(),
+        "double": pa.float64(),
+        "bool": pa.bool_(),
+        _TIMESTAMP: pa.timestamp("us", "UTC"),
+    }
     return pa.schema([pa.field(name, types[dtype]) for name, (dtype, _doc) in COLUMNS.items()])
 
 
 @dataclass(frozen=True)
 class CatalogSummary:
     rows: int
+    videos: int
     total_bytes: int
     total_duration_seconds: float
     tests: int
@@ -84,7 +95,10 @@ def build_catalog(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     import pyarrow as pa
 
     schema = arrow_schema()
-    rows = [{name: _cell(name, record.get(name)) for name in COLUMNS} for record in records]
+    rows = [
+        {name: _cell(name, record.get(name)) for name in COLUMNS} | {"has_video": _has_video(record)}
+        for record in records
+    ]
     table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
     return _sorted(table.to_pandas(types_mapper=_pandas_type))
 
@@ -108,17 +122,23 @@ def build_from_store(store: VideoStore) -> CatalogBuild:
     reuse: set[tuple[str, str]] = set()
     wanted: list[tuple[str, str, str]] = []
     without_record = 0
+    without_video: set[tuple[str, str]] = set()
     for test_id, session_id, files in store.iter_session_prefixes():
         video, record = files.get(VIDEO_NAME), files.get(RECORD_NAME)
         if video is None:
-            continue
+            if record is None:
+                continue
+            # A session UserTesting has no video for has a record of its own (no_video); any other record
+            # without its video (a deleted object) is left out, as before.
+            without_video.add((test_id, session_id))
         if record is None:
             without_record += 1
-        elif record.etag and known.get((test_id, session_id)) == record.etag:
+        elif record.etag and video is not None and known.get((test_id, session_id)) == record.etag:
             reuse.add((test_id, session_id))
         else:
             wanted.append((test_id, session_id, record.etag))
     fresh, bad, vanished = _read_records(store, wanted)
+    fresh = [r for r in fresh if _has_video(r) != ((r["test_id"], r["session_id"]) in without_video)]
     without_record += vanished
     try:
         fresh_frame = build_catalog(fresh)
@@ -202,6 +222,11 @@ def previous_catalog(store: VideoStore) -> pd.DataFrame | None:
     return frame
 
 
+def _has_video(record: Mapping[str, Any]) -> bool:
+    """Records of stored videos predate the field: only a no-video record says False."""
+    return record.get("has_video") is not False
+
+
 def _cell(name: str, value: Any) -> Any:
     """Records are JSON: timestamps arrive as ISO-8601 strings."""
     if value is None or COLUMNS[name][0] != _TIMESTAMP:
@@ -243,6 +268,7 @@ def read_parquet_bytes(data: bytes) -> pd.DataFrame:
 def summarize(frame: pd.DataFrame) -> CatalogSummary:
     return CatalogSummary(
         rows=len(frame),
+        videos=int(frame["has_video"].sum()) if len(frame) else 0,
         total_bytes=int(frame["size_bytes"].sum()) if len(frame) else 0,
         total_duration_seconds=float(frame["duration_seconds"].fillna(0).sum()) if len(frame) else 0.0,
         tests=int(frame["test_id"].nunique()) if len(frame) else 0,

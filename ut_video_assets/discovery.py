@@ -18,6 +18,7 @@ found and spent, so the sensor can record both instead of losing them with an ex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -45,7 +46,9 @@ class DiscoveryCursor:
     - ``next_test``: where the next tick starts in the list of watched tests (round robin, so that with more
       tests than one tick may scan, every test still gets its turn);
     - ``credit`` / ``credit_at``: discovery's share of the API budget (see `DiscoveryAllowance`);
-    - ``looked_at``: when a tick last asked the API (the sensor looks less often while downloads are busy).
+    - ``looked_at``: when a tick last asked the API (the sensor looks less often while downloads are busy);
+    - ``waiting``: sessions whose video was not there yet, with when to ask again (epoch seconds), and
+      ``observed_after``: the last event-log storage ID the sensor read them from.
     """
 
     pending_offsets: dict[str, int] = field(default_factory=dict)
@@ -53,6 +56,8 @@ class DiscoveryCursor:
     credit: float | None = None
     credit_at: float = 0.0
     looked_at: float = 0.0
+    waiting: dict[str, float] = field(default_factory=dict)
+    observed_after: int = 0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -63,6 +68,8 @@ class DiscoveryCursor:
                 "credit": self.credit,
                 "credit_at": self.credit_at,
                 "looked_at": self.looked_at,
+                "waiting": self.waiting,
+                "observed_after": self.observed_after,
             },
             sort_keys=True,
         )
@@ -82,6 +89,8 @@ class DiscoveryCursor:
                 credit=None if credit is None else float(credit),
                 credit_at=float(data.get("credit_at", 0.0)),
                 looked_at=float(data.get("looked_at", 0.0)),
+                waiting={str(k): float(v) for k, v in data.get("waiting", {}).items()},
+                observed_after=max(int(data.get("observed_after", 0)), 0),
             )
         except (ValueError, TypeError, AttributeError):
             return cls()
@@ -184,8 +193,8 @@ class _Scan:
         self.seen: set[str] = set()
         self.result = DiscoveryResult(
             new_sessions=[],
-            cursor=DiscoveryCursor(
-                dict(cursor.pending_offsets), first, cursor.credit, cursor.credit_at, cursor.looked_at
+            cursor=dataclasses.replace(
+                cursor, pending_offsets=dict(cursor.pending_offsets), next_test=first, waiting=dict(cursor.waiting)
             ),
         )
 

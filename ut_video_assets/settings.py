@@ -214,6 +214,9 @@ SETTINGS: dict[str, Setting] = {
         "path", None, "where downloads are spooled", shown_default="$DAGSTER_HOME/ut-video-assets/spool"
     ),
     "UT_DOWNLOAD_READ_TIMEOUT_SECONDS": _number(float, 30.0, 0.5, 3600, "silence before a resume"),
+    "UT_VIDEO_READY_WAIT_HOURS": _number(
+        float, 24.0, 0.001, 720, "how long after completion a 404 means 'not yet': up to 30 days"
+    ),
     # Alerts
     "UT_ALERT_WEBHOOK_URL": Setting("url", None, "where alerts go (none when unset)", secret=True),
     "UT_DAGSTER_UI_URL": Setting("url", None, "links to runs in alerts"),

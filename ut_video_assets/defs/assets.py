@@ -7,14 +7,30 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from ut_video_assets.catalog import COLUMN_DESCRIPTIONS, COLUMNS, build_from_store, summarize, to_parquet_bytes
-from ut_video_assets.defs.io_manager import VideoBatch, commit_batch, ingested_metadata, prepared_metadata
+from ut_video_assets.defs.io_manager import (
+    VideoBatch,
+    commit_batch,
+    ingested_metadata,
+    missing_metadata,
+    prepared_metadata,
+    waiting_metadata,
+)
 from ut_video_assets.defs.partitions import session_partitions
-from ut_video_assets.defs.registry import SESSION_ASSET_KEY, lookup_session
+from ut_video_assets.defs.registry import SESSION_ASSET_KEY, SessionRecord, lookup_session, session_metadata
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
-from ut_video_assets.defs.verification import video_check_evaluations
+from ut_video_assets.defs.verification import unchanged_video_evaluations, video_check_evaluations
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
-from ut_video_assets.ingest import EngineSettings, IngestEngine, IngestError, SessionRef
+from ut_video_assets.ingest import EngineSettings, IngestedVideo, IngestEngine, IngestError, SessionRef
+from ut_video_assets.outcomes import (
+    MissingVideo,
+    VideoWait,
+    WaitingForVideo,
+    describe_failure,
+    next_step,
+    utc_now,
+)
 from ut_video_assets.settings import DOWNLOAD_POOL, SettingsError, load_time_int
+from ut_video_assets.storage import VideoStore
 
 if TYPE_CHECKING:
     import pandas as pd  # imported when the catalog is built, not with the code location (catalog.py says why)
@@ -47,6 +63,9 @@ class SessionVideoConfig(dg.Config):
     """Download and store the video again even when a verified copy is already stored."""
 
 
+RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL)
+
+
 @dg.asset(
     partitions_def=session_partitions,
     deps=[usertesting_session],
@@ -56,8 +75,11 @@ class SessionVideoConfig(dg.Config):
     kinds={"s3", "video"},
     owners=["team:research-ops"],
     tags={"pii": "true"},
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL),
+    retry_policy=RETRY_POLICY,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SESSIONS_PER_RUN),
+    # A session whose video is not there yet is not materialized by its run (nor is anything else of that run
+    # through the output): the run records what it did store itself, and succeeds.
+    output_required=False,
 )
 def session_video(
     context: dg.AssetExecutionContext,
@@ -69,10 +91,15 @@ def session_video(
     """The session's screen/camera recording (MP4), copied from UserTesting into our bucket and verified.
 
     Stored at `{prefix}test_id={test}/session_id={session}/session.mp4`; the store verifies the whole object's
-    CRC-32 when it is committed, and its SHA-256 (computed while downloading) is an object tag and a field of
+    checksum when it is committed, and its SHA-256 (computed while downloading) is an object tag and a field of
     `session.json` next to it. The pre-signed source URL is requested just in time and never stored or logged.
     A session whose video is already stored is not downloaded again unless the run config sets
     `force_download: true`.
+
+    Every partition says what became of its session (`video_status`): `stored`; `no_video` (UserTesting has
+    none: materialized with the API's answer and when it was asked, and counted in the catalog); not
+    materialized yet while the video may still be processing (`UT_VIDEO_READY_WAIT_HOURS` after completion: an
+    observation says when it is asked again); or `failed`, with the reason in words and what happens next.
 
     A run covers one session or a range (the discovery sensor requests up to `UT_SESSIONS_PER_RUN` at a time,
     saving a Dagster run's start-up per session); each is downloaded in turn into a pending write, and the IO
@@ -90,6 +117,7 @@ def session_video(
         )
         http = downloads.http_client()
         embed = downloads.embed_thumbnails()
+        wait = downloads.video_wait()
     except SettingsError as exc:
         raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
     keys = context.partition_keys
@@ -103,49 +131,144 @@ def session_video(
         report=context.log.info,
     )
     batch = VideoBatch(engine)
+    known: dict[str, SessionRecord] = {}
     try:
         with http:
             for number, key in enumerate(keys, start=1):
                 if len(keys) > 1:
                     context.log.info(f"session {number} of {len(keys)}: {key}")
-                try:
-                    batch.add(key, engine.prepare(_session(context, key), force=config.force_download))
-                except IngestError as exc:
-                    context.log.error(f"session {key} failed: {exc}")
-                    batch.failures[key] = exc
+                _prepare(context, batch, key, wait, known, force=config.force_download)
     except BaseException:
         batch.abandon()
         raise
-    if not batch.failures:
-        for key, item in batch.items.items():
-            context.add_asset_metadata(prepared_metadata(item, store, embed_thumbnail=embed), partition_key=key)
-        yield dg.Output(batch)  # the IO manager commits every prepared video
+
+    def metadata(key: str) -> dict[str, Any]:
+        item = batch.items[key]
+        shown = (
+            missing_metadata(item, store)
+            if isinstance(item, MissingVideo)
+            else prepared_metadata(item, store, embed_thumbnail=embed)
+        )
+        return shown | (session_metadata(known[key]) if key in known else {})
+
+    if not batch.failures and not batch.waiting:
+        for key in batch.items:
+            context.add_asset_metadata(metadata(key), partition_key=key)
+        yield dg.Output(batch)  # the IO manager commits every prepared video and records the missing ones
         return
-    # The run fails, so its output (which would materialize every partition of the range) is never emitted, and
-    # the IO manager never sees it: commit the sessions that did arrive with the IO manager's own function,
-    # record them one by one and check them here (the check steps are skipped).
+    # Not every session of the run is materialized, so its output (which would materialize every partition of
+    # the range) is never emitted and the IO manager never sees it: commit the sessions that did arrive with the
+    # IO manager's own function, record them one by one and check them here (the check steps are skipped).
     committed = commit_batch(batch, context.log)
-    for key, video in committed.items():
-        yield dg.AssetMaterialization(
+    for key, item in committed.items():
+        extra = ingested_metadata(item, store) if isinstance(item, IngestedVideo) else {}
+        yield dg.AssetMaterialization(asset_key=context.asset_key, partition=key, metadata=metadata(key) | extra)
+    deep = storage.deep_verification()
+    for key in committed:
+        yield from video_check_evaluations(context.instance, store, key, deep=deep)
+    for key, waiting in batch.waiting.items():
+        context.log.info(waiting.summary())
+        yield dg.AssetObservation(
             asset_key=context.asset_key,
             partition=key,
-            metadata=prepared_metadata(batch.items[key], store, embed_thumbnail=embed)
-            | ingested_metadata(video, store),
+            metadata=waiting_metadata(waiting) | (session_metadata(known[key]) if key in known else {}),
         )
-    for key in committed:
-        yield from video_check_evaluations(context.instance, store, key, deep=storage.deep_verification())
+        why = "no video yet: UserTesting may still be processing it"
+        yield from unchanged_video_evaluations(context.instance, store, key, why, deep=deep)
+    if batch.failures:
+        yield from _fail(context, batch, known, store, deep, stored=len(committed), total=len(keys))
+
+
+def _prepare(
+    context: dg.AssetExecutionContext,
+    batch: VideoBatch,
+    key: str,
+    wait: VideoWait,
+    known: dict[str, SessionRecord],
+    *,
+    force: bool,
+) -> None:
+    """Prepare one session into ``batch``: its video, its "no video" record, "not yet", or its failure."""
+    session: SessionRef | None = None
+    try:
+        session = _session(context, key, known)
+        batch.add(key, batch.engine.prepare(session, force=force))
+    except IngestError as exc:
+        if exc.reason == "no_video" and session is not None:
+            now = utc_now()
+            if wait.not_yet(session, now):
+                batch.waiting[key] = WaitingForVideo(session, now, wait.next_ask(session, now), wait.deadline(session))
+            else:
+                context.log.info(f"session {key}: UserTesting has no video for it (404); recorded as such")
+                batch.add(key, MissingVideo(session, now))
+            return
+        context.log.error(f"session {key} failed: {exc}")
+        batch.failures[key] = exc
+
+
+def _fail(
+    context: dg.AssetExecutionContext,
+    batch: VideoBatch,
+    known: dict[str, SessionRecord],
+    store: VideoStore,
+    deep: bool,
+    *,
+    stored: int,
+    total: int,
+) -> Iterator[Any]:
+    """Explain each failed session on its partition (an observation: the partition page shows it), then fail the
+    run with a message that names the sessions, the reasons in words and what happens next."""
+    now = utc_now()
+    lines: list[str] = []
+    retryable = any(failure.retryable for failure in batch.failures.values())
+    for key, failure in batch.failures.items():
+        # The whole step is retried (the stored sessions are skipped then), so every session of a retryable
+        # run is tried again, whatever its own reason.
+        words = describe_failure(failure.reason)
+        then = next_step(
+            failure.reason,
+            retryable=retryable,
+            attempt=context.retry_number,
+            max_retries=RETRY_POLICY.max_retries,
+            retry_delay_seconds=(RETRY_POLICY.delay or 0) * (2 ** (context.retry_number + 1) - 1),
+            now=now,
+        )
+        lines.append(f"session {key}: {words}; {then}")
+        yield dg.AssetObservation(
+            asset_key=context.asset_key,
+            partition=key,
+            metadata={
+                "video_status": "failed",
+                "reason": words,
+                "reason_code": failure.reason,
+                "what_next": then,
+                "error": str(failure),
+                "failed_at": now.isoformat(timespec="seconds"),
+                "run_id": context.run.run_id,
+                "attempt": context.retry_number + 1,
+            }
+            | (session_metadata(known[key]) if key in known else {}),
+        )
+        why = f"this run's download failed: {words}"
+        yield from unchanged_video_evaluations(context.instance, store, key, why, deep=deep)
     failures = batch.failures
-    if len(keys) == 1:
-        (failure,) = failures.values()
-        raise dg.Failure(str(failure), allow_retries=failure.retryable)
-    summary = "; ".join(f"{key}: {failure}" for key, failure in failures.items())
+    if total == 1:
+        head = f"session {next(iter(failures))} was not stored"
+    else:
+        head = f"{len(failures)} of {total} sessions failed ({stored} stored and checked)"
     raise dg.Failure(
-        f"{len(failures)} of {len(keys)} sessions failed ({len(committed)} stored and checked): {summary}",
-        allow_retries=any(failure.retryable for failure in failures.values()),
+        description=f"{head}: " + " | ".join(lines),
+        metadata={
+            "failed_sessions": dg.MetadataValue.json(
+                {key: {"reason": describe_failure(f.reason), "error": str(f)} for key, f in failures.items()}
+            ),
+            "failed_session_count": len(failures),
+        },
+        allow_retries=retryable,
     )
 
 
-def _session(context: dg.AssetExecutionContext, key: str) -> SessionRef:
+def _session(context: dg.AssetExecutionContext, key: str, known: dict[str, SessionRecord]) -> SessionRef:
     """The partition's session as discovery recorded it (its test decides the storage path)."""
     try:
         session_id = normalize_uuid(key, "partition key (session ID)")
@@ -160,6 +283,7 @@ def _session(context: dg.AssetExecutionContext, key: str) -> SessionRef:
             reason="undiscovered",
             retryable=False,
         )
+    known[key] = session
     return SessionRef(session_id, session.test_id, session.start_time, session.finish_time)
 
 
@@ -175,7 +299,8 @@ def _session(context: dg.AssetExecutionContext, key: str) -> SessionRef:
     },
 )
 def video_catalog(context: dg.AssetExecutionContext, storage: VideoStorageResource) -> dg.MaterializeResult:
-    """One row per stored session video: where it is, how big, its checksum and what the file is.
+    """One row per completed session: where its stored video is, how big, its checksum and what the file is; or
+    `has_video = false` when UserTesting has no video for it (then its IDs and times only).
 
     Written as Parquet to `{prefix}catalog/video_catalog.parquet` (DuckDB and Athena read it as is). Built
     from the small records stored next to each video, never from the videos. Refreshed by
@@ -188,13 +313,16 @@ def video_catalog(context: dg.AssetExecutionContext, storage: VideoStorageResour
     store.put_bytes(store.catalog_key, to_parquet_bytes(frame), "application/vnd.apache.parquet")
     summary = summarize(frame)
     context.log.info(
-        f"catalog: {summary.rows} videos, {summary.total_bytes / 1048576:,.1f} MiB at {store.uri(store.catalog_key)} "
+        f"catalog: {summary.rows} sessions, {summary.videos} with a video, "
+        f"{summary.total_bytes / 1048576:,.1f} MiB at {store.uri(store.catalog_key)} "
         f"({build.reused_rows} rows reused from the previous catalog, {build.records_read} records read)"
     )
     preview = frame.head(20)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": summary.rows,
+            "videos": summary.videos,
+            "sessions_without_video": summary.rows - summary.videos,
             "storage_path": dg.MetadataValue.path(store.uri(store.catalog_key)),
             "total_size_mib": dg.MetadataValue.float(round(summary.total_bytes / 1048576, 2)),
             "total_duration_minutes": dg.MetadataValue.float(round(summary.total_duration_seconds / 60, 2)),
@@ -222,6 +350,7 @@ def _catalog_column_lineage() -> dg.TableColumnLineage:
     from_session = {"test_id": "test_id", "start_time": "start_time", "finish_time": "finish_time"}
     from_video = {
         "session_id": "dagster/partition",
+        "has_video": "has_video",
         "storage_path": "storage_path",
         "size_bytes": "size_bytes",
         "checksum_sha256": "sha256",
@@ -253,6 +382,7 @@ def _markdown_table(frame: "pd.DataFrame") -> str:
     columns = [
         "session_id",
         "test_id",
+        "has_video",
         "size_bytes",
         "duration_seconds",
         "width",
@@ -261,7 +391,7 @@ def _markdown_table(frame: "pd.DataFrame") -> str:
         "start_time",
     ]
     if not len(frame):
-        return "_no videos stored yet_"
+        return "_no sessions recorded yet_"
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in frame[columns].itertuples(index=False):
         lines.append("| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |")

@@ -85,7 +85,8 @@ def video_catalog_unique_sessions(storage: VideoStorageResource) -> dg.AssetChec
 
 @dg.asset_check(asset=video_catalog, name="video_catalog_objects_present", blocking=True)
 def video_catalog_objects_present(storage: VideoStorageResource) -> dg.AssetCheckResult:
-    """Every row's video object exists in the bucket with the row's size."""
+    """Every row with a video has its object in the bucket with the row's size (rows of sessions without a video
+    have none to look for)."""
     store = storage.store()
     frame = read_parquet_bytes(store.read_bytes(store.catalog_key))
     listed = {
@@ -95,11 +96,13 @@ def video_catalog_objects_present(storage: VideoStorageResource) -> dg.AssetChec
     }
     problems = [
         f"{path}: " + ("missing" if listed.get(str(path)) is None else "size differs")
-        for path, size in zip(frame["storage_path"], frame["size_bytes"], strict=True)
-        if listed.get(str(path)) != size
+        for path, size, has_video in zip(frame["storage_path"], frame["size_bytes"], frame["has_video"], strict=True)
+        if has_video and listed.get(str(path)) != size
     ]
     return dg.AssetCheckResult(
         passed=not problems,
-        description=f"{len(problems)} rows without their object" if problems else f"all {len(frame)} objects present",
+        description=f"{len(problems)} rows without their object"
+        if problems
+        else f"all {int(frame['has_video'].sum())} objects present",
         metadata={"problems": dg.MetadataValue.json(problems[:50])},
     )

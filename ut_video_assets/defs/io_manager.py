@@ -1,7 +1,8 @@
 """The IO manager of ``session_video``: the one place a video is committed to the store and loaded back.
 
-``handle_output`` receives a `VideoBatch`: the run's sessions, each either a `PreparedVideo` (downloaded,
-probed, every byte in a pending write; nothing visible at its key yet) or an `IngestedVideo` (already stored).
+``handle_output`` receives a `VideoBatch`: the run's sessions, each a `PreparedVideo` (downloaded, probed,
+every byte in a pending write; nothing visible at its key yet), an `IngestedVideo` (already stored) or a
+`MissingVideo` (UserTesting has no video for it: its record says so, and the catalog counts it).
 It commits each prepared video through the ingest engine (`ut_video_assets.ingest`): the store verifies the
 whole object's CRC-32 under a create-only (or replace-only-what-was-seen) precondition, then the SHA-256 label,
 thumbnail and record follow. Single-partition and range runs take the same path. ``load_input`` gives
@@ -21,6 +22,7 @@ from ut_video_assets.commit import crc32_to_base64
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import VideoStorageResource
 from ut_video_assets.ingest import IngestedVideo, IngestEngine, IngestError, PreparedVideo
+from ut_video_assets.outcomes import MissingVideo, WaitingForVideo, record_missing_video
 from ut_video_assets.storage import StoredVideo, VideoStore
 
 
@@ -30,10 +32,12 @@ class VideoBatch:
     prepared them (it holds their write leases until they are committed)."""
 
     engine: IngestEngine
-    items: dict[str, PreparedVideo | IngestedVideo] = field(default_factory=dict)
+    items: dict[str, PreparedVideo | IngestedVideo | MissingVideo] = field(default_factory=dict)
     failures: dict[str, IngestError] = field(default_factory=dict)
+    waiting: dict[str, WaitingForVideo] = field(default_factory=dict)
+    """Sessions whose video is not there yet: not materialized by this run, asked again later."""
 
-    def add(self, key: str, item: PreparedVideo | IngestedVideo) -> None:
+    def add(self, key: str, item: PreparedVideo | IngestedVideo | MissingVideo) -> None:
         self.items[key] = item
 
     def abandon(self) -> None:
@@ -44,16 +48,19 @@ class VideoBatch:
         self.engine.close()
 
 
-def commit_batch(batch: VideoBatch, log: Any) -> dict[str, IngestedVideo]:
-    """Commit every prepared video of ``batch`` (the stored ones pass through); failures are added to
-    ``batch.failures``. Releases every lease. ``log`` is a Dagster logger."""
-    done: dict[str, IngestedVideo] = {}
+def commit_batch(batch: VideoBatch, log: Any) -> dict[str, IngestedVideo | MissingVideo]:
+    """Commit every prepared video of ``batch`` (the stored ones pass through) and record the sessions without
+    a video; failures are added to ``batch.failures``. Releases every lease. ``log`` is a Dagster logger."""
+    done: dict[str, IngestedVideo | MissingVideo] = {}
     try:
         for key, item in batch.items.items():
             if isinstance(item, IngestedVideo):
                 done[key] = item
                 continue
             try:
+                if isinstance(item, MissingVideo):
+                    done[key] = record_missing_video(batch.engine.store, item)
+                    continue
                 done[key] = batch.engine.commit(item)
             except IngestError as exc:
                 log.error(f"session {key}: {exc}")
@@ -119,6 +126,8 @@ def prepared_metadata(
                 extra["thumbnail_image"] = dg.MetadataValue.md(f"![thumbnail](data:image/jpeg;base64,{image})")
     session = item.session
     return {
+        "video_status": "stored",
+        "has_video": True,
         "test_id": session.test_id,
         "session_start_time": session.start_time.isoformat() if session.start_time else "",
         "storage_path": dg.MetadataValue.path(uri),
@@ -136,6 +145,35 @@ def prepared_metadata(
         "store_checksum": dg.MetadataValue.text(store_checksum or ""),
         **media,
         **extra,
+    }
+
+
+def missing_metadata(item: MissingVideo, store: VideoStore) -> dict[str, Any]:
+    """What the UI shows of a session UserTesting has no video for: that, the API's answer and when it was asked."""
+    session = item.session
+    return {
+        "video_status": "no_video",
+        "has_video": False,
+        "outcome": "no_video",
+        "api_answer": item.answer,
+        "last_asked_at": item.asked_at.isoformat(timespec="seconds"),
+        "record_path": dg.MetadataValue.path(store.uri(store.record_key(session.test_id, session.session_id))),
+        "what_it_means": "UserTesting has no recording for this session (a survey, or no video was captured); "
+        "nothing is stored and the checks have nothing to verify. Materialize it again to ask once more.",
+    }
+
+
+def waiting_metadata(item: WaitingForVideo) -> dict[str, Any]:
+    """What the UI shows of a session whose video is not there yet (an observation: the partition stays missing)."""
+    return {
+        "video_status": "waiting_for_video",
+        "api_answer": "404 Not Found (the video may still be processing)",
+        "last_asked_at": item.asked_at.isoformat(timespec="seconds"),
+        "next_ask_at": item.next_ask_at.isoformat(timespec="seconds"),
+        "next_ask_timestamp": dg.MetadataValue.float(item.next_ask_at.timestamp()),
+        "gives_up_at": item.gives_up_at.isoformat(timespec="seconds") if item.gives_up_at else "",
+        "what_next": "completed_sessions_sensor asks again at next_ask_at (when discovery has budget to spare); "
+        "after gives_up_at a 404 is recorded as no video",
     }
 
 
@@ -188,9 +226,11 @@ class SessionVideoIOManager(dg.ConfigurableIOManager):
             )
         if len(done) == 1:
             (video,) = done.values()
-            context.add_output_metadata(ingested_metadata(video, store))
+            if isinstance(video, IngestedVideo):
+                context.add_output_metadata(ingested_metadata(video, store))
         else:
-            context.log.info(f"{len(done)} session videos stored by this run")
+            stored = sum(isinstance(video, IngestedVideo) for video in done.values())
+            context.log.info(f"{stored} session videos stored by this run, {len(done) - stored} without a video")
 
     def load_input(self, context: dg.InputContext) -> StoredVideo:
         session_id = context.asset_partition_key

@@ -25,6 +25,18 @@ class SessionRecord:
     test_id: str
     start_time: datetime | None
     finish_time: datetime | None
+    audience_id: str = ""
+
+
+def session_metadata(record: SessionRecord) -> dict[str, str]:
+    """What an analyst knows a session by (its test, when it ran, its audience): shown on every partition of
+    ``session_video``, whatever became of its video, so a session can be found without its UUID."""
+    return {
+        "test_id": record.test_id,
+        "session_start_time": record.start_time.isoformat() if record.start_time else "",
+        "session_finish_time": record.finish_time.isoformat() if record.finish_time else "",
+        "audience_id": record.audience_id,
+    }
 
 
 def session_observation(session: SessionSummary) -> dg.AssetObservation:
@@ -61,4 +73,5 @@ def lookup_session(instance: dg.DagsterInstance, session_id: str) -> SessionReco
         test_id=normalize_uuid(text("test_id"), "recorded test ID"),
         start_time=parse_timestamp(start, "start_time") if start else None,
         finish_time=parse_timestamp(finish, "finish_time") if finish else None,
+        audience_id=text("audience_id"),
     )

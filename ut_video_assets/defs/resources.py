@@ -17,6 +17,7 @@ from pydantic import PrivateAttr
 from ut_video_assets.discovery import DiscoveryAllowance
 from ut_video_assets.media import ProbeLimits
 from ut_video_assets.netguard import make_guarded_client
+from ut_video_assets.outcomes import VideoWait
 from ut_video_assets.ratelimit import RequestBudget
 from ut_video_assets.settings import Settings
 from ut_video_assets.storage import VideoStore
@@ -244,6 +245,7 @@ class DownloadSettingsResource(SpecifiedResource):
     max_concurrent_downloads: str | None = None
     sessions_per_run: str | None = None
     video_url_allow_hosts: str | None = None
+    video_ready_wait_hours: str | None = None
 
     SETTINGS_FIELDS: ClassVar[dict[str, str]] = {
         "spool_dir": "UT_SPOOL_DIR",
@@ -255,7 +257,12 @@ class DownloadSettingsResource(SpecifiedResource):
         "max_concurrent_downloads": "UT_MAX_CONCURRENT_DOWNLOADS",
         "sessions_per_run": "UT_SESSIONS_PER_RUN",
         "video_url_allow_hosts": "UT_VIDEO_URL_ALLOW_HOSTS",
+        "video_ready_wait_hours": "UT_VIDEO_READY_WAIT_HOURS",
     }
+
+    def video_wait(self) -> VideoWait:
+        """How long after completion a 404 for the video means "not yet" (``UT_VIDEO_READY_WAIT_HOURS``)."""
+        return VideoWait.from_hours(self.settings().number("UT_VIDEO_READY_WAIT_HOURS"))
 
     def url_allow_hosts(self) -> frozenset[str]:
         """Hosts video URLs may come from although not https or not public (``UT_VIDEO_URL_ALLOW_HOSTS``);

@@ -54,6 +54,7 @@ def completed_sessions_sensor(
     test_ids = api.watched_test_ids()
     sync_download_pool(context.instance, downloads.download_limit())
     cursor = DiscoveryCursor.from_json(context.cursor)
+    absorb_waiting(context.instance, cursor)
     allowance = api.discovery_allowance()
     now = time.time()
     busy_interval = api.discovery_busy_interval()
@@ -81,7 +82,10 @@ def completed_sessions_sensor(
         budget_wait_seconds=TICK_BUDGET_WAIT_SECONDS,
         time_limit_seconds=TICK_TIME_LIMIT_SECONDS,
     )
-    result.cursor.credit, result.cursor.credit_at = credit - result.requests, now
+    # Sessions whose video was not there yet are asked again once due, with the credit discovery left: only
+    # when no download is queued or running (see above) and discovery's share of the budget has room.
+    rechecks = due_rechecks(result.cursor, now, int(credit - result.requests), downloads.batch_size())
+    result.cursor.credit, result.cursor.credit_at = credit - result.requests - len(rechecks), now
     if result.requests:
         result.cursor.looked_at = now
     for reason in result.rejected[:20]:
@@ -89,7 +93,9 @@ def completed_sessions_sensor(
     for error in result.errors:
         context.log.error(f"the Results API failed during discovery: {error}")
     notes = "; ".join(result.unfinished)
-    if not result.new_sessions:
+    if rechecks:
+        context.log.info(f"asking again for the video of {len(rechecks)} session(s) whose video was not there yet")
+    if not result.new_sessions and not rechecks:
         context.update_cursor(result.cursor.to_json())
         if result.errors:
             # Not raised: Dagster drops the cursor of a tick that raises, and with it what the tick spent
@@ -103,12 +109,14 @@ def completed_sessions_sensor(
         return dg.SkipReason(f"no new completed sessions in {len(test_ids)} test(s)" + (f" ({notes})" if notes else ""))
     keys = [session.session_id for session in result.new_sessions]
     notes = "; ".join(result.unfinished + result.errors)
-    context.log.info(
-        f"discovered {len(keys)} new session(s) with {result.requests} API request(s){'; ' + notes if notes else ''}"
-    )
+    if keys:
+        context.log.info(
+            f"discovered {len(keys)} new session(s) with {result.requests} API request(s)"
+            + (f"; {notes}" if notes else "")
+        )
     return dg.SensorResult(
-        run_requests=run_requests_for(keys, downloads.batch_size()),
-        dynamic_partitions_requests=[session_partitions.build_add_request(keys)],
+        run_requests=run_requests_for(keys, downloads.batch_size()) + rechecks,
+        dynamic_partitions_requests=[session_partitions.build_add_request(keys)] if keys else [],
         asset_events=[session_observation(session) for session in result.new_sessions],
         cursor=result.cursor.to_json(),
     )
@@ -135,6 +143,42 @@ def run_requests_for(keys: list[str], per_run: int) -> list[dg.RunRequest]:
             )
         )
     return requests
+
+
+WAITING_STATUS = "waiting_for_video"
+
+
+def absorb_waiting(instance: dg.DagsterInstance, cursor: DiscoveryCursor, limit: int = 1000) -> None:
+    """Bring ``cursor.waiting`` up to date with the observations ``session_video`` runs recorded since the last
+    look: a session whose video was not there yet is added with when to ask again; any later word on it (a
+    failure) takes it off. Reads the instance only, never the API."""
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=session_video.key, after_storage_id=cursor.observed_after or None),
+        limit=limit,
+        ascending=True,
+    ).records
+    for record in records:
+        cursor.observed_after = max(cursor.observed_after, record.storage_id)
+        observation = record.asset_observation
+        key = record.partition_key
+        if observation is None or key is None:
+            continue
+        status = observation.metadata.get("video_status")
+        due = observation.metadata.get("next_ask_timestamp")
+        if status is not None and status.value == WAITING_STATUS and due is not None:
+            cursor.waiting[key] = float(due.value)  # type: ignore[arg-type]
+        else:
+            cursor.waiting.pop(key, None)
+
+
+def due_rechecks(cursor: DiscoveryCursor, now: float, credit: int, most: int) -> list[dg.RunRequest]:
+    """Runs for the waiting sessions whose time to ask again has come, the longest-due first, at most ``credit``
+    (one video URL request each) and ``most``; they leave ``cursor.waiting`` (a run that meets "not yet" again
+    records when to ask next)."""
+    due = sorted((at, key) for key, at in cursor.waiting.items() if at <= now)[: max(min(credit, most), 0)]
+    for _at, key in due:
+        del cursor.waiting[key]
+    return [dg.RunRequest(partition_key=key, run_key=f"recheck:{key}:{int(at)}") for at, key in due]
 
 
 def _downloads_in_flight(instance: dg.DagsterInstance) -> bool:

@@ -84,6 +84,32 @@ def video_check_evaluations(
     return [_checksum(store, session_id, session, target, deep), _playable(store, session_id, session, target)]
 
 
+def unchanged_video_evaluations(
+    instance: dg.DagsterInstance, store: VideoStore, session_id: str, why: str, *, deep: bool = False
+) -> list[dg.AssetCheckEvaluation]:
+    """Both checks for a session this run did not store (``why``: its video is not there yet, or its download
+    failed). The checks judge what is stored: a video stored by an earlier run is checked as usual; with none,
+    there is nothing to verify, which passes (the partition itself shows the failure, not its checks)."""
+    session, target = lookup_session(instance, session_id), _latest_materialization(instance, session_id)
+    if session is not None and target is not None and _recorded(target, "video_status") != "no_video":
+        try:
+            stored = store.head_video(session.test_id, session_id)
+        except StorageError:
+            stored = None
+        if stored is not None:
+            return [_checksum(store, session_id, session, target, deep), _playable(store, session_id, session, target)]
+    description = f"nothing to verify: no video of this session is stored ({why})"
+    return [_evaluation(name, session_id, True, description, target, {"verified": False}) for name in VIDEO_CHECKS]
+
+
+def _no_video(check_name: str, session_id: str, target: dg.EventLogRecord | None) -> dg.AssetCheckEvaluation | None:
+    """A passing evaluation when the latest materialization records that UserTesting has no video."""
+    if _recorded(target, "video_status") != "no_video":
+        return None
+    description = "nothing to verify: UserTesting has no video for this session (recorded as no_video)"
+    return _evaluation(check_name, session_id, True, description, target, {"verified": False})
+
+
 def _recorded(target: dg.EventLogRecord | None, name: str) -> Any:
     materialization = target.asset_materialization if target is not None else None
     value = materialization.metadata.get(name) if materialization is not None else None
@@ -99,6 +125,9 @@ def _checksum(
 ) -> dg.AssetCheckEvaluation:
     if session is None:
         return _evaluation(CHECKSUM_CHECK, session_id, False, f"session {session_id} was never discovered", target)
+    no_video = _no_video(CHECKSUM_CHECK, session_id, target)
+    if no_video is not None:
+        return no_video
     expected = str(_recorded(target, "sha256") or "")
     size = _recorded(target, "size_bytes")
     # Events before the checksum became backend-neutral carry only the CRC-32 (S3's own checksum).
@@ -141,6 +170,9 @@ def _playable(
 ) -> dg.AssetCheckEvaluation:
     if session is None:
         return _evaluation(PLAYABLE_CHECK, session_id, False, f"session {session_id} was never discovered", target)
+    no_video = _no_video(PLAYABLE_CHECK, session_id, target)
+    if no_video is not None:
+        return no_video
     try:
         stored = store.head_video(session.test_id, session_id)
         if stored is None:

@@ -252,10 +252,18 @@ class SandboxState:
             self.store_video(session)
 
     def complete_session(
-        self, test_id: str | None = None, *, has_video: bool = True, video_size: int | None = None
+        self,
+        test_id: str | None = None,
+        *,
+        has_video: bool = True,
+        video_size: int | None = None,
+        video_delay_seconds: float | None = None,
     ) -> Session:
-        """Complete a new session now: its video is stored first, then it appears at the head of the list."""
-        session = self.scenario.new_session(test_id, has_video=has_video, video_size=video_size)
+        """Complete a new session now: its video is stored first, then it appears at the head of the list (its
+        video URL only ``video_delay_seconds`` later, when given)."""
+        session = self.scenario.new_session(
+            test_id, has_video=has_video, video_size=video_size, video_delay_seconds=video_delay_seconds
+        )
         self.store_video(session)
         self.scenario.publish(session)
         return session
@@ -483,8 +491,8 @@ async def video_download_url(request: Request, state: SandboxState) -> Response:
     found = _session_or_error(request, state, "Video not found.")
     if isinstance(found, Response):
         return found
-    if not found.has_video:
-        return _error(404, "Video not found.")
+    if not found.video_ready():
+        return _error(404, "Video not found.")  # none, or still processing: the API says the same
     fault = state.faults.take({"expired_url", "short_url", "unsafe_url"}, "video_url", found.session_id, found.test_id)
     url, expires_at = state.video_url(found, fault)
     body = {"videoUrl": url, "sessionId": found.session_id, "expiresAt": utc_iso(expires_at)}
@@ -571,6 +579,7 @@ def session_json(session: Session) -> dict[str, Any]:
         "videoSize": session.video_size,
         "videoKey": session.video_key,
         "videoSeed": session.video_seed,
+        "videoReadyAt": utc_iso(session.video_ready_at) if session.video_ready_at else None,
     }
 
 
@@ -604,6 +613,7 @@ def control_routes(state: SandboxState) -> list[Route]:
                 data.get("testId"),
                 has_video=bool(data.get("hasVideo", True)),
                 video_size=data.get("videoSize"),
+                video_delay_seconds=data.get("videoDelaySeconds"),
             )
         except KeyError:
             return _json({"error": "unknown testId"}, 404)

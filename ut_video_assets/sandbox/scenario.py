@@ -95,6 +95,10 @@ class SandboxConfig:
     complete_every_seconds: float | None = None
     # Exact total sizes of padded large videos, given to the newest sessions with video of the first test.
     large_video_sizes: tuple[int, ...] = ()
+    # Every Nth session completing while the sandbox runs has its video appear `video_delay_seconds` after it
+    # completes (404 on videoDownloadUrl until then, as while UserTesting is still processing it); 0: none.
+    late_video_every: int = 0
+    video_delay_seconds: float = 90.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,12 @@ class Session:
     video_seed: int
     video_size: int | None = None  # None: the clip as is; otherwise padded to this exact size
     participant_id: str = ""
+    video_ready_at: datetime | None = None  # before this moment the API answers 404 for its video (processing)
+
+    def video_ready(self, now: datetime | None = None) -> bool:
+        """The API hands out its video URL: it has one, and it is done processing."""
+        ready_at = self.video_ready_at
+        return self.has_video and (ready_at is None or (now or datetime.now(UTC)) >= ready_at)
 
     @property
     def video_key(self) -> str:
@@ -155,6 +165,7 @@ class Scenario:
         for test_index, test_id in enumerate(self.test_ids):
             self._seed_test(test_index, test_id)
         self._live_rng = random.Random(config.seed ^ 0x5EED)
+        self._completed = 0
 
     def _seed_test(self, test_index: int, test_id: str) -> None:
         cfg, rng = self.config, self._rng
@@ -214,10 +225,21 @@ class Scenario:
 
     # -- writes ----------------------------------------------------------------------------------------
     def new_session(
-        self, test_id: str | None = None, *, has_video: bool = True, video_size: int | None = None
+        self,
+        test_id: str | None = None,
+        *,
+        has_video: bool = True,
+        video_size: int | None = None,
+        video_delay_seconds: float | None = None,
     ) -> Session:
-        """A session that has just completed (not yet visible: call `publish` once its video is stored)."""
+        """A session that has just completed (not yet visible: call `publish` once its video is stored). With
+        ``video_delay_seconds`` (or for every `SandboxConfig.late_video_every`-th one), its video appears only
+        that long after it completed."""
         with self._lock:
+            self._completed += 1
+            every = self.config.late_video_every
+            if video_delay_seconds is None and every and self._completed % every == 0:
+                video_delay_seconds = self.config.video_delay_seconds
             rng = self._live_rng
             test = test_id or rng.choice(self.test_ids)
             if test not in self.test_plan_ids:
@@ -237,6 +259,9 @@ class Scenario:
                 video_seed=rng.getrandbits(31),
                 video_size=video_size,
                 participant_id=_seeded_uuid(rng),
+                video_ready_at=max(now, start) + timedelta(seconds=video_delay_seconds)
+                if video_delay_seconds and has_video
+                else None,
             )
 
     def publish(self, session: Session) -> None:

@@ -205,10 +205,18 @@ class Sandbox:
         return video
 
     def complete_session(
-        self, test_id: str | None = None, *, has_video: bool = True, video_size: int | None = None
+        self,
+        test_id: str | None = None,
+        *,
+        has_video: bool = True,
+        video_size: int | None = None,
+        video_delay_seconds: float | None = None,
     ) -> Session:
-        """Complete a new session now (video stored first); it heads its test's list from now on."""
-        return self.state.complete_session(test_id, has_video=has_video, video_size=video_size)
+        """Complete a new session now (video stored first); it heads its test's list from now on. With
+        ``video_delay_seconds`` its video URL answers 404 until that long after it completed."""
+        return self.state.complete_session(
+            test_id, has_video=has_video, video_size=video_size, video_delay_seconds=video_delay_seconds
+        )
 
     # -- faults, tokens, limits, stats ---------------------------------------------------------------------
     def add_fault(self, fault: Fault | None = None, /, **fields: Any) -> str:

@@ -102,7 +102,12 @@ def alerting(pipeline: Pipeline, receiver: Receiver, monkeypatch: pytest.MonkeyP
 
 
 def no_video_sessions(pipeline: Pipeline) -> list[str]:
-    return [s.session_id for t in pipeline.sandbox.test_ids for s in pipeline.sandbox.sessions(t) if not s.has_video]
+    """Sessions whose download fails for good: one of each test, its video's source refusing access (403).
+    (A session without a video is no failure: it is recorded as such.)"""
+    failing = [[s for s in pipeline.sandbox.sessions(t) if s.has_video][1] for t in pipeline.sandbox.test_ids]
+    for session in failing:
+        pipeline.sandbox.add_fault(kind="proxy_status", status=403, session_id=session.session_id, times=None)
+    return [session.session_id for session in failing]
 
 
 def secrets_of(pipeline: Pipeline, receiver: Receiver) -> list[str]:
@@ -127,7 +132,7 @@ def test_a_failure_burst_is_one_alert_naming_sessions_reason_and_runs(
     for session_id, run in zip(missing, runs, strict=True):
         assert session_id in text
         assert f"{UI_URL}/runs/{run.run_id}" in text
-    assert "has no video" in text
+    assert "forbidden" in text
     facts = body["ut_video_assets"]
     assert facts["kind"] == "failure"
     assert sorted(facts["sessions"]) == sorted(missing)

@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +15,8 @@ from dagster._core.utils import make_new_run_id
 from ut_video_assets.catalog import COLUMNS
 from ut_video_assets.definitions import build_defs
 from ut_video_assets.defs.partitions import session_partitions
+from ut_video_assets.defs.sensors import due_rechecks
+from ut_video_assets.discovery import DiscoveryCursor
 from ut_video_assets.ratelimit import SqliteBudget
 from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets.settings import DOWNLOAD_TAG
@@ -194,27 +197,45 @@ def test_one_run_stores_a_range_of_sessions_each_with_its_own_metadata_and_check
     assert list(pipeline.spool_dir.glob("*")) == []
 
 
-def test_a_failed_session_in_a_range_keeps_the_others_stored_and_checked(pipeline: Pipeline) -> None:
+def test_a_failed_session_in_a_range_keeps_the_others_stored_and_says_why(pipeline: Pipeline) -> None:
     pipeline.tick()
     order = list(pipeline.instance.get_dynamic_partitions("session_ids"))
     by_id = {s.session_id: s for t in pipeline.sandbox.test_ids for s in pipeline.sandbox.sessions(t)}
     gap = next(i for i, key in enumerate(order) if not by_id[key].has_video)
     keys = order[max(gap - 2, 0) : gap + 2]  # a range with a session without video inside
-    in_range = [by_id[key] for key in keys]
-    no_video = {s.session_id for s in in_range if not s.has_video}
-    assert no_video and set(keys) - no_video
+    forbidden = next(key for key in keys if by_id[key].has_video)
+    pipeline.sandbox.add_fault(kind="proxy_status", status=403, session_id=forbidden, times=None)
     result = pipeline.materialize_range(keys[0], keys[-1])
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = str(failure.event_specific_data)
-    assert f"{len(no_video)} of {len(keys)} sessions failed" in message and "has no video" in message
-    stored = {m.partition for m in result.asset_materializations_for_node("session_video")}
-    assert stored == set(keys) - no_video
-    evaluations = {(e.check_name, e.partition): e.passed for e in result.get_asset_check_evaluations()}
-    assert evaluations == {(n, k): True for n in ("session_video_checksum", "session_video_playable") for k in stored}
-    for session in in_range:
-        assert (pipeline.store.head_video(session.test_id, session.session_id) is None) == (not session.has_video)
-    assert pipeline.sandbox.stats()["statuses"]["video_url"].get("404") == len(no_video)  # not retried
+    # The run-level message names the session, the reason in words and what happens next.
+    assert f"1 of {len(keys)} sessions failed ({len(keys) - 1} stored and checked)" in message
+    assert f"session {forbidden}: forbidden" in message and "needs action" in message
+    materialized = {m.partition: m.metadata for m in result.asset_materializations_for_node("session_video")}
+    assert set(materialized) == set(keys) - {forbidden}  # the session without video is recorded too
+    assert {k for k, m in materialized.items() if m["video_status"].value == "no_video"} == {order[gap]}
+    # The failed partition explains itself: an observation with the reason and the next step.
+    observations = [
+        e.event_specific_data.asset_observation  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    (observed,) = [o for o in observations if o.partition == forbidden]
+    assert observed.metadata["video_status"].value == "failed"
+    assert str(observed.metadata["reason"].value).startswith("forbidden")
+    assert str(observed.metadata["what_next"].value).startswith("needs action")
+    assert observed.metadata["test_id"].value == by_id[forbidden].test_id
+    # The checks judge stored videos only: every partition of the run passes, the failed one has nothing to verify.
+    evaluations = {(e.check_name, e.partition): e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == {(n, k) for n in ("session_video_checksum", "session_video_playable") for k in keys}
+    assert all(e.passed for e in evaluations.values())
+    assert "nothing to verify" in str(evaluations[("session_video_checksum", forbidden)].description)
+    assert "nothing to verify" in str(evaluations[("session_video_playable", order[gap])].description)
+    for session in (by_id[key] for key in keys):
+        stored = pipeline.store.head_video(session.test_id, session.session_id)
+        assert (stored is None) == (not session.has_video or session.session_id == forbidden)
+    assert pipeline.sandbox.stats()["statuses"]["video_url"].get("404") == 1  # asked once, not retried
 
 
 def test_rerun_does_not_download_again_unless_forced(pipeline: Pipeline) -> None:
@@ -231,15 +252,89 @@ def test_rerun_does_not_download_again_unless_forced(pipeline: Pipeline) -> None
     assert forced.success and video_url_calls(pipeline) == calls + 1
 
 
-def test_session_without_video_fails_clearly_and_stores_nothing(pipeline: Pipeline) -> None:
+def test_a_session_without_video_is_recorded_as_such_and_its_checks_pass(pipeline: Pipeline) -> None:
+    """Completed long ago (beyond UT_VIDEO_READY_WAIT_HOURS), a 404 for the video is an outcome, not a failure."""
     pipeline.tick()
     session = next(s for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0]) if not s.has_video)
     result = pipeline.materialize(session.session_id)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "has no video" in str(failure.event_specific_data)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("session_video")
+    metadata = materialization.metadata
+    assert materialization.partition == session.session_id
+    assert metadata["video_status"].value == "no_video" and metadata["has_video"].value is False
+    assert "404" in str(metadata["api_answer"].value)
+    asked = datetime.fromisoformat(str(metadata["last_asked_at"].value))
+    assert abs((datetime.now(UTC) - asked).total_seconds()) < 120
+    assert metadata["test_id"].value == session.test_id
+    assert datetime.fromisoformat(str(metadata["session_start_time"].value)) == session.start_time.replace(
+        microsecond=session.start_time.microsecond // 1000 * 1000  # the API sends milliseconds
+    )
+    assert "storage_path" not in metadata  # nothing is stored
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert {name: e.passed for name, e in evaluations.items()} == {
+        "session_video_checksum": True,
+        "session_video_playable": True,
+    }
+    assert all("nothing to verify" in str(e.description) for e in evaluations.values())
     assert pipeline.store.head_video(session.test_id, session.session_id) is None
+    record = pipeline.store.get_json(pipeline.store.record_key(session.test_id, session.session_id))
+    assert isinstance(record, dict) and record["has_video"] is False and record["video_status"] == "no_video"
     assert pipeline.sandbox.stats()["statuses"]["video_url"] == {"404": 1}  # no retry storm
+
+
+def test_a_late_video_waits_and_is_stored_when_the_sensor_asks_again(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 404 right after completion is "not yet": the run succeeds without materializing, the partition says when
+    it is asked again, and the discovery sensor asks again once that time has come; the video is then stored."""
+    monkeypatch.setenv("UT_VIDEO_READY_WAIT_HOURS", "0.01")  # 36 s: asks again after 4.5 s at the least
+    monkeypatch.setenv("UT_RATE_LIMIT_PER_MINUTE", "600")  # discovery's share of the budget never runs out here
+    pipeline.defs = build_defs()
+    pipeline.tick()
+    late = pipeline.sandbox.complete_session(pipeline.sandbox.test_ids[0], video_delay_seconds=4)
+    assert [r.partition_key for r in pipeline.tick().run_requests] == [late.session_id]
+
+    first = pipeline.materialize(late.session_id)
+    assert first.success
+    assert first.asset_materializations_for_node("session_video") == []
+    (observation,) = [
+        e.event_specific_data.asset_observation  # type: ignore[union-attr]
+        for e in first.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    assert observation.partition == late.session_id
+    assert observation.metadata["video_status"].value == "waiting_for_video"
+    next_ask = float(observation.metadata["next_ask_timestamp"].value)  # type: ignore[arg-type]
+    assert time.time() < next_ask < time.time() + 40
+    assert {e.check_name: e.passed for e in first.get_asset_check_evaluations()} == {
+        "session_video_checksum": True,
+        "session_video_playable": True,
+    }
+
+    early = pipeline.tick()  # nothing is due yet: no run, no API request for the video
+    assert not isinstance(early, dg.SensorResult) or not early.run_requests
+    time.sleep(max(next_ask - time.time(), 0) + 0.5)
+    due = pipeline.tick()
+    assert isinstance(due, dg.SensorResult)
+    assert [r.partition_key for r in due.run_requests or []] == [late.session_id]
+    if time.time() < next_ask + 4:
+        time.sleep(4)  # the sandbox's video appears 4 s after completion
+    second = pipeline.materialize(late.session_id)
+    assert second.success
+    (stored,) = second.asset_materializations_for_node("session_video")
+    assert stored.metadata["video_status"].value == "stored"
+    assert pipeline.store.head_video(late.test_id, late.session_id) is not None
+    again = pipeline.tick()  # the session left the waiting list
+    assert not isinstance(again, dg.SensorResult) or not again.run_requests
+
+
+def test_rechecks_spend_only_the_credit_discovery_leaves() -> None:
+    cursor = DiscoveryCursor(waiting={"a": 10.0, "b": 5.0, "c": 50.0})
+    assert [r.partition_key for r in due_rechecks(cursor, 20.0, credit=1, most=10)] == ["b"]
+    assert cursor.waiting == {"a": 10.0, "c": 50.0}
+    assert due_rechecks(cursor, 20.0, credit=0, most=10) == []
+    assert [r.partition_key for r in due_rechecks(cursor, 60.0, credit=5, most=10)] == ["a", "c"]
+    assert cursor.waiting == {}
 
 
 def test_undiscovered_session_fails_with_instructions(pipeline: Pipeline) -> None:
@@ -302,6 +397,7 @@ def test_catalog_tabulates_stored_videos_as_parquet(pipeline: Pipeline) -> None:
     frame = pd.read_parquet(io.BytesIO(body["Body"].read()))
     assert list(frame.columns) == list(COLUMNS)
     assert sorted(frame["session_id"]) == sorted(s.session_id for s in sessions)
+    assert frame["has_video"].all()
     row = frame.set_index("session_id").loc[sessions[0].session_id]
     assert row["test_id"] == sessions[0].test_id
     assert row["size_bytes"] == len(pipeline.sandbox.video_bytes(sessions[0]))
@@ -315,6 +411,31 @@ def test_catalog_tabulates_stored_videos_as_parquet(pipeline: Pipeline) -> None:
     pipeline.store.client.delete_object(Bucket=stored.bucket, Key=stored.key)
     checks = pipeline.run_checks(dg.AssetKey("video_catalog"))
     assert check_results(checks) == {"video_catalog_unique_sessions": True, "video_catalog_objects_present": False}
+
+
+def test_catalog_counts_sessions_without_video(pipeline: Pipeline) -> None:
+    pipeline.tick()
+    sessions = pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0])
+    with_video = next(s for s in sessions if s.has_video)
+    without = next(s for s in sessions if not s.has_video)
+    for session in (with_video, without):
+        assert pipeline.materialize(session.session_id).success
+    result = pipeline.run_job("video_catalog_job")
+    assert result.success
+    assert check_results(result) == {"video_catalog_unique_sessions": True, "video_catalog_objects_present": True}
+    metadata = result.asset_materializations_for_node("video_catalog")[0].metadata
+    assert (metadata["dagster/row_count"].value, metadata["videos"].value) == (2, 1)
+    body = pipeline.store.client.get_object(Bucket=pipeline.store.bucket, Key="ut/catalog/video_catalog.parquet")
+    frame = pd.read_parquet(io.BytesIO(body["Body"].read())).set_index("session_id")
+    assert bool(frame.loc[with_video.session_id, "has_video"]) is True
+    row = frame.loc[without.session_id]
+    assert bool(row["has_video"]) is False and pd.isna(row["storage_path"]) and pd.isna(row["size_bytes"])
+    assert row["test_id"] == without.test_id
+    assert row["start_time"] == pd.Timestamp(without.start_time).floor("ms")
+    # Rebuilt with nothing new: the same rows (the video's row reused, the no-video record read again).
+    again = pipeline.run_job("video_catalog_job")
+    assert again.success
+    assert again.asset_materializations_for_node("video_catalog")[0].metadata["dagster/row_count"].value == 2
 
 
 def test_downstream_assets_load_a_record_not_bytes(pipeline: Pipeline) -> None:
