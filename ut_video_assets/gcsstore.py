@@ -206,9 +206,11 @@ class GcsPendingWrite:
                 f"sending part {number} of {uri}: part {number - 1} was not a multiple of 256 KiB and was not the last"
             )
         aligned = length - length % CHUNK_MULTIPLE
+        base = body.tell()
         with _store_call(f"sending part {number} of {uri}"):
             if aligned:
                 self._put(body, aligned, final_size=None, crc32c=None)
+            body.seek(base + aligned)
             self._tail = body.read(length - aligned)
         if len(self._tail) != length - aligned:
             raise StorageError(f"sending part {number} of {uri}: the part held fewer than {length} bytes")
@@ -285,7 +287,8 @@ class GcsPendingWrite:
             try:
                 response = self.backend.http.put(
                     self._session_uri,
-                    data=_Window(body, length - sent),
+                    # An empty body as bytes: requests would send an empty stream chunked, without Content-Length.
+                    data=_Window(body, length - sent) if length > sent else b"",
                     headers=headers,
                     timeout=self.backend.timeout,
                 )
@@ -310,6 +313,8 @@ class GcsPendingWrite:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _accepted(self, response: requests.Response, end: int, final_size: int | None) -> dict[str, Any]:
+        if response.status_code in (200, 201) and final_size is None:
+            raise StorageError(f"{self.backend.uri(self.key)}: the session finished before its final request")
         if response.status_code in (200, 201):
             body = response.json()
             return body if isinstance(body, dict) else {}
