@@ -18,7 +18,7 @@ from ut_video_assets.checksums import WholeChecksums
 from ut_video_assets.commit import PendingWrite, Precondition, StorageError
 from ut_video_assets.gcsstore import LABEL_PREFIX, GcsBackend, gcs_backend
 from ut_video_assets.redact import install_log_redaction
-from ut_video_assets.sandbox.gcs import GcsEndpoint
+from ut_video_assets.sandbox.gcs import EmbeddedGcs, GcsEndpoint
 from ut_video_assets.sandbox.store import free_port
 from ut_video_assets.storage import VideoStore, open_stored_video
 from ut_video_assets.upload import StreamingUpload
@@ -183,3 +183,19 @@ def test_the_session_uri_stays_out_of_logs_and_errors(gcs: GcsBackend, caplog: p
     assert "/upload/storage/v1/b/" in caplog.text  # the session's requests were logged ...
     assert upload_id not in caplog.text  # ... without the capability
     assert upload_id not in str(error.value) + repr(pending)
+
+
+def test_the_embedded_emulator_listens_on_loopback_only_and_stops_by_pid(tmp_path: Path) -> None:
+    server = EmbeddedGcs(tmp_path / "gcs")
+    with server as endpoint:
+        pid = server.pid
+        assert pid is not None and endpoint.emulator_host.startswith("http://127.0.0.1:")
+        listening = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+        port = int(endpoint.emulator_host.rsplit(":", 1)[1])
+        mine = [line.split() for line in listening if line.split()[1].endswith(f":{port:04X}")]
+        assert mine and all(local.startswith("0100007F:") for _, local, *_ in mine)  # 127.0.0.1 only
+        endpoint.create_bucket("lifecycle")
+        assert endpoint.client().lookup_bucket("lifecycle") is not None
+    assert server.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
