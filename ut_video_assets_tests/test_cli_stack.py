@@ -100,8 +100,8 @@ def _group_gone(pgid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_demo_ingests_every_video_and_reports_the_one_without(tmp_path: Path) -> None:
+@pytest.mark.timeout(360)
+def test_demo_ingests_every_video_and_records_the_one_without(tmp_path: Path) -> None:
     """The real demo path with a tiny scenario and the API's limit scaled from 10/60 s to 10/5 s."""
     scenario = SandboxConfig(
         seed=31, tests=1, sessions_per_test=2, incomplete_per_test=1, rate_limit=10, rate_window_seconds=5
@@ -127,28 +127,28 @@ def test_demo_ingests_every_video_and_reports_the_one_without(tmp_path: Path) ->
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey("session_video")), limit=100
             ).records
         }
-        assert stored == with_video
+        assert stored == with_video | without_video  # the session without a video is recorded as such
         for check_name in ("session_video_checksum", "session_video_playable"):
             history = instance.event_log_storage.get_asset_check_execution_history(
                 dg.AssetCheckKey(dg.AssetKey("session_video"), check_name), limit=100
             )
             passed = {h.partition for h in history if h.status == AssetCheckExecutionRecordStatus.SUCCEEDED}
-            assert passed == with_video, check_name
+            assert with_video <= passed, check_name
             assert not [h for h in history if h.status == AssetCheckExecutionRecordStatus.FAILED]
 
         (missing,) = without_video
-        # The three sessions were discovered by one tick, so one run covers them all (UT_SESSIONS_PER_RUN):
-        # it stored and checked the two videos above, and fails naming the session without one.
+        # The three sessions were discovered by one tick, so one run covers them all (UT_SESSIONS_PER_RUN): it
+        # stored and checked the two videos; the session without one had just completed, so its 404 meant "not
+        # yet". The discovery sensor asked again until the (demo's short) wait was over, and then it was recorded
+        # as having no video. No run failed.
         runs = instance.get_runs(dg.RunsFilter(job_name="session_video_job"))
-        assert [r.status for r in runs] == [dg.DagsterRunStatus.FAILURE]
-        failures = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
-        descriptions = [
-            e.dagster_event.step_failure_data.user_failure_data.description
-            for e in failures
-            if e.dagster_event and e.dagster_event.step_failure_data.user_failure_data
-        ]
-        assert descriptions
-        assert all("has no video" in str(d) and "404" in str(d) and missing in str(d) for d in descriptions)
+        assert len(runs) >= 2
+        assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+        (latest,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("session_video"), asset_partitions=[missing]), limit=1
+        ).records
+        assert latest.asset_materialization is not None
+        assert latest.asset_materialization.metadata["video_status"].value == "no_video"
 
         client = stack.store_endpoint.client()
         store = VideoStore.s3(client, options.bucket, options.prefix)
@@ -156,9 +156,9 @@ def test_demo_ingests_every_video_and_reports_the_one_without(tmp_path: Path) ->
             key = store.video_key(session.test_id, session.session_id)
             assert store.object_exists(key) == session.has_video, key
         frame = stack.read_catalog()
-        assert set(frame["session_id"]) == with_video
-        assert len(frame) == len(with_video)
-        assert (frame["size_bytes"] > 0).all()
+        assert set(frame["session_id"]) == with_video | without_video
+        assert set(frame.loc[~frame["has_video"], "session_id"]) == without_video
+        assert (frame.loc[frame["has_video"], "size_bytes"] > 0).all()
 
         stats = stack.sandbox.stats()
         assert stats["rateLimited"] == 0  # our budget paced every request; the sandbox never had to say 429
@@ -167,7 +167,7 @@ def test_demo_ingests_every_video_and_reports_the_one_without(tmp_path: Path) ->
         options=options,
         scenario=scenario,
         sessions_without_video=1,
-        timeout=180,
+        timeout=240,
         echo=lines.append,
         on_success=inspect,
     )
@@ -175,7 +175,7 @@ def test_demo_ingests_every_video_and_reports_the_one_without(tmp_path: Path) ->
     assert code == 0, output
     assert "pgids" in seen, output
     assert "no video (404)" in output
-    assert "Catalog (2 rows" in output
+    assert "Catalog (3 rows" in output
     # Everything the demo started is gone: the daemon's process group (and its run workers).
     pgids = seen["pgids"]
     assert isinstance(pgids, list)
