@@ -19,19 +19,23 @@ What Azure verifies, and what it does not
 -----------------------------------------
 Azure has no whole-object checksum that the service checks against the data of a block list: the
 ``Content-MD5`` given with ``Put Block List`` is stored as the blob's ``Content-MD5`` as it is (the service does
-not compute it over the blocks; Azurite 3.37 behaves the same, the conformance suite shows it). So on Azure the
-whole-object guarantee is made of three parts:
+not compute it over the blocks; Azurite 3.37 behaves the same, ``test_azstore.py`` shows it). So on Azure the
+whole-object guarantee is made of these parts:
 
-1. every block was verified by the service on arrival (its CRC-64), so no byte changed between the spool file
-   and the store;
-2. the block list is ours and in order: the blocks named are the ones this write staged, parts 1..N, and a
-   commit naming a block the service does not hold is refused;
-3. the whole-object MD5 is the client's (computed over the same bytes while downloading) and is stored as the
-   blob's ``Content-MD5``: the checksum check compares it and the size with the download's; a deep verify
+1. every block was verified by the service on arrival (its CRC-64, computed from the same read of the spool
+   file as the block's CRC-32 below), so the store holds exactly the bytes sent;
+2. the block list is ours and in order: the blocks named are the ones this write staged, parts 1..N whose sizes
+   add up to the downloaded size, and a commit naming a block the service does not hold is refused;
+3. the client checks, before committing, that the blocks sent are the bytes downloaded: the parts' CRC-32s,
+   combined in part order (`crc32_combine`), must equal the CRC-32 computed while downloading, otherwise
+   `ChecksumMismatchError` and nothing is committed (a spool file changed on disk between the download and the
+   upload is caught here; on S3 and GCS the store's whole-object check catches it);
+4. the whole-object MD5 is the client's (computed while downloading) and is stored as the blob's
+   ``Content-MD5``: the checksum check compares it and the size with the download's; a deep verify
    (``UT_DEEP_VERIFY``) reads the blob back and compares its bytes with both.
 
-`AzureBackend.store_verifies_whole_object` is therefore False, and ``commit`` compares nothing more than what
-the service returns (its ETag).
+`AzureBackend.store_verifies_whole_object` is therefore False: the whole-object check is the client's (3), and
+after the commit nothing more is compared than what the service returns (its ETag).
 
 Uncommitted blocks cannot be deleted one by one. The service discards them when a block list is committed at
 the key (by anyone: whatever the list does not name is dropped) and after 7 days otherwise. So ``abort`` and
@@ -56,6 +60,7 @@ import os
 import re
 import secrets
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import IO, Any
@@ -67,6 +72,7 @@ from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, Contain
 
 from ut_video_assets.commit import (
     ChecksumAlgorithm,
+    ChecksumMismatchError,
     ListedObject,
     ObjectInfo,
     PendingUpload,
@@ -74,6 +80,7 @@ from ut_video_assets.commit import (
     PreconditionFailedError,
     StorageError,
     checksum_for,
+    crc32_to_base64,
     md5_to_base64,
 )
 from ut_video_assets.rawio import SizedReader
@@ -179,30 +186,71 @@ def _md5_of_headers(content_settings: Any) -> str | None:
     return md5_to_base64(bytes(digest)) if digest else None
 
 
-def part_checksum(body: IO[bytes], length: int) -> dict[str, Any]:
-    """The per-block checksum the service verifies, as ``stage_block`` keywords: the CRC-64 (the
-    ``x-ms-content-crc64`` header), or the MD5 (``Content-MD5``) when the CRC-64 extension is missing.
+def part_checksum(body: IO[bytes], length: int) -> tuple[dict[str, Any], int]:
+    """The per-block checksum the service verifies, as ``stage_block`` keywords (the CRC-64, sent as the
+    ``x-ms-content-crc64`` header; the MD5, ``Content-MD5``, when the CRC-64 extension is missing), and the part's
+    CRC-32 (for the whole-object check at commit).
 
-    Computed here over ``length`` bytes of ``body`` read in 1 MiB pieces, then ``body`` is rewound: the SDK's own
+    Both come from one read of ``length`` bytes of ``body`` in 1 MiB pieces, then ``body`` is rewound and sent:
+    so the bytes the CRC-32 describes are the bytes the service verified. The SDK's own
     ``validate_content="crc64"`` would hold the whole part in memory (bytes) or, for a stream, switch to the
-    structured-message body (``x-ms-structured-body``), which Azurite 3.37 does not implement. The header sent
+    structured-message body (``x-ms-structured-body``), which Azurite 3.37 does not implement; the header sent here
     is the one ``validate_content="crc64"`` sends for bytes.
     """
     start = body.tell()
-    crc, md5, left = 0, hashlib.md5(usedforsecurity=False), length
+    crc64, crc32, md5, left = 0, 0, hashlib.md5(usedforsecurity=False), length
     while left > 0:
         chunk = body.read(min(_READ_CHUNK, left))
         if not chunk:
             raise StorageError(f"the part ended {left} bytes before its announced {length}")
+        crc32 = zlib.crc32(chunk, crc32)
         if _CRC64 is not None:
-            crc = _CRC64(chunk, crc)
+            crc64 = _CRC64(chunk, crc64)
         else:
             md5.update(chunk)
         left -= len(chunk)
     body.seek(start)
     if _CRC64 is not None:
-        return {"transactional_content_crc64": crc.to_bytes(8, "little")}
-    return {"transactional_content_md5": md5.digest()}
+        return {"transactional_content_crc64": crc64.to_bytes(8, "little")}, crc32
+    return {"transactional_content_md5": md5.digest()}, crc32
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, row = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """The CRC-32 of ``a + b`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)`` (zlib's ``crc32_combine``, which
+    Python's zlib does not expose): parts checksummed in any order make the whole object's CRC-32."""
+    if length2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four
+    while True:
+        even = _gf2_square(odd)
+        if length2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+        odd = _gf2_square(even)
+        if length2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+    return crc1 ^ crc2
 
 
 class AzurePendingWrite:
@@ -215,7 +263,7 @@ class AzurePendingWrite:
         self.upload_id = secrets.token_hex(8)
         self.content_type = content_type
         self.metadata = _metadata_out(metadata, backend.uri(key))
-        self._parts: dict[int, int] = {}
+        self._parts: dict[int, tuple[int, int]] = {}  # part number: (length, CRC-32)
         self._lock = threading.Lock()
 
     def block_id(self, number: int) -> str:
@@ -226,22 +274,33 @@ class AzurePendingWrite:
         uri = self.backend.uri(self.key)
         if not 1 <= number <= self.backend.max_parts:
             raise StorageError(f"{uri}: part number {number} is outside 1..{self.backend.max_parts}")
-        checksum = part_checksum(body, length)
+        checksum, crc32 = part_checksum(body, length)
         with _store_call(f"sending part {number} of {uri}"):
             self.backend.blob(self.key).stage_block(self.block_id(number), body, length=length, **checksum)
         with self._lock:
-            self._parts[number] = length
+            self._parts[number] = (length, crc32)
 
     def commit(self, *, size: int, checksums: Mapping[str, str], precondition: Precondition) -> ObjectInfo:
         uri = self.backend.uri(self.key)
         md5 = checksum_for(checksums, "md5", uri)
+        crc32 = checksum_for(checksums, "crc32", uri)
         with self._lock:
             parts = dict(self._parts)
         numbers = sorted(parts)
         if numbers != list(range(1, len(numbers) + 1)):
             raise StorageError(f"{uri} was not committed: parts {numbers[:5]}… are not 1..N")
-        if sum(parts.values()) != size:
-            raise StorageError(f"{uri} was not committed: the parts hold {sum(parts.values())} bytes, not {size}")
+        sent = sum(length for length, _crc in parts.values())
+        if sent != size:
+            raise StorageError(f"{uri} was not committed: the parts hold {sent} bytes, not {size}")
+        whole = 0
+        for number in numbers:
+            length, crc = parts[number]
+            whole = crc32_combine(whole, crc, length)
+        if crc32_to_base64(whole) != crc32:
+            raise ChecksumMismatchError(
+                f"{uri} was not committed: the blocks sent hold another whole-object CRC-32 than the one computed "
+                "while downloading"
+            )
         condition: dict[str, Any] = (
             {"if_none_match": "*"}
             if precondition.expected_version is None

@@ -1,5 +1,5 @@
 """The Azure Blob backend against Azurite 3.37 on loopback: what the service verifies (each block's CRC-64), what
-it does not (a block list's Content-MD5) and how the checks make up for it, a video streamed through
+it does not (a block list's Content-MD5) and how the client and the checks make up for it, a video streamed through
 `StreamingUpload` and verified, credentials from the environment (a SAS with the permissions docs/DEPLOYMENT.md
 lists), and errors that name the URI and never the key."""
 
@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import uuid
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ import pytest
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from ut_video_assets import azstore
-from ut_video_assets.azstore import AzureBackend, azure_backend, azure_service
+from ut_video_assets.azstore import AzureBackend, azure_backend, azure_service, crc32_combine
 from ut_video_assets.checksums import WholeChecksums
-from ut_video_assets.commit import PendingWrite, Precondition, StorageError, md5_to_base64
+from ut_video_assets.commit import ChecksumMismatchError, PendingWrite, Precondition, StorageError, md5_to_base64
 from ut_video_assets.lease import LeaseKeeper
 from ut_video_assets.sandbox import azurite as azurite_module
 from ut_video_assets.sandbox.azurite import AzuriteEndpoint, AzuriteError, EmbeddedAzurite
@@ -93,7 +94,9 @@ def test_a_wrong_content_md5_is_stored_as_given_and_the_checks_catch_it(backend:
     pending = backend.begin(key, content_type="video/mp4", metadata={"session-id": session_id})
     pending.send_part(1, io.BytesIO(data[: 5 * MiB]), 5 * MiB)
     pending.send_part(2, io.BytesIO(data[5 * MiB :]), MiB)
-    pending.commit(size=len(data), checksums={"md5": md5_to_base64(bad)}, precondition=Precondition.absent())
+    pending.commit(
+        size=len(data), checksums={**wire(data), "md5": md5_to_base64(bad)}, precondition=Precondition.absent()
+    )
     sha256 = hashlib.sha256(data).hexdigest()
     store.label_video(key, sha256)
     stored = store.head_video(TEST_ID, session_id)
@@ -102,6 +105,28 @@ def test_a_wrong_content_md5_is_stored_as_given_and_the_checks_catch_it(backend:
     assert not checked.ok and f"the store's MD5 is {stored.checksum}, expected {good}" in checked.reason
     deep = store.deep_verify(TEST_ID, session_id, sha256)
     assert not deep.ok and "do not match the store's own MD5" in deep.reason
+
+
+def test_blocks_that_are_not_the_downloaded_bytes_are_never_committed(backend: AzureBackend) -> None:
+    """The client-side whole-object check: the parts' CRC-32s, combined in order, against the download's."""
+    data = os.urandom(11 * MiB)
+    changed = bytearray(data)
+    changed[7 * MiB] ^= 1  # the spool file changed on disk after the download computed its checksums
+    pending = backend.begin("v/session.mp4", content_type="video/mp4", metadata={})
+    for number, start in enumerate(range(0, len(changed), 5 * MiB), start=1):
+        part = bytes(changed[start : start + 5 * MiB])
+        pending.send_part(number, io.BytesIO(part), len(part))  # each block arrives intact (its CRC-64)
+    with pytest.raises(ChecksumMismatchError, match="another whole-object CRC-32 than the one computed while"):
+        pending.commit(size=len(data), checksums=wire(data), precondition=Precondition.absent())
+    assert backend.head("v/session.mp4") is None
+
+
+def test_crc32_combine_is_zlibs() -> None:
+    pieces = [os.urandom(n) for n in (0, 1, 3, 1000, 65_537, 5 * MiB + 3)]
+    whole = 0
+    for piece in pieces:
+        whole = crc32_combine(whole, zlib.crc32(piece), len(piece))
+    assert whole == zlib.crc32(b"".join(pieces))
 
 
 def test_a_commit_must_name_every_part_once(backend: AzureBackend) -> None:

@@ -126,8 +126,9 @@ def test_a_wrong_whole_object_checksum_is_refused_and_nothing_appears(backend: O
     if not backend.store_verifies_whole_object:
         pytest.skip(
             f"{backend.scheme}: the service does not check a block list's whole-object checksum (Content-MD5 is "
-            "stored as given); test_azstore.py tests what it does verify (each block's CRC-64) and that the "
-            "checksum check and a deep verify catch a wrong Content-MD5"
+            "stored as given); test_azstore.py tests what stands in for it: each block's CRC-64 (the service's), "
+            "the parts' combined CRC-32 against the download's before the commit (the client's), and the checksum "
+            "check and a deep verify catching a wrong Content-MD5"
         )
     name, data = key(), os.urandom(6 * MiB)
     with pytest.raises(ChecksumMismatchError, match="another whole-object"):
