@@ -147,6 +147,34 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sessions(args: argparse.Namespace) -> int:
+    """The discovered sessions of a test (and a day), what became of their videos, and their partition pages."""
+    import dagster as dg
+
+    from ut_video_assets.defs.finder import find_sessions, sessions_window
+
+    try:
+        ui_url = args.ui_url or Settings(os.environ).url("UT_DAGSTER_UI_URL")
+        start, end = sessions_window(args.date, args.days)
+    except (SettingsError, ValueError) as exc:
+        print(f"sessions: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    try:
+        instance = dg.DagsterInstance.get()
+    except dg.DagsterError as exc:
+        print(f"sessions: cannot open the Dagster instance ({type(exc).__name__}); set DAGSTER_HOME", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    with instance:
+        rows = find_sessions(instance, test_id=args.test, started_from=start, started_before=end, ui_url=ui_url)
+    for row in rows:
+        started = f"{row.start_time:%Y-%m-%d %H:%M} UTC" if row.start_time else "start unknown"
+        print(f"{started}  {row.session_id}  test {row.test_id}  {row.status}  {row.link}")
+        if row.detail:
+            print(f"    {row.detail}")
+    print(f"{len(rows)} session(s)", file=sys.stderr)
+    return 0
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     from ut_video_assets.sandbox.store import EmbeddedStore, ensure_bucket
 
@@ -289,6 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 in a pod)"
     )
     metrics.add_argument("--port", type=int, default=9464, help="port (default 9464; 0 picks a free one)")
+
+    sessions = add(
+        "sessions",
+        cmd_sessions,
+        "list discovered sessions (by test and start day) with their video's state and their page in the Dagster "
+        "UI (read from the Dagster instance in $DAGSTER_HOME)",
+    )
+    sessions.add_argument("--test", help="only this test's sessions (its UUID)")
+    sessions.add_argument(
+        "--date", help="only sessions started on this UTC day: YYYY-MM-DD, 'today' or 'yesterday' (default: any)"
+    )
+    sessions.add_argument("--days", type=int, default=1, help="with --date: that many days from it (default 1)")
+    sessions.add_argument("--ui-url", help="the Dagster UI's address for the links (default: $UT_DAGSTER_UI_URL)")
 
     store = add("store", cmd_store, "run the embedded S3 store until Ctrl-C, printing endpoint and credentials")
     state_option(store)
