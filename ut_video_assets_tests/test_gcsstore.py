@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,11 +18,12 @@ import pytest
 from ut_video_assets.checksums import WholeChecksums
 from ut_video_assets.commit import PendingWrite, Precondition, StorageError
 from ut_video_assets.gcsstore import LABEL_PREFIX, GcsBackend, gcs_backend
+from ut_video_assets.ingest import EngineSettings, IngestEngine, IngestError, PreparedVideo, SessionRef
 from ut_video_assets.redact import install_log_redaction
 from ut_video_assets.sandbox.gcs import EmbeddedGcs, GcsEndpoint
 from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets.sandbox.server import Sandbox
-from ut_video_assets.sandbox.store import free_port
+from ut_video_assets.sandbox.store import StoreEndpoint, free_port
 from ut_video_assets.storage import VideoStore, open_stored_video
 from ut_video_assets.transfer import TransferPolicy, download_video
 from ut_video_assets.upload import StreamingUpload
@@ -242,3 +244,83 @@ def test_a_resumed_download_streams_into_gcs_and_verifies_with_its_own_crc32c(
     verified = store.verify_stored(stored, sha256=result.sha256, checksum=result.checksums["crc32c"], size=result.size)
     assert verified.ok and verified.bytes_read == 0, verified.reason
     assert store.deep_verify(TEST_ID, session.session_id, result.sha256).ok
+
+
+# --- the ingest engine on GCS ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gcs_engine(
+    gcs: GcsBackend, api_client: ResultsApiClient, tmp_path: Path
+) -> Iterator[Callable[[str], IngestEngine]]:
+    """Engines (one per owner) over a GCS destination, as the pipeline builds them."""
+    store = VideoStore(gcs, "videos/", part_size=2 * MiB)
+    engines: list[IngestEngine] = []
+    with make_http_client() as http:
+
+        def make(owner: str) -> IngestEngine:
+            policy = TransferPolicy(read_timeout=2.0, backoff_initial=0.01, backoff_max=0.05)
+            settings = EngineSettings(spool_dir=tmp_path / "spool", policy=policy, owner=owner, lease_ttl=30)
+            engine = IngestEngine(store, get_video_url=api_client.get_video_url, http=http, settings=settings)
+            engines.append(engine)
+            return engine
+
+        yield make
+        for engine in engines:
+            engine.close()
+
+
+def session_ref(session: Session) -> SessionRef:
+    return SessionRef(session.session_id, session.test_id, session.start_time, session.finish_time)
+
+
+def source_bytes(store: StoreEndpoint, sandbox: Sandbox, session: Session) -> bytes:
+    return bytes(store.client().get_object(Bucket=sandbox.source_bucket, Key=session.video_key)["Body"].read())
+
+
+def test_the_engine_stores_labels_records_and_then_finds_it_stored(
+    sandbox: Sandbox, store: StoreEndpoint, gcs: GcsBackend, gcs_engine: Callable[[str], IngestEngine]
+) -> None:
+    session = sandbox.complete_session(sandbox.test_ids[0], video_size=5 * MiB)
+    engine = gcs_engine("run one")
+    video = engine.ingest(session_ref(session))
+    data = source_bytes(store, sandbox, session)
+    assert video.outcome == "stored" and video.stored.uri.startswith(f"gs://{gcs.bucket}/videos/test_id=")
+    assert video.stored.sha256 == hashlib.sha256(data).hexdigest() == video.record["checksum_sha256"]
+    assert video.stored.metadata["session-id"] == session.session_id  # given when the session began
+    assert video.record["video_etag"] == video.stored.etag  # the label did not make a new generation
+    assert b"".join(gcs.iter_chunks(video.stored.key, MiB)) == data
+    assert gcs.get_bytes(f"videos/_leases/session_id={session.session_id}.json") is None  # released
+    assert engine.ingest(session_ref(session)).outcome == "already_stored"
+
+
+def test_the_engine_finishes_a_committed_video_from_gcs_after_a_crash(
+    sandbox: Sandbox, store: StoreEndpoint, gcs_engine: Callable[[str], IngestEngine]
+) -> None:
+    session = sandbox.complete_session(sandbox.test_ids[0], video_size=3 * MiB)
+    crashed = gcs_engine("run crashed")
+    prepared = crashed.prepare(session_ref(session))
+    assert isinstance(prepared, PreparedVideo)
+    prepared.pending.commit(
+        size=prepared.download.size, checksums=prepared.download.checksums, precondition=prepared.precondition
+    )
+    crashed.leases.release(prepared.lease)  # as if it had expired
+    video = gcs_engine("run next").ingest(session_ref(session))
+    assert video.outcome == "repaired"  # vouched for by the store's own CRC-32C, not downloaded again
+    assert video.record["checksum_sha256"] == hashlib.sha256(source_bytes(store, sandbox, session)).hexdigest()
+
+
+def test_a_forced_ingest_on_gcs_replaces_only_the_generation_it_saw(
+    sandbox: Sandbox, gcs: GcsBackend, gcs_engine: Callable[[str], IngestEngine]
+) -> None:
+    session = sandbox.complete_session(sandbox.test_ids[0], video_size=3 * MiB)
+    engine = gcs_engine("run f")
+    first = engine.ingest(session_ref(session))
+    prepared = engine.prepare(session_ref(session), force=True)
+    assert isinstance(prepared, PreparedVideo)
+    assert prepared.precondition == Precondition.version(first.stored.etag)
+    gcs.put_bytes(prepared.key, b"another writer's bytes", "video/mp4")  # a tool outside the pipeline
+    with pytest.raises(IngestError, match="another writer changed it") as info:
+        engine.commit(prepared)
+    assert info.value.reason == "conflict"
+    assert gcs.get_bytes(prepared.key)[0] == b"another writer's bytes"  # type: ignore[index]
