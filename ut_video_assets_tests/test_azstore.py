@@ -10,6 +10,7 @@ import io
 import os
 import uuid
 import zlib
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,17 @@ from ut_video_assets import azstore
 from ut_video_assets.azstore import AzureBackend, azure_backend, azure_service, crc32_combine
 from ut_video_assets.checksums import WholeChecksums
 from ut_video_assets.commit import ChecksumMismatchError, PendingWrite, Precondition, StorageError, md5_to_base64
+from ut_video_assets.ingest import EngineSettings, IngestEngine, IngestError, PreparedVideo, SessionRef
 from ut_video_assets.lease import LeaseKeeper
 from ut_video_assets.sandbox import azurite as azurite_module
 from ut_video_assets.sandbox.azurite import AzuriteEndpoint, AzuriteError, EmbeddedAzurite
-from ut_video_assets.sandbox.store import free_port
+from ut_video_assets.sandbox.scenario import Session
+from ut_video_assets.sandbox.server import Sandbox
+from ut_video_assets.sandbox.store import StoreEndpoint, free_port
 from ut_video_assets.storage import VideoStore
+from ut_video_assets.transfer import TransferPolicy, download_video
 from ut_video_assets.upload import StreamingUpload
+from ut_video_assets.usertesting import ResultsApiClient, make_http_client
 
 MiB = 1024 * 1024
 TEST_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
@@ -320,3 +326,139 @@ def test_a_missing_azurite_install_says_what_to_run(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(azurite_module, "AZURITE_MAIN", tmp_path / "missing" / "main.js")
     with pytest.raises(AzuriteError, match="run make azurite-deps"):
         EmbeddedAzurite(tmp_path / "data").start()
+
+
+# --- a real download, and the ingest engine, on Azure ------------------------------------------------------
+
+
+def test_a_resumed_download_streams_into_azure_and_verifies_with_its_own_md5(
+    sandbox: Sandbox, api_client: ResultsApiClient, backend: AzureBackend, tmp_path: Path
+) -> None:
+    """The real download (through the sandbox's fault proxy, dropped mid-way and resumed) computes the MD5 that
+    becomes the blob's Content-MD5; parts go out four at a time while it downloads, and `verify_stored` passes
+    with the download's MD5 without reading a byte."""
+    store = VideoStore(backend, "videos/", part_size=2 * MiB)
+    session: Session = sandbox.complete_session(sandbox.test_ids[0], video_size=11 * MiB + 777)
+    sandbox.add_fault(kind="drop", session_id=session.session_id, after_bytes=9 * MiB)
+    key = store.video_key(TEST_ID, session.session_id)
+    upload = StreamingUpload(
+        lambda: backend.begin(key, content_type="video/mp4", metadata={"session-id": session.session_id}),
+        tmp_path / "d.part",
+        part_size=store.part_size,
+        min_part_size=backend.min_part_size,
+        max_parts=backend.max_parts,
+        max_concurrency=store.max_concurrency,
+    )
+    with make_http_client() as http:
+        result = download_video(
+            http,
+            session.session_id,
+            lambda: api_client.get_video_url(session.session_id),
+            tmp_path / "d.part",
+            policy=TransferPolicy(backoff_initial=0.01, backoff_max=0.05),
+            sink=upload,
+            checksums=(backend.checksum_algorithm,),
+        )
+    assert result.resumes == 1 and upload.parts_started == 5  # every full part left before the last byte
+    upload.send_rest(result.size).commit(
+        size=result.size, checksums=result.checksums, precondition=Precondition.absent()
+    )
+    store.label_video(key, result.sha256)
+    stored = store.head_video(TEST_ID, session.session_id)
+    assert stored is not None and stored.checksum == result.checksums["md5"]
+    verified = store.verify_stored(stored, sha256=result.sha256, checksum=result.checksums["md5"], size=result.size)
+    assert verified.ok and verified.bytes_read == 0, verified.reason
+    assert store.deep_verify(TEST_ID, session.session_id, result.sha256).ok
+
+
+@pytest.fixture
+def azure_engine(
+    backend: AzureBackend, api_client: ResultsApiClient, tmp_path: Path
+) -> Iterator[Callable[[str], IngestEngine]]:
+    """Engines (one per owner) over an Azure destination, as the pipeline builds them."""
+    store = VideoStore(backend, "videos/", part_size=2 * MiB)
+    engines: list[IngestEngine] = []
+    with make_http_client() as http:
+
+        def make(owner: str) -> IngestEngine:
+            policy = TransferPolicy(read_timeout=2.0, backoff_initial=0.01, backoff_max=0.05)
+            settings = EngineSettings(spool_dir=tmp_path / "spool", policy=policy, owner=owner, lease_ttl=30)
+            engine = IngestEngine(store, get_video_url=api_client.get_video_url, http=http, settings=settings)
+            engines.append(engine)
+            return engine
+
+        yield make
+        for engine in engines:
+            engine.close()
+
+
+def session_ref(session: Session) -> SessionRef:
+    return SessionRef(session.session_id, session.test_id, session.start_time, session.finish_time)
+
+
+def source_bytes(store: StoreEndpoint, sandbox: Sandbox, session: Session) -> bytes:
+    return bytes(store.client().get_object(Bucket=sandbox.source_bucket, Key=session.video_key)["Body"].read())
+
+
+def test_the_engine_stores_labels_records_and_then_finds_it_stored(
+    sandbox: Sandbox, store: StoreEndpoint, backend: AzureBackend, azure_engine: Callable[[str], IngestEngine]
+) -> None:
+    session = sandbox.complete_session(sandbox.test_ids[0], video_size=5 * MiB)
+    engine = azure_engine("run one")
+    video = engine.ingest(session_ref(session))
+    data = source_bytes(store, sandbox, session)
+    assert video.outcome == "stored" and video.stored.uri.startswith(f"az://{backend.bucket}/videos/test_id=")
+    assert video.stored.sha256 == hashlib.sha256(data).hexdigest() == video.record["checksum_sha256"]
+    assert video.stored.metadata["session-id"] == session.session_id  # committed with the block list
+    assert video.record["video_etag"] == video.stored.etag  # the tag did not make a new ETag
+    assert b"".join(backend.iter_chunks(video.stored.key, MiB)) == data
+    assert backend.get_bytes(f"videos/_leases/session_id={session.session_id}.json") is None  # released
+    assert engine.ingest(session_ref(session)).outcome == "already_stored"
+
+
+def test_a_run_killed_before_its_commit_leaves_nothing_visible_and_the_next_stores_it(
+    sandbox: Sandbox, store: StoreEndpoint, backend: AzureBackend, azure_engine: Callable[[str], IngestEngine]
+) -> None:
+    session = sandbox.complete_session(sandbox.test_ids[0], video_size=5 * MiB)
+    crashed = azure_engine("run crashed")
+    prepared = crashed.prepare(session_ref(session))  # every block staged, no commit: then the process dies
+    assert isinstance(prepared, PreparedVideo)
+    crashed.leases.release(prepared.lease)  # as if it had expired
+    assert backend.head(prepared.key) is None
+    assert [p.upload_id for p in backend.pending_uploads(prepared.key)] == [prepared.pending.upload_id]
+    video = azure_engine("run next").ingest(session_ref(session))
+    assert video.outcome == "stored"
+    assert b"".join(backend.iter_chunks(prepared.key, MiB)) == source_bytes(store, sandbox, session)
+    assert backend.pending_uploads(prepared.key) == []  # the crashed run's blocks went with the new commit
+
+
+def test_the_engine_finishes_a_committed_video_from_azure_after_a_crash(
+    sandbox: Sandbox, store: StoreEndpoint, azure_engine: Callable[[str], IngestEngine]
+) -> None:
+    session = sandbox.complete_session(sandbox.test_ids[0], video_size=3 * MiB)
+    crashed = azure_engine("run crashed")
+    prepared = crashed.prepare(session_ref(session))
+    assert isinstance(prepared, PreparedVideo)
+    prepared.pending.commit(
+        size=prepared.download.size, checksums=prepared.download.checksums, precondition=prepared.precondition
+    )
+    crashed.leases.release(prepared.lease)  # as if it had expired
+    video = azure_engine("run next").ingest(session_ref(session))
+    assert video.outcome == "repaired"  # finished from the store, not downloaded again
+    assert video.record["checksum_sha256"] == hashlib.sha256(source_bytes(store, sandbox, session)).hexdigest()
+
+
+def test_a_forced_ingest_on_azure_replaces_only_the_version_it_saw(
+    sandbox: Sandbox, backend: AzureBackend, azure_engine: Callable[[str], IngestEngine]
+) -> None:
+    session = sandbox.complete_session(sandbox.test_ids[0], video_size=3 * MiB)
+    engine = azure_engine("run f")
+    first = engine.ingest(session_ref(session))
+    prepared = engine.prepare(session_ref(session), force=True)
+    assert isinstance(prepared, PreparedVideo)
+    assert prepared.precondition == Precondition.version(first.stored.etag)
+    backend.put_bytes(prepared.key, b"another writer's bytes", "video/mp4")  # a tool outside the pipeline
+    with pytest.raises(IngestError, match="another writer changed it") as info:
+        engine.commit(prepared)
+    assert info.value.reason == "conflict"
+    assert backend.get_bytes(prepared.key)[0] == b"another writer's bytes"  # type: ignore[index]
