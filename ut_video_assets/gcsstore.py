@@ -148,8 +148,9 @@ def _error_message(response: requests.Response) -> str:
 
 
 class _Window(io.RawIOBase):
-    """``length`` bytes of ``body`` from its current position (a request body of exactly that size; requests
-    reads its length with ``len``)."""
+    """``length`` bytes of ``body`` from its current position: a request body of exactly that size, sent with
+    its Content-Length (requests takes it from ``len`` minus ``tell``; without both it would send the body
+    chunked)."""
 
     def __init__(self, body: IO[bytes], length: int) -> None:
         super().__init__()
@@ -162,6 +163,9 @@ class _Window(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def tell(self) -> int:
+        return self._length - self._left
 
     def read(self, size: int = -1) -> bytes:
         if self._left <= 0:

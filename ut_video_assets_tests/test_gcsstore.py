@@ -5,6 +5,7 @@ kept apart from metadata, listing order, errors and the client factory."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import logging
 import os
@@ -324,3 +325,20 @@ def test_a_forced_ingest_on_gcs_replaces_only_the_generation_it_saw(
         engine.commit(prepared)
     assert info.value.reason == "conflict"
     assert gcs.get_bytes(prepared.key)[0] == b"another writer's bytes"  # type: ignore[index]
+
+
+def test_chunks_go_with_their_content_length_never_chunked(
+    gcs: GcsBackend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GCS's resumable protocol wants each chunk's Content-Length; fake-gcs-server also takes a chunked body, so
+    what went on the wire is read from http.client's own trace of the real requests."""
+    monkeypatch.setattr(http.client.HTTPConnection, "debuglevel", 1)
+    pending = gcs.begin("length.bin", content_type="application/octet-stream", metadata={})
+    pending.send_part(1, io.BytesIO(b"c" * (256 * KiB + 5)), 256 * KiB + 5)
+    sums = WholeChecksums(["crc32c"])
+    sums.update(b"c" * (256 * KiB + 5))
+    pending.commit(size=256 * KiB + 5, checksums=sums.wire(), precondition=Precondition.absent())
+    sent = [line for line in capsys.readouterr().out.splitlines() if line.startswith("send: b'PUT ")]
+    assert len(sent) == 2  # the chunk and the final request
+    assert "Content-Length: 262144" in sent[0] and "Content-Length: 5" in sent[1]
+    assert not any("Transfer-Encoding" in line for line in sent)
