@@ -327,18 +327,24 @@ def test_a_forced_ingest_on_gcs_replaces_only_the_generation_it_saw(
     assert gcs.get_bytes(prepared.key)[0] == b"another writer's bytes"  # type: ignore[index]
 
 
-def test_chunks_go_with_their_content_length_never_chunked(
+def test_on_the_wire_content_lengths_the_sessions_condition_and_the_final_crc32c(
     gcs: GcsBackend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """GCS's resumable protocol wants each chunk's Content-Length; fake-gcs-server also takes a chunked body, so
-    what went on the wire is read from http.client's own trace of the real requests."""
+    """GCS's resumable protocol wants each chunk's Content-Length, the session's condition and the final
+    request's CRC-32C; fake-gcs-server also takes a chunked body and ignores the other two, so what went on the
+    wire is read from http.client's own trace of the real requests."""
     monkeypatch.setattr(http.client.HTTPConnection, "debuglevel", 1)
     pending = gcs.begin("length.bin", content_type="application/octet-stream", metadata={})
     pending.send_part(1, io.BytesIO(b"c" * (256 * KiB + 5)), 256 * KiB + 5)
     sums = WholeChecksums(["crc32c"])
     sums.update(b"c" * (256 * KiB + 5))
     pending.commit(size=256 * KiB + 5, checksums=sums.wire(), precondition=Precondition.absent())
-    sent = [line for line in capsys.readouterr().out.splitlines() if line.startswith("send: b'PUT ")]
+    trace = capsys.readouterr().out.splitlines()
+    sent = [line for line in trace if line.startswith("send: b'PUT ")]
     assert len(sent) == 2  # the chunk and the final request
     assert "Content-Length: 262144" in sent[0] and "Content-Length: 5" in sent[1]
     assert not any("Transfer-Encoding" in line for line in sent)
+    # What the emulator ignores but GCS acts on: the session's condition and the final request's CRC-32C.
+    started = [line for line in trace if line.startswith("send: b'POST /upload/")]
+    assert len(started) == 1 and "ifGenerationMatch=0" in started[0]
+    assert f"x-goog-hash: crc32c={sums.wire()['crc32c']}" in sent[1] and "x-goog-hash" not in sent[0]
