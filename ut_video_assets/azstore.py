@@ -134,9 +134,7 @@ def _status(exc: BaseException) -> int:
 
 
 def _is_precondition(exc: BaseException) -> bool:
-    return isinstance(exc, HttpResponseError) and (
-        _error_code(exc) in _PRECONDITION_CODES or _status(exc) in {409, 412}
-    )
+    return isinstance(exc, HttpResponseError) and (_error_code(exc) in _PRECONDITION_CODES or _status(exc) == 412)
 
 
 def _missing(exc: BaseException) -> bool:
@@ -504,7 +502,14 @@ def azure_service(env: Mapping[str, str] | None = None, **client_options: Any) -
     Errors name the variable, never its value.
     """
     env = os.environ if env is None else env
-    options = {"connection_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT, **client_options}
+    options = {
+        "connection_timeout": CONNECT_TIMEOUT,
+        "read_timeout": READ_TIMEOUT,
+        # Reads (a deep verify, a repair) in 4 MiB ranges from the first one (the SDK's first GET is 32 MiB).
+        "max_single_get_size": 4 * MiB,
+        "max_chunk_get_size": 4 * MiB,
+        **client_options,
+    }
     connection_string = env.get(ENV_CONNECTION_STRING, "").strip()
     if connection_string:
         try:

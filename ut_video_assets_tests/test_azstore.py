@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import uuid
 import zlib
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote
 
 import pytest
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
@@ -24,6 +26,7 @@ from ut_video_assets.checksums import WholeChecksums
 from ut_video_assets.commit import ChecksumMismatchError, PendingWrite, Precondition, StorageError, md5_to_base64
 from ut_video_assets.ingest import EngineSettings, IngestEngine, IngestError, PreparedVideo, SessionRef
 from ut_video_assets.lease import LeaseKeeper
+from ut_video_assets.redact import install_log_redaction
 from ut_video_assets.sandbox import azurite as azurite_module
 from ut_video_assets.sandbox.azurite import AzuriteEndpoint, AzuriteError, EmbeddedAzurite
 from ut_video_assets.sandbox.scenario import Session
@@ -462,3 +465,40 @@ def test_a_forced_ingest_on_azure_replaces_only_the_version_it_saw(
         engine.commit(prepared)
     assert info.value.reason == "conflict"
     assert backend.get_bytes(prepared.key)[0] == b"another writer's bytes"  # type: ignore[index]
+
+
+def test_neither_the_sas_nor_the_key_reaches_the_logs(
+    azurite_server: AzuriteEndpoint, container: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """azure-core and urllib3 log every request at DEBUG (URL with its query, headers): the SAS signature and
+    the account key must not appear, whatever the logger."""
+    install_log_redaction()
+    caplog.set_level(logging.DEBUG)
+    env = sas_env(azurite_server, container, **ALL_DOCUMENTED)
+    signature = parse_qs(env["AZURE_STORAGE_SAS_TOKEN"])["sig"][0]
+    for service in (azure_service(env), azure_service(azurite_server.env())):
+        backend = azure_backend(container, service=service)
+        pending = backend.begin(f"logged-{uuid.uuid4().hex}", content_type="video/mp4", metadata={})
+        pending.send_part(1, io.BytesIO(b"x" * 1000), 1000)
+        pending.commit(size=1000, checksums=wire(b"x" * 1000), precondition=Precondition.absent())
+        backend.set_labels(pending.key, {"sha256": "cd" * 32})
+        assert backend.get_bytes(pending.key) is not None
+    assert "comp=blocklist" in caplog.text  # the requests were logged ...
+    assert signature not in caplog.text and quote(signature, safe="") not in caplog.text  # ... without the SAS
+    assert azurite_server.account_key not in caplog.text
+
+
+def test_the_embedded_azurite_listens_on_loopback_only_and_stops_by_pid(tmp_path: Path) -> None:
+    server = EmbeddedAzurite(tmp_path / "azurite")
+    with server as endpoint:
+        pid = server.pid
+        assert pid is not None and endpoint.blob_endpoint.startswith("http://127.0.0.1:")
+        port = int(endpoint.blob_endpoint.split(":")[2].split("/")[0])
+        listening = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+        mine = [line.split() for line in listening if line.split()[1].endswith(f":{port:04X}")]
+        assert mine and all(local.startswith("0100007F:") for _, local, *_ in mine)  # 127.0.0.1 only
+        endpoint.create_container("lifecycle")
+        assert [c.name for c in endpoint.service().list_containers()] == ["lifecycle"]
+    assert server.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
