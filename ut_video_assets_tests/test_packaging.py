@@ -41,7 +41,8 @@ def _name(requirement: str) -> str:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     source = tmp_path_factory.mktemp("source")
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    # node_modules: Azurite's npm install (sandbox/azurite/, ~240 MB, git-ignored), never part of a build.
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "node_modules")
     for folder in ("ut_video_assets", "ut_video_assets_tests", "bench"):
         shutil.copytree(REPO / folder, source / folder, ignore=ignore)
     for name in ("pyproject.toml", "README.md", "setup.cfg"):
