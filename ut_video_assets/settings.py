@@ -28,6 +28,7 @@ from ut_video_assets.usertesting.client import DEFAULT_BASE_URL
 from ut_video_assets.usertesting.waits import DEFAULT_MAX_BACKOFF_SECONDS
 
 if TYPE_CHECKING:
+    from ut_video_assets.destination import Destination
     from ut_video_assets.ratelimit import RequestBudget
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,9 @@ SETTINGS: dict[str, Setting] = {
         int, DEFAULT_MAX_CONCURRENT_DOWNLOADS, 1, 64, "each download holds a spool file and an upload"
     ),
     # The destination
-    "UT_VIDEO_BUCKET": Setting("text", None, "the destination bucket", required=True),
-    "UT_VIDEO_PREFIX": Setting("text", "", "the key prefix"),
+    "UT_VIDEO_STORE_URL": Setting("text", None, "the destination: s3://, gs:// or az://bucket/prefix/"),
+    "UT_VIDEO_BUCKET": Setting("text", None, "the destination S3 bucket, when UT_VIDEO_STORE_URL is unset"),
+    "UT_VIDEO_PREFIX": Setting("text", "", "the key prefix (with UT_VIDEO_BUCKET)"),
     "UT_S3_SSE": Setting("choice", None, "server-side encryption", choices=("AES256", "aws:kms", "aws:kms:dsse")),
     "UT_S3_SSE_KMS_KEY_ID": Setting("text", None, "the KMS key for aws:kms"),
     "UT_S3_PART_SIZE_MIB": _number(int, 64, 5, 5120, "S3 parts are 5 MiB to 5 GiB"),
@@ -609,11 +611,21 @@ class Settings:
             raise SettingsError(f"{name} is not set")
         return value
 
+    def destination(self) -> Destination:
+        """Where videos go: ``UT_VIDEO_STORE_URL`` (``s3://``, ``gs://``, ``az://``), else the S3 bucket
+        ``UT_VIDEO_BUCKET`` under ``UT_VIDEO_PREFIX``."""
+        from ut_video_assets.destination import resolve_destination
+
+        return resolve_destination(
+            self.raw("UT_VIDEO_STORE_URL"), self.raw("UT_VIDEO_BUCKET"), self.raw("UT_VIDEO_PREFIX")
+        )
+
     def bucket(self) -> str:
-        return self.required_text("UT_VIDEO_BUCKET")
+        """The destination's bucket (Azure: container), whichever store it is on."""
+        return self.destination().bucket
 
     def prefix(self) -> str:
-        return self.text("UT_VIDEO_PREFIX") or ""
+        return self.destination().prefix
 
     def url(self, name: str) -> str | None:
         """A URL setting: https (plain http only for a host on ``UT_VIDEO_URL_ALLOW_HOSTS``), except the UI's
@@ -706,6 +718,7 @@ class Settings:
         """Every specified setting parsed (and the ones read together), for ``check-config``; raises
         `SettingsError` naming the first bad variable."""
         values = {name: self.get(name) for name in SETTINGS}
+        self.destination()
         self.credentials()
         self.budget()
         return values
@@ -722,8 +735,21 @@ def _choice(spec: Setting, name: str, value: str) -> str:
     raise SettingsError(f"{name} must be one of {', '.join(spec.choices)}, got {value[:40]!r}")
 
 
-_TEXT_RULES: dict[str, Callable[[str | None, str], str]] = {
-    "UT_VIDEO_BUCKET": parse_bucket,
+def _optional_bucket(value: str | None, name: str) -> str | None:
+    return parse_bucket(value, name) if value else None
+
+
+def _store_url(value: str | None, name: str) -> str | None:
+    if not value:
+        return None
+    from ut_video_assets.destination import parse_store_url
+
+    return parse_store_url(value, name).url
+
+
+_TEXT_RULES: dict[str, Callable[[str | None, str], str | None]] = {
+    "UT_VIDEO_STORE_URL": _store_url,
+    "UT_VIDEO_BUCKET": _optional_bucket,
     "UT_VIDEO_PREFIX": parse_prefix,
 }
 """Text settings with a shape of their own."""

@@ -84,8 +84,8 @@ def test_a_disagreement_is_found() -> None:
         "UT_DEEP_VERIFICATION: in the README's table, not in SETTINGS",
         "UT_DEEP_VERIFY: in SETTINGS, not in the README's table",
     ]
-    unrequired = text.replace("| `UT_VIDEO_BUCKET` | — (required) |", "| `UT_VIDEO_BUCKET` | — |")
-    assert disagreements(unrequired) == ["UT_VIDEO_BUCKET: required in SETTINGS only"]
+    unrequired = text.replace("| `UT_TEST_IDS` | — (required) |", "| `UT_TEST_IDS` | — |")
+    assert disagreements(unrequired) == ["UT_TEST_IDS: required in SETTINGS only"]
 
 
 def test_every_variable_the_package_reads_is_specified() -> None:
@@ -229,14 +229,19 @@ def test_the_reader_parses_each_kind_by_the_specification() -> None:
     )
     assert settings.text("UT_BUDGET_BACKEND") == "postgres"  # an alias, any case
     assert settings.server_side_encryption() == ("AES256", None)
-    assert settings.prefix() == "videos/"
+    assert settings.text("UT_VIDEO_PREFIX") == "videos/"
     assert settings.url("UT_DAGSTER_UI_URL") == "http://dagster.internal:3000"  # http is fine for the UI
     assert settings.api_base_url() == "http://127.0.0.1:9000"  # http only for an allowed host
     assert settings.path("UT_SPOOL_DIR") == Path("/var/spool/ut")
     assert settings.integer("UT_S3_PART_SIZE_MIB") == SETTINGS["UT_S3_PART_SIZE_MIB"].default
     assert settings.url("UT_TOKEN_URL") == SETTINGS["UT_TOKEN_URL"].default
     with pytest.raises(SettingsError, match="UT_VIDEO_BUCKET is not set"):
-        settings.bucket()
+        settings.bucket()  # neither UT_VIDEO_STORE_URL nor UT_VIDEO_BUCKET
+    on_gcs = Settings({"UT_VIDEO_STORE_URL": "gs://archive/usertesting"})
+    assert (on_gcs.destination().scheme, on_gcs.bucket(), on_gcs.prefix()) == ("gs", "archive", "usertesting/")
+    assert on_gcs.text("UT_VIDEO_STORE_URL") == "gs://archive/usertesting/"
+    with pytest.raises(SettingsError, match="either UT_VIDEO_STORE_URL or UT_VIDEO_BUCKET"):
+        Settings({"UT_VIDEO_STORE_URL": "az://sessions/", "UT_VIDEO_BUCKET": "videos"}).destination()
     with pytest.raises(SettingsError, match="UT_ALERT_WEBHOOK_URL must be an https URL") as caught:
         Settings({"UT_ALERT_WEBHOOK_URL": "http://hooks.example/T/SECRET-PATH"}).url("UT_ALERT_WEBHOOK_URL")
     assert "SECRET-PATH" not in str(caught.value)

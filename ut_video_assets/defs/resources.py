@@ -14,6 +14,7 @@ import dagster as dg
 import httpx
 from pydantic import PrivateAttr
 
+from ut_video_assets.destination import open_backend
 from ut_video_assets.discovery import DiscoveryAllowance
 from ut_video_assets.media import ProbeLimits
 from ut_video_assets.netguard import make_guarded_client
@@ -169,10 +170,13 @@ class S3ClientResource(dg.ConfigurableResource):
 
 
 class VideoStorageResource(SpecifiedResource):
-    """The destination bucket. S3 credentials and endpoint come from the standard ``AWS_*`` variables
-    (``AWS_ENDPOINT_URL`` for non-AWS stores), read by boto3 itself (`S3ClientResource`)."""
+    """The destination: ``UT_VIDEO_STORE_URL`` (``s3://``, ``gs://`` or ``az://bucket/prefix/``) or the S3 bucket
+    ``UT_VIDEO_BUCKET``. S3 credentials and endpoint come from the standard ``AWS_*`` variables
+    (``AWS_ENDPOINT_URL`` for non-AWS stores), read by boto3 itself (`S3ClientResource`); GCS and Azure ones
+    from their SDKs (`ut_video_assets.destination`)."""
 
     s3: S3ClientResource
+    store_url: str | None = None
     bucket: str | None = None
     prefix: str | None = None
     server_side_encryption: str | None = None
@@ -183,6 +187,7 @@ class VideoStorageResource(SpecifiedResource):
     deep_verify: str | None = None
 
     SETTINGS_FIELDS: ClassVar[dict[str, str]] = {
+        "store_url": "UT_VIDEO_STORE_URL",
         "bucket": "UT_VIDEO_BUCKET",
         "prefix": "UT_VIDEO_PREFIX",
         "server_side_encryption": "UT_S3_SSE",
@@ -204,16 +209,19 @@ class VideoStorageResource(SpecifiedResource):
         return self.settings().flag("UT_DEEP_VERIFY")
 
     def store(self) -> VideoStore:
+        """The destination (`ut_video_assets.destination`): S3 through `S3ClientResource`'s boto3 client, GCS and
+        Azure through their SDKs' own credential chains."""
         settings = self.settings()
-        sse, kms_key_id = settings.server_side_encryption()
-        return VideoStore.s3(
-            self.s3.get_client(),
-            settings.bucket(),
-            settings.prefix(),
+        destination = settings.destination()
+        s3_options: dict[str, Any] = {}
+        if destination.scheme == "s3":
+            sse, kms_key_id = settings.server_side_encryption()
+            s3_options = {"server_side_encryption": sse, "kms_key_id": kms_key_id}
+        return VideoStore(
+            open_backend(destination, s3_client=self.s3.get_client, **s3_options),
+            destination.prefix,
             part_size=settings.integer("UT_S3_PART_SIZE_MIB") * 1024 * 1024,
             max_concurrency=settings.integer("UT_S3_UPLOAD_CONCURRENCY"),
-            server_side_encryption=sse,
-            kms_key_id=kms_key_id,
         )
 
 
