@@ -126,7 +126,10 @@ def describe_store_error(exc: BaseException) -> str:
 
 
 def _error_code(exc: BaseException) -> str:
-    return str(getattr(exc, "error_code", None) or "")
+    """The service's error code as it spells it (``Md5Mismatch``; the SDK gives some as ``StorageErrorCode``
+    members)."""
+    code = getattr(exc, "error_code", None) or ""
+    return str(getattr(code, "value", code))
 
 
 def _status(exc: BaseException) -> int:

@@ -74,19 +74,28 @@ def flip_put_block_bodies(request: Any) -> None:
 # --- what the service verifies -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("checksum", "refusal"), [("crc64", "Crc64Mismatch"), ("md5", "Md5Mismatch")])
 def test_a_block_corrupted_on_the_way_is_refused_and_nothing_appears(
-    azurite_server: AzuriteEndpoint, container: str, backend: AzureBackend
+    azurite_server: AzuriteEndpoint,
+    container: str,
+    backend: AzureBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    checksum: str,
+    refusal: str,
 ) -> None:
-    assert azstore._CRC64 is not None  # azure-storage-extensions is installed: blocks carry a CRC-64
+    """Each block carries its CRC-64 (azure-storage-extensions); without the extension, its MD5."""
+    assert azstore._CRC64 is not None  # the extension is installed here
+    if checksum == "md5":
+        monkeypatch.setattr(azstore, "_CRC64", None)  # as where azure-storage-extensions is not installed
     corrupting = azure_backend(container, service=azurite_server.service(raw_request_hook=flip_put_block_bodies))
     name, data = "v/session.mp4", os.urandom(3 * MiB)
     pending = corrupting.begin(name, content_type="video/mp4", metadata={"session-id": "s"})
-    with pytest.raises(StorageError, match=r"sending part 1 of az://dest-\w+/v/session.mp4 failed: Crc64Mismatch"):
+    with pytest.raises(StorageError, match=rf"sending part 1 of az://dest-\w+/v/session.mp4 failed: {refusal}"):
         pending.send_part(1, io.BytesIO(data), len(data))
     assert backend.head(name) is None
     assert backend.pending_uploads(name) == []  # the block was not kept either
 
-    # Without the block's checksum the same corruption is taken: the refusal above is the CRC-64's doing.
+    # Without the block's checksum the same corruption is taken: the refusal above is the checksum's doing.
     corrupting.blob("unchecked").stage_block("x", io.BytesIO(data), length=len(data))
     assert len(backend.pending_uploads("unchecked")) == 1
 
