@@ -10,7 +10,8 @@
 - ``commit``: ``Put Block List`` (``commit_block_list``) naming our blocks in part order, with the metadata, the
   content type and the whole object's MD5 (computed while downloading) as ``Content-MD5``, and
   ``If-None-Match: *`` (create only) or ``If-Match: <etag>`` (replace only the version seen). A failed condition
-  is `PreconditionFailedError` and nothing changes at the key.
+  is `PreconditionFailedError` and nothing changes at the key, unless the key's committed block list is this
+  write's own (its block IDs): then the SDK retried a commit whose answer was lost, and the commit stands.
 - labels are **blob index tags** (``Set Blob Tags``: up to 10, values up to 256 characters; a hex SHA-256
   fits). Setting them changes neither the ETag nor the bytes. Metadata would not do: setting it makes a new
   ETag, and a new ETag reads as "another writer changed the object".
@@ -307,15 +308,26 @@ class AzurePendingWrite:
             if precondition.expected_version is None
             else {"etag": _etag(precondition.expected_version), "match_condition": MatchConditions.IfNotModified}
         )
-        with _store_call(f"{uri} was not committed", precondition):
-            response = self.backend.blob(self.key).commit_block_list(
-                [BlobBlock(self.block_id(n)) for n in numbers],
-                metadata=self.metadata,
-                content_settings=ContentSettings(
-                    content_type=self.content_type, content_md5=bytearray(base64.b64decode(md5))
-                ),
-                **condition,
-            )
+        blocks = [self.block_id(n) for n in numbers]
+        try:
+            with _store_call(f"{uri} was not committed", precondition):
+                response = self.backend.blob(self.key).commit_block_list(
+                    [BlobBlock(block) for block in blocks],
+                    metadata=self.metadata,
+                    content_settings=ContentSettings(
+                        content_type=self.content_type, content_md5=bytearray(base64.b64decode(md5))
+                    ),
+                    **condition,
+                )
+        except PreconditionFailedError:
+            # The SDK retries a request whose answer was lost (a read timeout, a reset after sending); when the
+            # first attempt did commit, the retry finds the key taken. Our block IDs (a random prefix of this
+            # write) in the key's committed list tell our own commit from another writer's.
+            ours = self._committed_as(blocks, md5)
+            if ours is None:
+                raise
+            log.info("%s: the commit's answer was lost; the key holds this write's block list", uri)
+            return ours
         return ObjectInfo(
             key=self.key,
             size=size,
@@ -325,6 +337,20 @@ class AzurePendingWrite:
             content_type=self.content_type,
             last_modified=modified if isinstance(modified := response.get("last_modified"), datetime) else None,
         )
+
+    def _committed_as(self, blocks: list[str], md5: str) -> ObjectInfo | None:
+        """The key's object when its committed block list is exactly ``blocks`` with our Content-MD5, else None."""
+        try:
+            committed, _uncommitted = self.backend.blob(self.key).get_block_list("committed")
+        except AzureError:
+            return None
+        if [str(block.id) for block in committed] != blocks:
+            return None
+        try:
+            info = self.backend.head(self.key)
+        except StorageError:
+            return None
+        return info if info is not None and info.checksum == md5 else None
 
     def abort(self) -> None:
         """Nothing to send: Azure cannot delete uncommitted blocks. They are never visible, and the service drops

@@ -18,12 +18,20 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import pytest
-from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+from azure.core.exceptions import ServiceResponseError
+from azure.storage.blob import ContainerSasPermissions, LinearRetry, generate_container_sas
 
 from ut_video_assets import azstore
 from ut_video_assets.azstore import AzureBackend, azure_backend, azure_service, crc32_combine
 from ut_video_assets.checksums import WholeChecksums
-from ut_video_assets.commit import ChecksumMismatchError, PendingWrite, Precondition, StorageError, md5_to_base64
+from ut_video_assets.commit import (
+    ChecksumMismatchError,
+    PendingWrite,
+    Precondition,
+    PreconditionFailedError,
+    StorageError,
+    md5_to_base64,
+)
 from ut_video_assets.ingest import EngineSettings, IngestEngine, IngestError, PreparedVideo, SessionRef
 from ut_video_assets.lease import LeaseKeeper
 from ut_video_assets.redact import install_log_redaction
@@ -145,6 +153,37 @@ def test_crc32_combine_is_zlibs() -> None:
     for piece in pieces:
         whole = crc32_combine(whole, zlib.crc32(piece), len(piece))
     assert whole == zlib.crc32(b"".join(pieces))
+
+
+def test_a_commit_whose_answer_was_lost_is_recognised_as_ours(
+    azurite_server: AzuriteEndpoint, container: str, backend: AzureBackend
+) -> None:
+    """The SDK retries a Put Block List whose answer was lost; the retry finds the key taken (by us). Our block
+    IDs in the committed list tell it apart from another writer's commit, which stays a conflict."""
+    lost: list[str] = []
+
+    def lose_first_commit_answer(response: Any) -> None:
+        if "comp=blocklist" in response.http_request.url and not lost:
+            lost.append(response.http_request.url)
+            raise ServiceResponseError("connection reset while reading the answer")
+
+    flaky = azure_backend(
+        container,
+        service=azurite_server.service(
+            raw_response_hook=lose_first_commit_answer, retry_policy=LinearRetry(backoff=0, random_jitter_range=0)
+        ),
+    )
+    data = os.urandom(MiB)
+    pending = flaky.begin("lost/session.mp4", content_type="video/mp4", metadata={"session-id": "s"})
+    pending.send_part(1, io.BytesIO(data), len(data))
+    info = pending.commit(size=len(data), checksums=wire(data), precondition=Precondition.absent())
+    assert lost and info.version == backend.head("lost/session.mp4").version  # type: ignore[union-attr]
+    assert b"".join(backend.iter_chunks("lost/session.mp4", MiB)) == data
+
+    other = flaky.begin("lost/session.mp4", content_type="video/mp4", metadata={})  # a second writer, too late
+    other.send_part(1, io.BytesIO(b"late"), 4)
+    with pytest.raises(PreconditionFailedError):
+        other.commit(size=4, checksums=wire(b"late"), precondition=Precondition.absent())
 
 
 def test_a_commit_must_name_every_part_once(backend: AzureBackend) -> None:
