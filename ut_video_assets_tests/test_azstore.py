@@ -34,13 +34,14 @@ from ut_video_assets.commit import (
 )
 from ut_video_assets.ingest import EngineSettings, IngestEngine, IngestError, PreparedVideo, SessionRef
 from ut_video_assets.lease import LeaseKeeper
+from ut_video_assets.media import probe
 from ut_video_assets.redact import install_log_redaction
 from ut_video_assets.sandbox import azurite as azurite_module
 from ut_video_assets.sandbox.azurite import AzuriteEndpoint, AzuriteError, EmbeddedAzurite
 from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets.sandbox.server import Sandbox
 from ut_video_assets.sandbox.store import StoreEndpoint, free_port
-from ut_video_assets.storage import VideoStore
+from ut_video_assets.storage import VideoStore, open_stored_video
 from ut_video_assets.transfer import TransferPolicy, download_video
 from ut_video_assets.upload import StreamingUpload
 from ut_video_assets.usertesting import ResultsApiClient, make_http_client
@@ -465,6 +466,8 @@ def test_the_engine_stores_labels_records_and_then_finds_it_stored(
     assert b"".join(backend.iter_chunks(video.stored.key, MiB)) == data
     assert backend.get_bytes(f"videos/_leases/session_id={session.session_id}.json") is None  # released
     assert engine.ingest(session_ref(session)).outcome == "already_stored"
+    with open_stored_video(engine.store, video.stored) as reader:  # PyAV probes it through ranged reads
+        assert probe(reader).frames_decoded >= 1
 
 
 def test_a_run_killed_before_its_commit_leaves_nothing_visible_and_the_next_stores_it(
