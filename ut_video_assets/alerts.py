@@ -4,6 +4,9 @@ Open-source Dagster notifies nobody (alert policies are a Dagster+ feature), so 
 (`ut_video_assets.defs.alerting`) gathers what went wrong since its last tick and this module turns it into one
 message per burst and posts it to ``UT_ALERT_WEBHOOK_URL``:
 
+- runs whose attempt failed for a reason that needs a person (`OPERATOR_REASONS`: the store, the credentials, a
+  refused download, a full spool disk), at once, with when Dagster retries them, not minutes later when the
+  retries are used up; one alert per burst (`Outage`);
 - failed runs: the sessions (partition keys) they did not store, the first step error, a link to the run;
 - failed blocking checks: the check, the session, the check's own description, a link to the run;
 - a stale backlog: sessions discovered but not stored for longer than ``UT_BACKLOG_MAX_AGE_SECONDS``;
@@ -19,12 +22,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from ut_video_assets.redact import redact_text
 from ut_video_assets.settings import DEFAULT_BACKLOG_MAX_AGE_SECONDS, DEFAULT_CATALOG_MAX_LAG_SECONDS, Settings
+
+OPERATOR_REASONS = frozenset({"store", "credentials", "forbidden", "disk_full"})
+"""Failure reasons of the ingest engine (`ut_video_assets.ingest.IngestError.reason`) that need a person: the
+destination store unreachable or refusing, the Results API refusing the credentials, a download refused, the
+spool disk full. They are alerted on the first failed attempt (with when Dagster tries again), not only when the
+retries are used up: Dagster's retries take minutes, and they rarely cure these."""
+OUTAGE_REASONS = frozenset({"store", "credentials", "disk_full"})
+"""Of those, the ones that are not about one session: while such an outage is open (alerted, and nothing stored
+since), other runs failing for the same reason belong to the same burst and are not alerted again."""
 
 MAX_LISTED = 20
 """Sessions, runs or checks named one by one in the text; the structured fields carry them all."""
@@ -74,6 +87,67 @@ class FailedRun:
     sessions: tuple[str, ...]
     """The run's partitions it did not store (all of its partitions when it stored every one and then failed)."""
     reason: str
+
+
+@dataclass(frozen=True)
+class RetryingRun:
+    """A run whose attempt failed for a reason that needs a person, and that Dagster is about to try again."""
+
+    run_id: str
+    job_name: str
+    sessions: tuple[str, ...]
+    reason_codes: tuple[str, ...]
+    reason: str
+    """The reason in words and the first session's error, redacted (`clean_reason`)."""
+    attempt: int | None
+    """The attempt that failed (1 for the first)."""
+    retry_at: float | None
+    """When Dagster starts the next attempt (epoch seconds); None when not known yet."""
+    what_next: str | None = None
+    """What the run said happens next, when ``retry_at`` is not known."""
+
+
+@dataclass
+class Outage:
+    """An open failure burst of reasons that need a person: what was alerted, and when a failure of it was
+    last seen. It ends when a session is stored after that (the cause is gone) or after `OUTAGE_QUIET_SECONDS`
+    without a new failure of it."""
+
+    reasons: set[str]
+    runs: set[str]
+    last_seen: float
+
+    def covers(self, run_id: str, reasons: set[str]) -> bool:
+        """Whether failures of ``run_id`` for ``reasons`` were alerted already: the same run failing again for
+        reasons it was alerted for (its retries, then the run itself), or any run failing only for an outage."""
+        if not reasons:
+            return False
+        if run_id in self.runs and reasons <= self.reasons:
+            return True
+        return reasons <= (self.reasons & OUTAGE_REASONS)
+
+    def add(self, run_id: str, reasons: set[str], now: float) -> None:
+        self.reasons |= reasons
+        self.runs.add(run_id)
+        self.last_seen = now
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "reasons": sorted(self.reasons),
+            "runs": sorted(self.runs)[-MAX_OUTAGE_RUNS:],
+            "last_seen": self.last_seen,
+        }
+
+    @classmethod
+    def parse(cls, data: dict[str, Any] | None) -> Outage | None:
+        if not data:
+            return None
+        return cls(set(data.get("reasons", [])), set(data.get("runs", [])), float(data.get("last_seen", 0.0)))
+
+
+OUTAGE_QUIET_SECONDS = 3600.0
+"""An outage nobody has seen fail for this long is over: a new failure of it is alerted again."""
+MAX_OUTAGE_RUNS = 500
 
 
 @dataclass(frozen=True)
@@ -130,12 +204,38 @@ def _listed(items: Sequence[str]) -> str:
     return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
 
-def failure_alert(runs: Sequence[FailedRun], checks: Sequence[FailedCheck], ui_url: str | None) -> dict[str, Any]:
-    """One message for every failure of a burst (one sensor tick)."""
-    sessions = list(dict.fromkeys([s for r in runs for s in r.sessions] + [c.session for c in checks if c.session]))
-    heading = [f"{len(runs)} failed run(s)"] if runs else []
+def utc_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def failure_alert(
+    runs: Sequence[FailedRun],
+    checks: Sequence[FailedCheck],
+    ui_url: str | None,
+    retrying: Sequence[RetryingRun] = (),
+) -> dict[str, Any]:
+    """One message for every failure of a burst (one sensor tick): failed runs, failed checks, and runs whose
+    attempt failed for a reason that needs a person while Dagster retries them."""
+    sessions = list(
+        dict.fromkeys(
+            [s for r in retrying for s in r.sessions]
+            + [s for r in runs for s in r.sessions]
+            + [c.session for c in checks if c.session]
+        )
+    )
+    heading = [f"{len(retrying)} run(s) failing and retrying"] if retrying else []
+    heading += [f"{len(runs)} failed run(s)"] if runs else []
     heading += [f"{len(checks)} failed check(s)"] if checks else []
     lines = [f"ut-video-assets: {' and '.join(heading)}, {len(sessions)} session(s) affected"]
+    for retry in retrying[:MAX_LISTED]:
+        link = run_url(ui_url, retry.run_id)
+        failed = f"attempt {retry.attempt} failed" if retry.attempt else "an attempt failed"
+        then = f"retrying at {utc_time(retry.retry_at)}" if retry.retry_at is not None else retry.what_next
+        lines.append(
+            f"• run {retry.run_id[:8]} ({retry.job_name}): sessions {_listed(retry.sessions) or '(none)'}; "
+            f"reason: {retry.reason}; {failed}, {then or 'Dagster retries it'}; needs an operator if it persists"
+            + (f"; {link}" if link else "")
+        )
     for run in runs[:MAX_LISTED]:
         link = run_url(ui_url, run.run_id)
         lines.append(
@@ -148,7 +248,7 @@ def failure_alert(runs: Sequence[FailedRun], checks: Sequence[FailedCheck], ui_u
             f"• check {check.check_name} failed for session {check.session or '(unpartitioned)'} "
             f"(run {check.run_id[:8]}): {check.description}" + (f"; {link}" if link else "")
         )
-    hidden = max(0, len(runs) - MAX_LISTED) + max(0, len(checks) - MAX_LISTED)
+    hidden = sum(max(0, len(items) - MAX_LISTED) for items in (retrying, runs, checks))
     if hidden:
         lines.append(f"… and {hidden} more (see the structured fields or the UI)")
     return {
@@ -165,6 +265,19 @@ def failure_alert(runs: Sequence[FailedRun], checks: Sequence[FailedCheck], ui_u
                     "url": run_url(ui_url, r.run_id),
                 }
                 for r in runs
+            ],
+            "retrying": [
+                {
+                    "run_id": r.run_id,
+                    "job": r.job_name,
+                    "sessions": list(r.sessions),
+                    "reasons": list(r.reason_codes),
+                    "reason": r.reason,
+                    "attempt": r.attempt,
+                    "retry_at": utc_time(r.retry_at) if r.retry_at is not None else None,
+                    "url": run_url(ui_url, r.run_id),
+                }
+                for r in retrying
             ],
             "checks": [
                 {
@@ -237,10 +350,14 @@ def post_alert(http: httpx.Client, webhook_url: str, body: dict[str, Any]) -> No
 __all__ = [
     "DEFAULT_BACKLOG_MAX_AGE_SECONDS",
     "DEFAULT_CATALOG_MAX_LAG_SECONDS",
+    "OPERATOR_REASONS",
+    "OUTAGE_REASONS",
     "AlertDeliveryError",
     "AlertSettings",
     "FailedCheck",
     "FailedRun",
+    "Outage",
+    "RetryingRun",
     "StaleBacklog",
     "StaleCatalog",
     "alert_settings",

@@ -1,9 +1,11 @@
 """The alert sensor: failed runs, failed blocking checks, a stale backlog and a stale catalog, posted to
 ``UT_ALERT_WEBHOOK_URL``.
 
-Thin by design: it reads the Dagster instance (run failures, check executions, partitions and their discovery
-observations) and hands plain records to `ut_video_assets.alerts`, which words and sends the message. Each tick
-sends at most one failure alert, however many runs, sessions and checks failed since the last tick, and one
+Thin by design: it reads the Dagster instance (run failures, failed attempts, check executions, partitions and
+their discovery observations) and hands plain records to `ut_video_assets.alerts`, which words and sends the
+message. A failed attempt whose reason needs a person is alerted while Dagster waits to retry it; the run then
+failing for the same reason, and other runs failing for the same outage, are part of that burst (`operator_burst`).
+Each tick sends at most one failure alert, however many runs, sessions and checks failed since the last tick, and one
 backlog alert when sessions went stale that were not reported before, and one catalog alert per staleness episode
 (a stored video missing from ``video_catalog`` for longer than ``UT_CATALOG_MAX_LAG_SECONDS``; the episode ends
 when the catalog is built again). The cursor remembers what was reported; a tick whose webhook call fails keeps
@@ -37,10 +39,14 @@ from dagster._core.storage.tags import (
 )
 
 from ut_video_assets.alerts import (
+    OPERATOR_REASONS,
+    OUTAGE_QUIET_SECONDS,
     AlertDeliveryError,
     AlertSettings,
     FailedCheck,
     FailedRun,
+    Outage,
+    RetryingRun,
     StaleBacklog,
     StaleCatalog,
     alert_settings,
@@ -65,6 +71,9 @@ MAX_RECORDS_PER_TICK = 200
 BACKLOG_CHECK_MAX_INTERVAL_SECONDS = 300.0
 MAX_BACKLOG_SCAN = 2000
 """Unstored sessions (oldest first) whose discovery time is looked up per tick."""
+VIDEO_STATUS_KEY, FAILED_STATUS, REASON_CODE_KEY = "video_status", "failed", "reason_code"
+"""How `session_video` records a session that failed in an attempt: an observation of its partition with these
+metadata (and ``reason``, ``error``, ``attempt``, ``what_next``; `ut_video_assets.defs.assets`)."""
 
 
 class AlertsResource(dg.ConfigurableResource):
@@ -106,6 +115,8 @@ class AlertCursor:
     stale_until: float = 0.0
     backlog_checked_at: float = 0.0
     catalog_alerted: str | None = None
+    attempts_after: int | None = None
+    outage: Outage | None = None
 
     @classmethod
     def parse(cls, text: str | None) -> AlertCursor:
@@ -118,6 +129,8 @@ class AlertCursor:
             stale_until=float(data.get("stale_until", 0.0)),
             backlog_checked_at=float(data.get("backlog_checked_at", 0.0)),
             catalog_alerted=data.get("catalog_alerted"),
+            attempts_after=data.get("attempts_after"),
+            outage=Outage.parse(data.get("outage")),
         )
 
     def dump(self) -> str:
@@ -128,6 +141,8 @@ class AlertCursor:
                 "stale_until": self.stale_until,
                 "backlog_checked_at": self.backlog_checked_at,
                 "catalog_alerted": self.catalog_alerted,
+                "attempts_after": self.attempts_after,
+                "outage": self.outage.dump() if self.outage is not None else None,
             }
         )
 
@@ -148,19 +163,20 @@ def failure_alerts_sensor(context: dg.SensorEvaluationContext, alerts: AlertsRes
     instance = context.instance
     cursor = AlertCursor.parse(context.cursor)
     check_keys = blocking_check_keys(context)
-    if cursor.runs_after is None:
+    if cursor.runs_after is None or cursor.attempts_after is None:
         # First tick: watch from now on; what failed before the sensor existed is history, not news.
-        cursor.runs_after = _latest_run_failure_id(instance)
-        cursor.checks_after = {key.to_user_string(): _latest_check_id(instance, key) for key in check_keys}
-        cursor.stale_until = time.time()
+        _start_watching(instance, cursor, check_keys)
         context.update_cursor(cursor.dump())
         return dg.SkipReason("watching for failures from now on")
 
+    now = time.time()
     runs, runs_after = new_failed_runs(instance, cursor.runs_after)
     checks, checks_after = new_failed_checks(instance, check_keys, cursor.checks_after)
+    attempts, attempts_after = new_failed_attempts(instance, cursor.attempts_after)
+    outage = cursor.outage if cursor.outage is not None and not outage_over(instance, cursor.outage, now) else None
+    retrying, runs, outage = operator_burst(instance, attempts, runs, outage, now)
     # The backlog reads every partition's state: look at a quarter of the threshold's pace (at most every 5
     # minutes), not every tick, so a deployment with 100,000 sessions does not scan them four times a minute.
-    now = time.time()
     backlog = None
     looked = now - cursor.backlog_checked_at >= min(
         BACKLOG_CHECK_MAX_INTERVAL_SECONDS, settings.backlog_max_age_seconds / 4
@@ -173,11 +189,16 @@ def failure_alerts_sensor(context: dg.SensorEvaluationContext, alerts: AlertsRes
 
     sent: list[str] = []
     try:
-        if runs or checks:
+        if runs or checks or retrying:
             if settings.webhook_url:
-                alerts.send(settings, failure_alert(runs, checks, settings.ui_url))
-            sent.append(f"{len(runs)} failed run(s), {len(checks)} failed check(s)")
+                alerts.send(settings, failure_alert(runs, checks, settings.ui_url, retrying))
+            sent.append(
+                f"{len(retrying)} run(s) retrying, {len(runs)} failed run(s), {len(checks)} failed check(s)"
+                if retrying
+                else f"{len(runs)} failed run(s), {len(checks)} failed check(s)"
+            )
         cursor.runs_after, cursor.checks_after = runs_after, checks_after
+        cursor.attempts_after, cursor.outage = attempts_after, outage
         if backlog is not None and fresh_stale:
             if settings.webhook_url:
                 alerts.send(settings, backlog_alert(backlog[0], settings.ui_url))
@@ -203,6 +224,16 @@ def failure_alerts_sensor(context: dg.SensorEvaluationContext, alerts: AlertsRes
 
 
 # --- Reading the instance -------------------------------------------------------------------------------------
+
+
+def _start_watching(instance: dg.DagsterInstance, cursor: AlertCursor, check_keys: Sequence[dg.AssetCheckKey]) -> None:
+    """Move the cursor to what the instance holds now (kept where it was already set: a cursor from before failed
+    attempts were watched only gains that)."""
+    if cursor.runs_after is None:
+        cursor.runs_after = _latest_run_failure_id(instance)
+        cursor.checks_after = {key.to_user_string(): _latest_check_id(instance, key) for key in check_keys}
+        cursor.stale_until = time.time()
+    cursor.attempts_after = _latest_observation_id(instance)
 
 
 def _latest_run_failure_id(instance: dg.DagsterInstance) -> int:
@@ -276,6 +307,154 @@ def _failure_reason(instance: dg.DagsterInstance, run: dg.DagsterRun, failure: d
             return clean_reason(f"{event.step_key}: {error.message}")
     message = failure.dagster_event.message if failure.dagster_event is not None else None
     return clean_reason(message or failure.user_message)
+
+
+def _latest_observation_id(instance: dg.DagsterInstance) -> int:
+    records = instance.fetch_observations(SESSION_VIDEO, limit=1).records
+    return records[0].storage_id if records else 0
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    """A session that failed in one attempt of a run: the observation `session_video` records for it."""
+
+    run_id: str
+    session: str
+    reason_code: str
+    reason: str
+    attempt: int | None
+    what_next: str | None
+    timestamp: float
+
+
+def new_failed_attempts(instance: dg.DagsterInstance, after: int) -> tuple[list[FailedAttempt], int]:
+    """Sessions that failed in an attempt of a run after observation ``after`` (the asset records each failed
+    session of each attempt as an observation with ``video_status: failed`` and the engine's ``reason_code``);
+    and the last observation read."""
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=SESSION_VIDEO, after_storage_id=after),
+        limit=MAX_RECORDS_PER_TICK,
+        ascending=True,
+    ).records
+    attempts: list[FailedAttempt] = []
+    for record in records:
+        after = max(after, record.storage_id)
+        meta = _failed_session(record.asset_observation)
+        if meta is None or record.partition_key is None:
+            continue
+        words, error = meta.get("reason"), meta.get("error")
+        attempt = meta.get("attempt")
+        what_next = meta.get("what_next")
+        attempts.append(
+            FailedAttempt(
+                run_id=record.run_id,
+                session=record.partition_key,
+                reason_code=str(meta[REASON_CODE_KEY]),
+                reason=clean_reason(f"{words} ({error})" if words and error else str(error or words or "")),
+                attempt=attempt if isinstance(attempt, int) else None,
+                what_next=what_next if isinstance(what_next, str) else None,
+                timestamp=record.timestamp,
+            )
+        )
+    return attempts, after
+
+
+def run_reason_codes(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    """The engine's reasons for every session that failed in any attempt of the run."""
+    codes: set[str] = set()
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION).records:
+        meta = _failed_session(record.event_log_entry.asset_observation)
+        if meta is not None:
+            codes.add(str(meta[REASON_CODE_KEY]))
+    return codes
+
+
+def _failed_session(observation: dg.AssetObservation | None) -> dict[str, Any] | None:
+    """The metadata of a `session_video` observation of a session that failed in an attempt, else None."""
+    if observation is None or observation.asset_key != SESSION_VIDEO:
+        return None
+    meta = {key: value.value for key, value in observation.metadata.items()}
+    if meta.get(VIDEO_STATUS_KEY) != FAILED_STATUS or not isinstance(meta.get(REASON_CODE_KEY), str):
+        return None
+    return meta
+
+
+def _next_retry_at(instance: dg.DagsterInstance, run_id: str, since: float) -> float | None:
+    """When Dagster starts the run's next attempt, from its latest retry event (if it came after ``since``)."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY, ascending=False, limit=1
+    ).records
+    if not records:
+        return None
+    entry = records[0].event_log_entry
+    event = entry.dagster_event
+    if event is None or entry.timestamp < since - 1:
+        return None
+    return entry.timestamp + float(event.step_retry_data.seconds_to_wait or 0)
+
+
+def operator_burst(
+    instance: dg.DagsterInstance,
+    attempts: Sequence[FailedAttempt],
+    runs: Sequence[FailedRun],
+    outage: Outage | None,
+    now: float,
+) -> tuple[list[RetryingRun], list[FailedRun], Outage | None]:
+    """What of this tick's failures to alert: runs whose attempt failed for a reason that needs a person (while
+    Dagster retries them), and the failed runs; minus what the open outage already covers (the same run failing
+    again for the same reasons, or another run failing for the outage). Returns them and the outage, opened or
+    extended with what is alerted now."""
+    failed_now = {run.run_id for run in runs}
+    by_run: dict[str, list[FailedAttempt]] = {}
+    for attempt in attempts:
+        if attempt.reason_code in OPERATOR_REASONS:
+            by_run.setdefault(attempt.run_id, []).append(attempt)
+    retrying: list[RetryingRun] = []
+    noted: list[tuple[str, set[str]]] = []
+    for run_id, group in by_run.items():
+        codes = {a.reason_code for a in group}
+        if run_id in failed_now:
+            continue  # failed for good in the same tick: reported as a failed run below
+        if outage is not None and outage.covers(run_id, codes):
+            outage.add(run_id, codes, now)
+            continue
+        dagster_run = instance.get_run_by_id(run_id)
+        last = max(group, key=lambda a: a.timestamp)
+        retrying.append(
+            RetryingRun(
+                run_id=run_id,
+                job_name=dagster_run.job_name if dagster_run is not None else "?",
+                sessions=tuple(dict.fromkeys(a.session for a in group)),
+                reason_codes=tuple(sorted(codes)),
+                reason=group[0].reason,
+                attempt=last.attempt,
+                retry_at=_next_retry_at(instance, run_id, last.timestamp),
+                what_next=last.what_next,
+            )
+        )
+        noted.append((run_id, codes))
+    kept: list[FailedRun] = []
+    for run in runs:
+        codes = run_reason_codes(instance, run.run_id)
+        if outage is not None and outage.covers(run.run_id, codes):
+            outage.add(run.run_id, codes, now)
+            continue
+        kept.append(run)
+        noted.append((run.run_id, codes & OPERATOR_REASONS))
+    for run_id, codes in noted:
+        if codes:
+            outage = outage or Outage(set(), set(), now)
+            outage.add(run_id, codes, now)
+    return retrying, kept, outage
+
+
+def outage_over(instance: dg.DagsterInstance, outage: Outage, now: float) -> bool:
+    """An outage ends when a session was stored after its last failure (the cause is gone), or when it has not
+    failed anything for `OUTAGE_QUIET_SECONDS`."""
+    if now - outage.last_seen > OUTAGE_QUIET_SECONDS:
+        return True
+    latest = instance.fetch_materializations(SESSION_VIDEO, limit=1).records
+    return bool(latest) and latest[0].timestamp > outage.last_seen
 
 
 def blocking_check_keys(context: dg.SensorEvaluationContext) -> list[dg.AssetCheckKey]:
