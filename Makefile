@@ -15,7 +15,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 help:
 	@echo "make test    lint, format check, type check, then every test (what CI runs)"
 	@echo "make lint    ruff check, ruff format --check, mypy"
-	@echo "make demo    ingest a small scenario end to end (store + API sandbox + dagster-daemon)"
+	@echo "make demo    ingest a small scenario end to end (store + API sandbox + dagster-daemon); STORE=gcs|azure"
 	@echo "make dev     the same stack with the Dagster UI, until Ctrl-C"
 	@echo "make clean   delete local state (.state/)"
 	@echo "make screenshots  regenerate docs/img/ from the browser tests (docs/USING.md)"
@@ -66,11 +66,13 @@ TEST_WORKERS ?= 3
 test: lint browser-deps azurite-deps
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
+# STORE=s3 (default), gcs or azure: where the videos go (the embedded SeaweedFS, fake-gcs-server or Azurite).
+STORE ?= s3
 demo: $(STAMP) azurite-deps
-	$(BIN)/ut-video-assets demo
+	$(BIN)/ut-video-assets demo --store $(STORE)
 
 dev: $(STAMP) azurite-deps
-	$(BIN)/ut-video-assets dev
+	$(BIN)/ut-video-assets dev --store $(STORE)
 
 clean:
 	rm -rf .state

@@ -223,6 +223,7 @@ def _stack_options(args: argparse.Namespace, *, fresh: bool, name: str) -> Stack
         sensor_interval_seconds=args.sensor_interval,
         max_concurrent_downloads=downloads,
         fresh=fresh,
+        store=args.store,
     )
 
 
@@ -298,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--state-dir", help="local state directory (default: $UT_STATE_DIR or .state/ at the repository root)"
         )
 
+    def store_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--store",
+            choices=("s3", "gcs", "azure"),
+            default="s3",
+            help="where the videos go: the embedded S3 store (default), fake-gcs-server or Azurite",
+        )
+
     check = add(
         "check-config", cmd_check_config, "validate the pipeline settings in this environment (exit 2 on error)"
     )
@@ -350,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add("demo", cmd_demo, "ingest a small scenario end to end with dagster-daemon, then exit")
     state_option(demo)
+    store_option(demo)
     demo.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
     demo.add_argument("--sensor-interval", type=int, default=5, help="discovery interval in seconds (default 5)")
     demo.add_argument("--rate-limit", type=int, default=10, help="sandbox requests per window (default 10)")
@@ -358,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = add("dev", cmd_dev, "run the stack with the Dagster UI until Ctrl-C")
     state_option(dev)
+    store_option(dev)
     dev.add_argument("--port", type=int, default=None, help="UI port on 127.0.0.1 (default: a free one)")
     dev.add_argument("--sensor-interval", type=int, default=5, help="discovery interval in seconds (default 5)")
     dev.add_argument("--complete-every", type=float, default=45.0, help="a new session completes every N s")

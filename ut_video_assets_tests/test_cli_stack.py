@@ -181,3 +181,43 @@ def test_demo_ingests_every_video_and_records_the_one_without(tmp_path: Path) ->
     assert isinstance(pgids, list)
     assert pgids
     assert all(_group_gone(pgid) for pgid in pgids)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize(
+    ("store", "scheme", "lister"), [("gcs", "gs", "gcloud storage ls"), ("azure", "az", "az storage")]
+)
+def test_the_demo_stores_into_gcs_and_azure_too(tmp_path: Path, store: str, scheme: str, lister: str) -> None:
+    """`make demo STORE=gcs|azure`: the same demo with the videos in fake-gcs-server or Azurite."""
+    scenario = SandboxConfig(
+        seed=32, tests=1, sessions_per_test=2, incomplete_per_test=0, rate_limit=10, rate_window_seconds=5
+    )
+    options = StackOptions(
+        state_dir=tmp_path / "demo", sensor_interval_seconds=2, max_concurrent_downloads=2, store=store
+    )
+    lines: list[str] = []
+
+    def inspect(stack: LocalStack, outcome: DemoOutcome) -> None:
+        assert stack.env()["UT_VIDEO_STORE_URL"] == f"{scheme}://{options.bucket}/{options.prefix}"
+        assert "UT_VIDEO_BUCKET" not in stack.env()
+        destination = stack.video_store()
+        assert destination.backend.scheme == scheme
+        for session in stack.sandbox.sessions():
+            stored = destination.head_video(session.test_id, session.session_id)
+            assert stored is not None and stored.checksum is not None
+            assert b"".join(destination.backend.iter_chunks(stored.key, 1 << 20)) == stack.sandbox.video_bytes(session)
+            assert (
+                not stack.store_endpoint.client()
+                .list_objects_v2(Bucket=options.bucket, Prefix=options.prefix)
+                .get("Contents")
+            )  # nothing went to the S3 store the sandbox serves its videos from
+        assert len(stack.read_catalog()) == 2
+
+    code = run_demo(
+        options=options, scenario=scenario, sessions_without_video=0, timeout=240, echo=lines.append, on_success=inspect
+    )
+    output = "\n".join(lines)
+    assert code == 0, output
+    assert f"Catalog:      {scheme}://{options.bucket}/{options.prefix}catalog/video_catalog.parquet" in output
+    assert lister in output and "duckdb" in output

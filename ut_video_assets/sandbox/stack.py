@@ -240,6 +240,13 @@ class StackOptions:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     video_ready_wait_hours: float | None = None
     """``UT_VIDEO_READY_WAIT_HOURS`` of the pipeline (None: its default)."""
+    store: str = "s3"
+    """The destination: ``s3`` (the embedded SeaweedFS), ``gcs`` (fake-gcs-server) or ``azure`` (Azurite). The
+    sandbox's source videos stay in the S3 store whichever it is, as UserTesting's stay in its own."""
+
+
+STORES = {"s3": "s3", "gcs": "gs", "azure": "az"}
+"""``make demo STORE=…`` names and the URL schemes of `ut_video_assets.destination`."""
 
 
 # Inherited variables that would point the pipeline somewhere else than the stack's stand-ins.
@@ -256,6 +263,9 @@ _SCRUBBED_ENV = (
     "AWS_SESSION_TOKEN",
     "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_ACCOUNT_URL",
+    "AZURE_STORAGE_SAS_TOKEN",
 )
 
 
@@ -274,7 +284,11 @@ class LocalStack:
         self.dagster_home = self.state_dir / "dagster_home"
         self.log_dir = self.state_dir / "logs"
         self.workspace_file = self.state_dir / "workspace.yaml"
+        if options.store not in STORES:
+            raise StackError(f"unknown store {options.store!r}: one of {', '.join(STORES)}")
         self._store: EmbeddedStore | None = None
+        self._destination: Any = None
+        """The embedded GCS or Azure server when the destination is not S3 (`EmbeddedGcs` / `EmbeddedAzurite`)."""
         self._sandbox: Sandbox | None = None
         self._processes: list[ManagedProcess] = []
         self._instance: dg.DagsterInstance | None = None
@@ -294,6 +308,7 @@ class LocalStack:
             self._store = EmbeddedStore(self.state_dir / "store")
             endpoint = self._store.start()
             ensure_bucket(endpoint.client(), self.options.bucket)
+            self._start_destination()
             self._sandbox = Sandbox(self.scenario, endpoint, self.state_dir / "sandbox").start()
             for index in range(self.sessions_without_video):
                 test_ids = self._sandbox.test_ids
@@ -314,9 +329,25 @@ class LocalStack:
         if self._sandbox is not None:
             self._sandbox.stop()
             self._sandbox = None
+        if self._destination is not None:
+            self._destination.stop()
+            self._destination = None
         if self._store is not None:
             self._store.stop()
             self._store = None
+
+    def _start_destination(self) -> None:
+        """The GCS or Azure server the videos go to, with the destination bucket (container) made."""
+        if self.options.store == "gcs":
+            from ut_video_assets.sandbox.gcs import EmbeddedGcs
+
+            self._destination = EmbeddedGcs(self.state_dir / "gcs")
+            self._destination.start().create_bucket(self.options.bucket)
+        elif self.options.store == "azure":
+            from ut_video_assets.sandbox.azurite import EmbeddedAzurite
+
+            self._destination = EmbeddedAzurite(self.state_dir / "azurite")
+            self._destination.start().create_container(self.options.bucket)
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -338,6 +369,36 @@ class LocalStack:
         return self.state_dir / "store"
 
     @property
+    def store_url(self) -> str:
+        """The destination as ``UT_VIDEO_STORE_URL`` spells it."""
+        return f"{STORES[self.options.store]}://{self.options.bucket}/{self.options.prefix}"
+
+    def destination_env(self) -> dict[str, str]:
+        """The cloud's own variables that point its SDK at the embedded GCS or Azure server (none for S3)."""
+        if self._destination is None:
+            return {}
+        env: dict[str, str] = self._destination.endpoint.env()
+        return env
+
+    def video_store(self) -> Any:
+        """The destination as the pipeline sees it (`ut_video_assets.storage.VideoStore`)."""
+        from ut_video_assets.destination import open_backend, parse_store_url
+        from ut_video_assets.storage import VideoStore
+
+        destination = parse_store_url(self.store_url)
+        saved = {name: os.environ.get(name) for name in self.destination_env()}
+        os.environ.update(self.destination_env())  # the SDKs read their own variables
+        try:
+            backend = open_backend(destination, s3_client=self.store_endpoint.client)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        return VideoStore(backend, destination.prefix)
+
+    @property
     def sandbox(self) -> Sandbox:
         if self._sandbox is None:
             raise StackError("the stack is not running")
@@ -355,10 +416,12 @@ class LocalStack:
         # The stand-ins speak plain http on loopback: allow exactly their hosts (API, download proxy, store).
         store_host = urlsplit(self.store_endpoint.endpoint_url).netloc
         env["UT_VIDEO_URL_ALLOW_HOSTS"] = f"{self.sandbox.allow_hosts()},{store_host}"
+        env.pop("UT_VIDEO_BUCKET", None)
+        env.pop("UT_VIDEO_PREFIX", None)
+        env.update(self.destination_env())
         env.update(
             {
-                "UT_VIDEO_BUCKET": self.options.bucket,
-                "UT_VIDEO_PREFIX": self.options.prefix,
+                "UT_VIDEO_STORE_URL": self.store_url,
                 "UT_SENSOR_INTERVAL_SECONDS": str(self.options.sensor_interval_seconds),
                 # The discovery sensor sets the download pool's limit from this; keep it equal to dagster.yaml's.
                 "UT_MAX_CONCURRENT_DOWNLOADS": str(self.options.max_concurrent_downloads),
@@ -432,18 +495,14 @@ class LocalStack:
     def read_catalog(self) -> pd.DataFrame:
         """The catalog Parquet file, read back from the store."""
         from ut_video_assets.catalog import read_parquet_bytes
-        from ut_video_assets.storage import VideoStore
 
-        client = self.store_endpoint.client()
-        store = VideoStore.s3(client, self.options.bucket, self.options.prefix)
-        body = client.get_object(Bucket=store.bucket, Key=store.catalog_key)["Body"].read()
-        return read_parquet_bytes(body)
+        store = self.video_store()
+        return read_parquet_bytes(store.read_bytes(store.catalog_key))
 
     def catalog_uri(self) -> str:
-        from ut_video_assets.storage import VideoStore
+        from ut_video_assets.storage import CATALOG_KEY
 
-        store = VideoStore.s3(None, self.options.bucket, self.options.prefix)
-        return store.uri(store.catalog_key)
+        return f"{self.store_url}{CATALOG_KEY}"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -760,7 +819,11 @@ def print_credentials(stack: LocalStack, echo: Printer = print) -> None:
     echo(f"  tests: {', '.join(sandbox.test_ids)}")
     echo(f"S3 store:            {endpoint.endpoint_url}  (data in {stack.store_data_dir})")
     echo(f"  access key {endpoint.access_key}, secret key {endpoint.secret_key}, region {endpoint.region}")
-    echo(f"  destination: s3://{stack.options.bucket}/{stack.options.prefix}")
+    if stack.options.store != "s3":
+        echo(f"  (the sandbox's source videos; the destination is {stack.options.store}:)")
+        for name, value in stack.destination_env().items():
+            echo(f"{stack.options.store.upper() + ' store:':<21}{name}={value}")
+    echo(f"  destination: {stack.store_url}")
     echo(f"Dagster home:        {stack.dagster_home}  (logs in {stack.log_dir})")
 
 
@@ -768,8 +831,14 @@ def print_where(stack: LocalStack, echo: Printer = print) -> None:
     endpoint = stack.store_endpoint
     bucket, prefix = stack.options.bucket, stack.options.prefix
     echo("")
-    echo(f"Videos are in s3://{bucket}/{prefix}test_id=<test>/session_id=<session>/session.mp4")
+    echo(f"Videos are in {stack.store_url}test_id=<test>/session_id=<session>/session.mp4")
     echo(f"Catalog:      {stack.catalog_uri()}")
+    if stack.options.store == "gcs":
+        _print_where_gcs(stack, echo)
+        return
+    if stack.options.store == "azure":
+        _print_where_azure(stack, echo)
+        return
     echo(f"Store:        {endpoint.endpoint_url} (SeaweedFS, data in {stack.store_data_dir})")
     echo(f"Credentials:  AWS_ACCESS_KEY_ID={endpoint.access_key} AWS_SECRET_ACCESS_KEY={endpoint.secret_key}")
     echo(
@@ -783,6 +852,39 @@ def print_where(stack: LocalStack, echo: Printer = print) -> None:
         f"region_name='{endpoint.region}'); "
         f"[print(o['Key'], o['Size']) for o in c.list_objects_v2(Bucket='{bucket}', Prefix='{prefix}')['Contents']]\""
     )
+
+
+def _print_where_gcs(stack: LocalStack, echo: Printer) -> None:
+    host = stack.destination_env()["STORAGE_EMULATOR_HOST"]
+    bucket, prefix = stack.options.bucket, stack.options.prefix
+    echo(f"Store:        fake-gcs-server at {host} (in memory: the files go when the demo stops)")
+    echo("List them with the Google Cloud CLI pointed at it (no credentials needed):")
+    echo(
+        f"  CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE={host}/storage/v1/ CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true "
+        f"gcloud storage ls --recursive gs://{bucket}/{prefix}"
+    )
+    echo(
+        f'  python -c "from google.cloud import storage; from google.auth.credentials import AnonymousCredentials; '
+        f"c = storage.Client(project='local', credentials=AnonymousCredentials(), "
+        f"client_options={{'api_endpoint': '{host}'}}); "
+        f"[print(b.name, b.size, b.crc32c) for b in c.list_blobs('{bucket}', prefix='{prefix}')]\""
+    )
+    echo("On Google Cloud, DuckDB reads the catalog where it lies (HMAC keys for its gcs support):")
+    echo(f"  duckdb -c \"SELECT * FROM read_parquet('{stack.catalog_uri()}')\"")  # noqa: S608 - printed, not run
+
+
+def _print_where_azure(stack: LocalStack, echo: Printer) -> None:
+    connection = stack.destination_env()["AZURE_STORAGE_CONNECTION_STRING"]
+    container, prefix = stack.options.bucket, stack.options.prefix
+    echo(f"Store:        Azurite (data in {stack.state_dir / 'azurite'}); its account key is Azurite's public one")
+    echo("List them with the Azure CLI or DuckDB (azure extension) while it runs:")
+    echo(
+        f"  az storage blob list --container-name {container} --prefix {prefix} --output table "
+        f'--connection-string "{connection}"'
+    )
+    query = f"SELECT session_id, size_bytes FROM read_parquet('{stack.catalog_uri()}')"  # noqa: S608 - printed
+    secret = f"CREATE SECRET (TYPE azure, CONNECTION_STRING '{connection}')"
+    echo(f'  duckdb -c "INSTALL azure; LOAD azure; {secret}; {query}"')
 
 
 CATALOG_COLUMNS = ["session_id", "test_id", "size_bytes", "duration_seconds", "width", "height", "video_codec"]
