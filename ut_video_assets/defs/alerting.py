@@ -56,6 +56,7 @@ from ut_video_assets.alerts import (
     failure_alert,
     post_alert,
 )
+from ut_video_assets.commit import StorageError
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import SESSION_ASSET_KEY
 from ut_video_assets.settings import Settings
@@ -71,6 +72,8 @@ MAX_RECORDS_PER_TICK = 200
 BACKLOG_CHECK_MAX_INTERVAL_SECONDS = 300.0
 MAX_BACKLOG_SCAN = 2000
 """Unstored sessions (oldest first) whose discovery time is looked up per tick."""
+STORE_ERROR_CLASS = StorageError.__name__
+"""A step that raised this (the store refused or did not answer) failed for the reason ``store``."""
 VIDEO_STATUS_KEY, FAILED_STATUS, REASON_CODE_KEY = "video_status", "failed", "reason_code"
 """How `session_video` records a session that failed in an attempt: an observation of its partition with these
 metadata (and ``reason``, ``error``, ``attempt``, ``what_next``; `ut_video_assets.defs.assets`)."""
@@ -360,12 +363,20 @@ def new_failed_attempts(instance: dg.DagsterInstance, after: int) -> tuple[list[
 
 
 def run_reason_codes(instance: dg.DagsterInstance, run_id: str) -> set[str]:
-    """The engine's reasons for every session that failed in any attempt of the run."""
+    """The engine's reasons for every session that failed in any attempt of the run; ``store`` also for a step
+    that failed on the store itself (the catalog's, whose steps record no sessions)."""
     codes: set[str] = set()
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION).records:
         meta = _failed_session(record.event_log_entry.asset_observation)
         if meta is not None:
             codes.add(str(meta[REASON_CODE_KEY]))
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=5).records:
+        event = record.event_log_entry.dagster_event
+        error = event.step_failure_data.error if event is not None else None
+        while error is not None:
+            if error.cls_name == STORE_ERROR_CLASS:
+                codes.add("store")
+            error = error.cause
     return codes
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -264,6 +265,38 @@ def test_a_stale_catalog_is_alerted_once_per_episode(
     assert facts["sessions"] == [second.session_id]
     assert facts["catalog_refreshed_at"] is not None
     assert "last refreshed" in receiver.bodies[1]["text"]
+
+
+def test_a_store_outage_is_one_alert_until_a_session_is_stored_again(
+    alerting: Alerting, pipeline: Pipeline, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs failing on the store are one burst: the catalog's runs failing while the store is unreachable are
+    alerted once; once a session is stored again, the next failure is news."""
+    pipeline.tick()
+    session = next(s for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0]) if s.has_video)
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    with socket.socket() as probe:  # a loopback port nothing listens on: the store is gone
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    first = pipeline.run_job("video_catalog_job")
+    assert not first.success
+    alerting.tick()
+    (body,) = receiver.bodies
+    assert body["ut_video_assets"]["runs"][0]["run_id"] == first.run_id
+    assert "video_catalog_job" in body["text"]
+    assert not pipeline.run_job("video_catalog_job").success
+    alerting.tick()
+    assert len(receiver.bodies) == 1, "another run failing on the same outage is part of the burst"
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    assert pipeline.materialize(session.session_id).success  # the store works again: the outage is over
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    third = pipeline.run_job("video_catalog_job")
+    assert not third.success
+    alerting.tick()
+    assert len(receiver.bodies) == 2, "a new outage"
+    assert receiver.bodies[1]["ut_video_assets"]["runs"][0]["run_id"] == third.run_id
 
 
 def test_alert_text_never_carries_a_presigned_url_or_token() -> None:
