@@ -223,18 +223,24 @@ def failure_alert(
             + [c.session for c in checks if c.session]
         )
     )
-    heading = [f"{len(retrying)} run(s) failing and retrying"] if retrying else []
+    # A run is "retrying" once Dagster has scheduled its next attempt; one caught between its failed attempt and
+    # that (or its end) is only "failing", with what it said happens next.
+    retried = all(r.retry_at is not None for r in retrying)
+    heading = [f"{len(retrying)} run(s) failing{' and retrying' if retried else ''}"] if retrying else []
     heading += [f"{len(runs)} failed run(s)"] if runs else []
     heading += [f"{len(checks)} failed check(s)"] if checks else []
     lines = [f"ut-video-assets: {' and '.join(heading)}, {len(sessions)} session(s) affected"]
     for retry in retrying[:MAX_LISTED]:
         link = run_url(ui_url, retry.run_id)
         failed = f"attempt {retry.attempt} failed" if retry.attempt else "an attempt failed"
-        then = f"retrying at {utc_time(retry.retry_at)}" if retry.retry_at is not None else retry.what_next
+        then = (
+            f"retrying at {utc_time(retry.retry_at)}; needs an operator if it persists"
+            if retry.retry_at is not None
+            else retry.what_next or "needs an operator"
+        )
         lines.append(
             f"• run {retry.run_id[:8]} ({retry.job_name}): sessions {_listed(retry.sessions) or '(none)'}; "
-            f"reason: {retry.reason}; {failed}, {then or 'Dagster retries it'}; needs an operator if it persists"
-            + (f"; {link}" if link else "")
+            f"reason: {retry.reason}; {failed}, {then}" + (f"; {link}" if link else "")
         )
     for run in runs[:MAX_LISTED]:
         link = run_url(ui_url, run.run_id)

@@ -363,6 +363,20 @@ def test_a_retrying_run_is_alerted_with_the_next_attempt_and_no_secret() -> None
     (retrying,) = body["ut_video_assets"]["retrying"]
     assert retrying["reasons"] == ["store"]
     assert body["ut_video_assets"]["sessions"] == ["s1", "s2"]
+    # Caught before Dagster scheduled the next attempt: what the run said happens next, not "retrying".
+    caught = RetryingRun(
+        "q" * 32,
+        "session_video_job",
+        ("s3",),
+        ("credentials",),
+        "credentials rejected",
+        1,
+        None,
+        "needs action: fix UT_CLIENT_ID",
+    )
+    text = failure_alert([], [], None, [caught])["text"]
+    assert text.startswith("ut-video-assets: 1 run(s) failing, 1 session(s) affected")
+    assert "attempt 1 failed, needs action: fix UT_CLIENT_ID" in text
 
 
 @pytest.mark.slow
