@@ -80,10 +80,15 @@ def resolve_destination(store_url: str | None, bucket: str | None, prefix: str |
 
 
 def open_backend(
-    destination: Destination, *, s3_client: Callable[[], Any] | None = None, **s3_options: Any
+    destination: Destination,
+    *,
+    s3_client: Callable[[], Any] | None = None,
+    patient: bool = True,
+    **s3_options: Any,
 ) -> ObjectBackend:
     """The backend for ``destination``. ``s3_client`` makes the boto3 client for S3 (``s3_options``: server-side
-    encryption); GCS and Azure clients come from their SDKs' own credential chains."""
+    encryption); GCS and Azure clients come from their SDKs' own credential chains. ``patient=False`` (a
+    preflight) gives up on an unreachable store after seconds instead of the SDKs' minutes of retries."""
     if destination.scheme == "s3":
         from ut_video_assets.s3store import S3Backend
 
@@ -96,12 +101,13 @@ def open_backend(
         return S3Backend(client, destination.bucket, **s3_options)
     try:
         if destination.scheme == "gs":
-            from ut_video_assets.gcsstore import gcs_backend
+            from ut_video_assets.gcsstore import GcsBackend, gcs_backend
 
-            return gcs_backend(destination.bucket)
-        from ut_video_assets.azstore import azure_backend
+            backend = gcs_backend(destination.bucket)
+            return backend if patient else GcsBackend(backend.client, destination.bucket, retry_seconds=5.0)
+        from ut_video_assets.azstore import azure_backend, azure_service
 
-        return azure_backend(destination.bucket)
+        return azure_backend(destination.bucket, service=None if patient else azure_service(retry_total=0))
     except ImportError as exc:
         extra = EXTRAS[destination.scheme]
         raise SettingsError(

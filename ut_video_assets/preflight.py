@@ -38,6 +38,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from ut_video_assets.commit import Precondition, PreconditionFailedError, StorageError
+from ut_video_assets.destination import open_backend, parse_store_url
 from ut_video_assets.ratelimit import BudgetUnavailableError, RequestBudget
 from ut_video_assets.redact import redact_url
 from ut_video_assets.settings import ApiCredentials, RequestBudgetSettings, Settings
@@ -110,6 +112,8 @@ class LiveTargets:
     (``UT_MAX_BACKOFF_SECONDS``) the preflight could shorten a back-off that is in force for every process."""
     server_side_encryption: str | None
     kms_key_id: str | None
+    scheme: str = "s3"
+    """The destination's store: ``s3``, ``gs`` or ``az`` (``UT_VIDEO_STORE_URL``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LiveTargets:
@@ -125,6 +129,7 @@ class LiveTargets:
             budget=settings.request_budget(),
             server_side_encryption=sse,
             kms_key_id=kms_key_id,
+            scheme=settings.destination().scheme,
         )
 
 
@@ -140,6 +145,9 @@ def run_live_checks(
     pipeline's own is."""
     deadline = time.monotonic() + timeout
     check_results_api(targets, deadline=deadline, echo=echo)
+    if targets.scheme != "s3":
+        check_cloud_destination(targets, echo=echo)
+        return
     client = s3_client if s3_client is not None else default_s3_client()
     check_destination(targets, client, echo=echo)
 
@@ -322,6 +330,84 @@ def check_destination(targets: LiveTargets, s3: Any, *, echo: Callable[[str], No
         f"Destination:  {where} via {endpoint}: listed; probe written create-only, a second create-only "
         f"write refused, probe deleted; clock offset to the store {shown}"
     )
+
+
+def check_cloud_destination(targets: LiveTargets, *, echo: Callable[[str], None]) -> None:
+    """GCS or Azure: the same proof as on S3 through the pipeline's own backend (`ut_video_assets.destination`):
+    list the prefix, write a probe create-only, confirm a second create-only write is refused, delete it.
+
+    The clock is not compared here: GCS and Azure authenticate with OAuth tokens or SAS expiries, not request
+    signatures judged against the store's clock, and the SDKs do not hand out the response's Date header."""
+    where = f"{targets.scheme}://{targets.bucket}/{targets.prefix}"
+    try:
+        backend = open_backend(parse_store_url(where), patient=False)
+    except StorageError as exc:  # e.g. no credentials found by the SDK's chain
+        raise _cloud_failure("reach the store", where, exc) from None
+    key = f"{targets.prefix}{PROBE_FOLDER}probe-{uuid.uuid4().hex}.txt"
+    probe = backend.uri(key)
+    body = b"ut-video-assets check-config --live probe; safe to delete\n"
+    try:
+        next(iter(backend.list_objects(targets.prefix)), None)
+    except StorageError as exc:
+        raise _cloud_failure("list the prefix", where, exc) from None
+    try:
+        backend.put_bytes(key, body, "text/plain", precondition=Precondition.absent())
+    except StorageError as exc:
+        raise _cloud_failure("write a probe object", probe, exc) from None
+    failure: PreflightError | None = None
+    try:
+        backend.put_bytes(key, body, "text/plain", precondition=Precondition.absent())
+    except PreconditionFailedError:
+        pass
+    except StorageError as exc:
+        failure = _cloud_failure("write a probe object a second time", probe, exc)
+    else:
+        failure = PreflightError(
+            Failure.NO_CONDITIONAL_WRITES,
+            f"the store accepted a second create-only write of {probe}: it ignores conditional writes, which the "
+            "pipeline relies on so that a stored video is never overwritten",
+        )
+    try:
+        backend.delete(key)
+    except StorageError as exc:
+        not_deleted = _cloud_failure("delete the probe object", probe, exc)
+        if failure is None:
+            raise not_deleted from None
+        raise PreflightError(failure.failure, f"{failure} (and the probe was not deleted: {not_deleted})") from None
+    if failure is not None:
+        raise failure
+    echo(f"Destination:  {where}: listed; probe written create-only, a second create-only write refused, probe deleted")
+
+
+def _cloud_failure(action: str, target: str, exc: StorageError) -> PreflightError:
+    """A GCS or Azure error as the failure it is, from the SDK's exception our backends wrapped (its context)."""
+    cause = exc.__cause__ or exc.__context__
+    name = type(cause).__name__ if cause is not None else ""
+    status = int(getattr(cause, "code", 0) or getattr(cause, "status_code", 0) or 0) if cause is not None else 0
+    code = str(getattr(cause, "error_code", "") or "") if cause is not None else ""
+    text = f"{name} {code} {exc}"
+    if code in {"ContainerNotFound"} or (status == 404 and action == "list the prefix"):
+        return PreflightError(Failure.NO_BUCKET, f"the bucket (container) of {target} does not exist: {exc}")
+    if name in {
+        "DefaultCredentialsError",
+        "RefreshError",
+        "ClientAuthenticationError",
+        "CredentialUnavailableError",
+    } or (
+        code in {"AuthenticationFailed", "InvalidAuthenticationInfo"}
+        or status == 401
+        # Azure answers a wrong key or signature with 403 "Server failed to authenticate the request" (code
+        # AuthenticationFailed; Azurite says AuthorizationFailure): the credentials, not a missing permission.
+        or "failed to authenticate" in text.lower()
+    ):
+        return PreflightError(Failure.STORE_CREDENTIALS, f"the store rejected the credentials ({action}): {exc}")
+    if status == 403 or "AuthorizationPermissionMismatch" in text or "AuthorizationFailure" in text:
+        return PreflightError(Failure.NO_PERMISSION, f"no permission to {action} ({target}): {exc}")
+    if name in {"ServiceRequestError", "ConnectionError", "TransportError", "ConnectTimeout", "ReadTimeout"} or (
+        "connect" in text.lower() and status == 0
+    ):
+        return PreflightError(Failure.UNREACHABLE, f"the store did not answer ({action} {target}): {exc}")
+    return PreflightError(Failure.STORE_ERROR, f"the store could not {action} ({target}): {exc}")
 
 
 def _s3_call(action: str, target: str, endpoint: str, call: Callable[[], Any]) -> Any:
