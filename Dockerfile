@@ -15,9 +15,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/dagster/app
 
 # Dependencies first (cached while only the code changes); every wheel we need is binary, no compiler.
+# STORE_EXTRAS: the destinations' SDKs beside S3's boto3 (gcs: google-cloud-storage; azure: azure-storage-blob and
+# azure-identity), both by default so one image serves any UT_VIDEO_STORE_URL; `--build-arg STORE_EXTRAS=gcs`
+# keeps one. Never the `sandbox` extra (the local stand-ins).
+ARG STORE_EXTRAS=gcs,azure
 COPY pyproject.toml README.md ./
 COPY ut_video_assets ./ut_video_assets
-RUN pip install . \
+RUN pip install ".[${STORE_EXTRAS}]" \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin dagster \
     && mkdir -p "$DAGSTER_HOME" /spool \
     && chown -R dagster:dagster "$DAGSTER_HOME" /spool
