@@ -5,6 +5,8 @@ Layout (``prefix`` may be empty)::
     {prefix}test_id={test}/session_id={session}/session.mp4     the video (committed all or nothing)
     {prefix}test_id={test}/session_id={session}/session.json    its record (written after the video)
     {prefix}test_id={test}/session_id={session}/thumbnail.jpg   a frame of it (same access as the video)
+    {prefix}test_id={test}/session_id={session}/transcript.vtt  the API's transcript, as sent (`transcripts`)
+    {prefix}test_id={test}/session_id={session}/transcript.json what became of the transcript
     {prefix}catalog/video_catalog.parquet                       the catalog
     {prefix}_leases/session_id={session}.json                   a writer's lease, while one writes (`lease`)
 
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 VIDEO_NAME = "session.mp4"
 RECORD_NAME = "session.json"
 THUMBNAIL_NAME = "thumbnail.jpg"
+TRANSCRIPT_NAME = "transcript.vtt"
+TRANSCRIPT_RECORD_NAME = "transcript.json"
 CATALOG_KEY = "catalog/video_catalog.parquet"
 SHA256_LABEL = "sha256"
 MiB = 1024 * 1024
@@ -189,6 +193,14 @@ class VideoStore:
 
     def thumbnail_key(self, test_id: str, session_id: str) -> str:
         return self.session_prefix(test_id, session_id) + THUMBNAIL_NAME
+
+    def transcript_key(self, test_id: str, session_id: str) -> str:
+        """The Results API's WebVTT transcript, stored as sent (`ut_video_assets.transcripts`)."""
+        return self.session_prefix(test_id, session_id) + TRANSCRIPT_NAME
+
+    def transcript_record_key(self, test_id: str, session_id: str) -> str:
+        """What became of the session's transcript (stored, none, invalid), as JSON."""
+        return self.session_prefix(test_id, session_id) + TRANSCRIPT_RECORD_NAME
 
     @property
     def catalog_key(self) -> str:

@@ -258,11 +258,16 @@ class SandboxState:
         has_video: bool = True,
         video_size: int | None = None,
         video_delay_seconds: float | None = None,
+        has_transcript: bool = True,
     ) -> Session:
         """Complete a new session now: its video is stored first, then it appears at the head of the list (its
         video URL only ``video_delay_seconds`` later, when given)."""
         session = self.scenario.new_session(
-            test_id, has_video=has_video, video_size=video_size, video_delay_seconds=video_delay_seconds
+            test_id,
+            has_video=has_video,
+            video_size=video_size,
+            video_delay_seconds=video_delay_seconds,
+            has_transcript=has_transcript,
         )
         self.store_video(session)
         self.scenario.publish(session)
@@ -478,10 +483,13 @@ async def transcript(request: Request, state: SandboxState) -> Response:
     found = _session_or_error(request, state, "Transcript not found.")
     if isinstance(found, Response):
         return found
-    if not found.has_video:
+    if not found.has_video or not found.has_transcript:
         return _error(404, "Transcript not found.")
     duration = media.ClipSpec.for_seed(found.video_seed).duration_s
     text = state.scenario.transcript(found, duration)
+    broken = state.faults.take({"transcript_body"}, "transcript", found.session_id, found.test_id)
+    if broken is not None:
+        text = broken.body_text
     return Response(
         text.encode(), 200, media_type="text/vtt; charset=utf-8", headers={**SPEC_HEADERS, "Accept-Ranges": "bytes"}
     )
@@ -580,6 +588,7 @@ def session_json(session: Session) -> dict[str, Any]:
         "videoKey": session.video_key,
         "videoSeed": session.video_seed,
         "videoReadyAt": utc_iso(session.video_ready_at) if session.video_ready_at else None,
+        "hasTranscript": session.has_transcript and session.has_video,
     }
 
 
@@ -614,6 +623,7 @@ def control_routes(state: SandboxState) -> list[Route]:
                 has_video=bool(data.get("hasVideo", True)),
                 video_size=data.get("videoSize"),
                 video_delay_seconds=data.get("videoDelaySeconds"),
+                has_transcript=bool(data.get("hasTranscript", True)),
             )
         except KeyError:
             return _json({"error": "unknown testId"}, 404)
@@ -703,4 +713,7 @@ def build_app(state: SandboxState) -> Starlette:
         ),
         *control_routes(state),
     ]
+    from ut_video_assets.sandbox.researcher import researcher_routes  # noqa: PLC0415 - it imports this module
+
+    routes += researcher_routes(state)  # clips, highlight reels, QX scores (issue #18)
     return Starlette(routes=routes)

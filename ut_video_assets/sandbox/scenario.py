@@ -42,6 +42,7 @@ API_FAULT_KINDS = frozenset(
         "lying_total",  # meta.pagination.totalCount = real total + `total_delta`
         "duplicate_sessions",  # list page repeats the first `count` sessions of the previous page
         "token_status",  # the token endpoint answers `status` (default 503; 429 with Retry-After as rate_limit)
+        "transcript_body",  # transcript answers 200 text/vtt with `body_text` instead (an empty or broken VTT)
     }
 )
 DOWNLOAD_FAULT_KINDS = frozenset(
@@ -81,6 +82,9 @@ class SandboxConfig:
     # each test's newest-first session list (index 0 = newest).
     no_video_ratio: float = 0.0
     no_video_indexes: tuple[int, ...] = ()
+    # Sessions with a video but no transcript (404 on transcript, as for tests that are not think-out-loud):
+    # indexes into each test's newest-first session list, like `no_video_indexes`.
+    no_transcript_indexes: tuple[int, ...] = ()
     # Sessions that exist but are not COMPLETE yet (never listed, 404 everywhere), per test.
     incomplete_per_test: int = 1
     rate_limit: int = 10
@@ -116,6 +120,7 @@ class Session:
     video_size: int | None = None  # None: the clip as is; otherwise padded to this exact size
     participant_id: str = ""
     video_ready_at: datetime | None = None  # before this moment the API answers 404 for its video (processing)
+    has_transcript: bool = True  # False: 404 on transcript (a session without video never has one either)
 
     def video_ready(self, now: datetime | None = None) -> bool:
         """The API hands out its video URL: it has one, and it is done processing."""
@@ -195,6 +200,9 @@ class Scenario:
         for index in cfg.no_video_indexes:
             if 0 <= index < len(complete_list):
                 complete_list[index] = dataclasses.replace(complete_list[index], has_video=False)
+        for index in cfg.no_transcript_indexes:
+            if 0 <= index < len(complete_list):
+                complete_list[index] = dataclasses.replace(complete_list[index], has_transcript=False)
         if test_index == 0:
             sizes = list(cfg.large_video_sizes)
             for i, session in enumerate(complete_list):
@@ -231,6 +239,7 @@ class Scenario:
         has_video: bool = True,
         video_size: int | None = None,
         video_delay_seconds: float | None = None,
+        has_transcript: bool = True,
     ) -> Session:
         """A session that has just completed (not yet visible: call `publish` once its video is stored). With
         ``video_delay_seconds`` (or for every `SandboxConfig.late_video_every`-th one), its video appears only
@@ -262,6 +271,7 @@ class Scenario:
                 video_ready_at=max(now, start) + timedelta(seconds=video_delay_seconds)
                 if video_delay_seconds and has_video
                 else None,
+                has_transcript=has_transcript,
             )
 
     def publish(self, session: Session) -> None:
@@ -317,14 +327,17 @@ class Scenario:
         }
 
     def transcript(self, session: Session, duration_s: float) -> str:
-        """A WebVTT transcript with one cue per second-ish slice of the video."""
+        """The session's WebVTT transcript: cues of about a third of the video each, spanning it, each a phrase
+        chosen by the session's seed (every session has its own, the same on every run), with a short pause
+        between cues as in speech (so the spoken time is less than the video's)."""
         rng = random.Random(session.video_seed)
         cues = ["WEBVTT", ""]
         cue_len = max(1.0, duration_s / 3)
         start = 0.0
         while start < duration_s - 1e-6:
             end = min(duration_s, start + cue_len)
-            cues += [f"{_vtt_time(start)} --> {_vtt_time(end)}", rng.choice(_PHRASES), ""]
+            spoken_end = max(start + 0.5 * (end - start), end - 0.25)  # a breath before the next cue
+            cues += [f"{_vtt_time(start)} --> {_vtt_time(spoken_end)}", rng.choice(_PHRASES), ""]
             start = end
         return "\n".join(cues)
 
@@ -393,6 +406,7 @@ class Fault:
     offset: int = 0  # corrupt (object offset)
     length_delta: int = 1000  # lying_length
     content_type: str = "text/html"  # wrong_body
+    body_text: str = ""  # transcript_body
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:

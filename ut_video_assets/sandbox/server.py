@@ -211,11 +211,17 @@ class Sandbox:
         has_video: bool = True,
         video_size: int | None = None,
         video_delay_seconds: float | None = None,
+        has_transcript: bool = True,
     ) -> Session:
         """Complete a new session now (video stored first); it heads its test's list from now on. With
-        ``video_delay_seconds`` its video URL answers 404 until that long after it completed."""
+        ``video_delay_seconds`` its video URL answers 404 until that long after it completed; with
+        ``has_transcript=False`` its transcript answers 404."""
         return self.state.complete_session(
-            test_id, has_video=has_video, video_size=video_size, video_delay_seconds=video_delay_seconds
+            test_id,
+            has_video=has_video,
+            video_size=video_size,
+            video_delay_seconds=video_delay_seconds,
+            has_transcript=has_transcript,
         )
 
     # -- faults, tokens, limits, stats ---------------------------------------------------------------------

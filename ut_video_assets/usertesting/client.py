@@ -39,7 +39,7 @@ from ut_video_assets.usertesting.errors import (
     TransportError,
 )
 from ut_video_assets.usertesting.http import timeout_within
-from ut_video_assets.usertesting.models import SessionPage, VideoUrl, parse_timestamp
+from ut_video_assets.usertesting.models import SessionPage, TranscriptDocument, VideoUrl, parse_timestamp
 from ut_video_assets.usertesting.waits import retry_after_seconds
 
 if TYPE_CHECKING:  # ratelimit imports this package's errors
@@ -92,6 +92,18 @@ class ResultsApiClient:
         self._on_event = on_event or (lambda _event: None)
         self._sent = 0
         self._sent_lock = threading.Lock()
+
+    @property
+    def budget(self) -> RequestBudget:
+        """The request budget every request of this client takes a slot from."""
+        return self._budget
+
+    def with_budget(self, budget: RequestBudget) -> ResultsApiClient:
+        """The same client (connection pool, tokens, retry policy) drawing on ``budget`` instead: how
+        background work takes only spare slots (`ut_video_assets.priority.SpareBudget`)."""
+        return ResultsApiClient(
+            self._http, self._tokens, budget, base_url=self._base_url, policy=self._policy, on_event=self._on_event
+        )
 
     @property
     def requests_sent(self) -> int:
@@ -182,15 +194,48 @@ class ResultsApiClient:
         return body
 
     def get_transcript(self, session_id: str, *, max_wait: float | None = None, deadline: float | None = None) -> str:
-        """The session's WebVTT transcript."""
-        session_id = normalize_uuid(session_id, "session ID")
-        response = self._request(
-            f"/api/v2/sessionResults/{session_id}/transcript", None, f"session {session_id}", max_wait, deadline
-        )
-        text = response.text
+        """The session's WebVTT transcript as text; `NotFoundError` when it has none."""
+        document = self.fetch_transcript(session_id, max_wait=max_wait, deadline=deadline)
+        if document is None:
+            raise NotFoundError(f"session {session_id}: no transcript (404)", status=404, resource=session_id)
+        text = document.body.decode("utf-8", errors="replace").lstrip("\ufeff")
         if not text.startswith("WEBVTT"):
             raise MalformedResponseError(f"session {session_id}: the transcript is not WebVTT")
         return text
+
+    def fetch_transcript(
+        self, session_id: str, *, max_wait: float | None = None, deadline: float | None = None
+    ) -> TranscriptDocument | None:
+        """The session's transcript (``GET /api/v2/sessionResults/{id}/transcript``, WebVTT) as sent, or None
+        when the API answers 404 (no transcript, no such session, or no permission: the API does not say which).
+
+        The body is returned as is, not judged (an empty or malformed WebVTT is the session's state, which the
+        caller records); only an answer that is plainly not a transcript (an HTML or JSON page, as a gateway's
+        login or error page) raises `MalformedResponseError`."""
+        session_id = normalize_uuid(session_id, "session ID")
+        resource = f"session {session_id}"
+        try:
+            response = self._request(
+                f"/api/v2/sessionResults/{session_id}/transcript",
+                None,
+                resource,
+                max_wait,
+                deadline,
+                accept="text/vtt, text/plain;q=0.5",
+            )
+        except NotFoundError:
+            return None
+        kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind in {"text/html", "application/json"} and not response.content.lstrip(b"\xef\xbb\xbf").startswith(
+            b"WEBVTT"
+        ):
+            raise MalformedResponseError(f"{resource}: the transcript answer is {kind}, not WebVTT")
+        return TranscriptDocument(
+            session_id=session_id,
+            body=response.content,
+            content_type=kind or "unknown",
+            content_language=response.headers.get("content-language") or None,
+        )
 
     # --- plumbing --------------------------------------------------------------------------------------
 
@@ -217,6 +262,8 @@ class ResultsApiClient:
         resource: str,
         max_wait: float | None,
         deadline: float | None = None,
+        *,
+        accept: str = "application/json",
     ) -> httpx.Response:
         policy = self._policy
         failures = 0
@@ -240,17 +287,23 @@ class ResultsApiClient:
 
         for attempt in stamina.retry_context(on=retry, attempts=policy.attempts, timeout=policy.total_seconds):
             with attempt:
-                return self._send_with_auth(path, params, resource, max_wait, deadline)
+                return self._send_with_auth(path, params, resource, max_wait, deadline, accept)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _send_with_auth(
-        self, path: str, params: dict[str, Any] | None, resource: str, max_wait: float | None, deadline: float | None
+        self,
+        path: str,
+        params: dict[str, Any] | None,
+        resource: str,
+        max_wait: float | None,
+        deadline: float | None,
+        accept: str = "application/json",
     ) -> httpx.Response:
         token = self._tokens.token(deadline)
-        response = self._send(path, params, token, resource, max_wait, deadline)
+        response = self._send(path, params, token, resource, max_wait, deadline, accept)
         if response.status_code == 401 and self._tokens.invalidate(token):
             self._on_event("token_reminted")
-            response = self._send(path, params, self._tokens.token(deadline), resource, max_wait, deadline)
+            response = self._send(path, params, self._tokens.token(deadline), resource, max_wait, deadline, accept)
         return self._check(response, resource)
 
     def _send(
@@ -261,6 +314,7 @@ class ResultsApiClient:
         resource: str,
         max_wait: float | None,
         deadline: float | None,
+        accept: str = "application/json",
     ) -> httpx.Response:
         """One HTTP request: a budget slot first (every request takes one), counted in `requests_sent`."""
         if deadline is not None:
@@ -276,7 +330,7 @@ class ResultsApiClient:
             return self._http.get(
                 self._base_url + path,
                 params=params,
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                headers={"Authorization": f"Bearer {token}", "Accept": accept},
                 timeout=timeout,
             )
         except httpx.HTTPError as exc:

@@ -137,6 +137,18 @@ class VideoUrl:
 
 
 @dataclass(frozen=True)
+class TranscriptDocument:
+    """A session's transcript exactly as the API sent it (bytes, so it can be stored byte-identical); not
+    validated here: `ut_video_assets.transcripts.parse_webvtt` judges whether it is usable WebVTT."""
+
+    session_id: str
+    body: bytes = field(repr=False)
+    content_type: str
+    content_language: str | None = None
+    """The ``Content-Language`` header, when the API sends one (the OpenAPI document does not promise it)."""
+
+
+@dataclass(frozen=True)
 class AccessToken:
     """A bearer token and when it stops being valid. Never printed."""
 
