@@ -713,7 +713,7 @@ def build_app(state: SandboxState) -> Starlette:
         ),
         *control_routes(state),
     ]
-    from ut_video_assets.sandbox.researcher import researcher_routes  # noqa: PLC0415 - it imports this module
+    from ut_video_assets.sandbox.researcher import researcher_routes  # here: it imports this module
 
     routes += researcher_routes(state)  # clips, highlight reels, QX scores (issue #18)
     return Starlette(routes=routes)

@@ -34,7 +34,9 @@ _HOP_BY_HOP = {
     "transfer-encoding",
     "upgrade",
 }
-_SESSION_RE = re.compile(r"/videos/([^/]+)/")
+# A session's video (``videos/<id>/session.mp4``), or a clip or highlight reel (``clips/<id>.mp4``,
+# ``reels/<id>.mp4``, `ut_video_assets.sandbox.researcher`): download faults match the ID as ``session_id``.
+_SESSION_RE = re.compile(r"/videos/([^/]+)/|/(?:clips|reels)/([^/]+)\.mp4$")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _REASONS = {
     200: "OK",
@@ -56,9 +58,10 @@ MAX_HEAD = 64 * 1024
 
 
 def session_of(target: str) -> str:
-    """The session ID in a video object path (``/<bucket>/videos/<id>/session.mp4``), or ``""``."""
+    """The session ID in a video object path (``/<bucket>/videos/<id>/session.mp4``), or the clip or reel ID
+    in ``/<bucket>/clips/<id>.mp4`` / ``/<bucket>/reels/<id>.mp4``; ``""`` for anything else."""
     match = _SESSION_RE.search(target.split("?", 1)[0])
-    return match.group(1) if match else ""
+    return (match.group(1) or match.group(2)) if match else ""
 
 
 class DownloadProxy:

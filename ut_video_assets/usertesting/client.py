@@ -26,6 +26,7 @@ import stamina
 from ut_video_assets.ids import InvalidIdError, normalize_uuid
 from ut_video_assets.redact import redact_text
 from ut_video_assets.usertesting.auth import TokenSource
+from ut_video_assets.usertesting.cuts import ClipList, CutLink, QxScores, ReelList
 from ut_video_assets.usertesting.errors import (
     RETRYABLE,
     ApiError,
@@ -236,6 +237,88 @@ class ResultsApiClient:
             content_type=kind or "unknown",
             content_language=response.headers.get("content-language") or None,
         )
+
+    # --- the researchers' own cuts (issue #18; models in `ut_video_assets.usertesting.cuts`) ------------
+
+    def list_clips(
+        self, session_id: str, *, max_wait: float | None = None, deadline: float | None = None
+    ) -> ClipList | None:
+        """The clips researchers cut from the session's video; None when the API answers 404 ("Session video or
+        clips not found": no video, no clips, no such session or no permission; it does not say which)."""
+        session_id = normalize_uuid(session_id, "session ID")
+        try:
+            body = self._get_json(
+                f"/api/v2/sessionResults/{session_id}/clips",
+                resource=f"session {session_id}",
+                max_wait=max_wait,
+                deadline=deadline,
+            )
+        except NotFoundError:
+            return None
+        return ClipList.from_api(body, session_id)
+
+    def get_clip(
+        self, session_id: str, clip_id: str, *, max_wait: float | None = None, deadline: float | None = None
+    ) -> CutLink:
+        """One request for a clip's file: ``GENERATING`` (asked again later), ``GENERATED`` with a link valid 15
+        minutes (never store or log it), or ``ERROR`` (the next request starts a new attempt). `NotFoundError`
+        when the clip is gone."""
+        session_id = normalize_uuid(session_id, "session ID")
+        clip_id = normalize_uuid(clip_id, "clip ID")
+        body = self._get_json(
+            f"/api/v2/sessionResults/{session_id}/clips/{clip_id}",
+            resource=f"clip {clip_id}",
+            max_wait=max_wait,
+            deadline=deadline,
+        )
+        return CutLink.from_api(body, "clipUuid", "clipUrl", clip_id, "clip")
+
+    def list_highlight_reels(
+        self, test_id: str, *, max_wait: float | None = None, deadline: float | None = None
+    ) -> ReelList | None:
+        """The test's highlight reels; None when the API answers 404 ("Test or highlight reels not found")."""
+        test_id = normalize_uuid(test_id, "test ID")
+        try:
+            body = self._get_json(
+                f"/api/v2/testResults/{test_id}/highlightreels",
+                resource=f"test {test_id}",
+                max_wait=max_wait,
+                deadline=deadline,
+            )
+        except NotFoundError:
+            return None
+        return ReelList.from_api(body, test_id)
+
+    def get_highlight_reel(
+        self, test_id: str, reel_id: str, *, max_wait: float | None = None, deadline: float | None = None
+    ) -> CutLink:
+        """One request for a highlight reel's file, as `get_clip` for a clip."""
+        test_id = normalize_uuid(test_id, "test ID")
+        reel_id = normalize_uuid(reel_id, "highlight reel ID")
+        body = self._get_json(
+            f"/api/v2/testResults/{test_id}/highlightreels/{reel_id}",
+            resource=f"highlight reel {reel_id}",
+            max_wait=max_wait,
+            deadline=deadline,
+        )
+        return CutLink.from_api(body, "reelId", "reelUrl", reel_id, "highlight reel")
+
+    def get_qx_scores(
+        self, test_id: str, *, max_wait: float | None = None, deadline: float | None = None
+    ) -> QxScores | None:
+        """The test's QX scores; None when the API answers 404, which is its only answer for a test without
+        them (QX scores exist for interaction tests only) as for an unknown one."""
+        test_id = normalize_uuid(test_id, "test ID")
+        try:
+            body = self._get_json(
+                f"/api/v2/testResults/{test_id}/qxScores",
+                resource=f"test {test_id}",
+                max_wait=max_wait,
+                deadline=deadline,
+            )
+        except NotFoundError:
+            return None
+        return QxScores.from_api(body, test_id)
 
     # --- plumbing --------------------------------------------------------------------------------------
 
