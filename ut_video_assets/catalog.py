@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ut_video_assets.asr import ASR_JSON_NAME, ASR_VTT_NAME
+from ut_video_assets.audio import AUDIO_NAME
 from ut_video_assets.storage import RECORD_NAME, VIDEO_NAME, BadRecord, StorageError, VideoStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "start_time": (_TIMESTAMP, "When the participant started the session"),
     "finish_time": (_TIMESTAMP, "When the participant finished (may be empty)"),
     "record_etag": ("string", "ETag of the session.json record the row was read from (unchanged rows are reused)"),
+    "has_audio": ("bool", "True when the audio is stored as 16 kHz mono FLAC (audio.flac; none without a track)"),
+    "has_asr": ("bool", "True when a local speech-to-text transcript is stored (asr.vtt and asr.json)"),
 }
 COLUMN_DESCRIPTIONS = {name: doc for name, (_dtype, doc) in COLUMNS.items()}
 
@@ -123,7 +127,9 @@ def build_from_store(store: VideoStore) -> CatalogBuild:
     wanted: list[tuple[str, str, str]] = []
     without_record = 0
     without_video: set[tuple[str, str]] = set()
+    listed: dict[tuple[str, str], frozenset[str]] = {}
     for test_id, session_id, files in store.iter_session_prefixes():
+        listed[(test_id, session_id)] = frozenset(files)
         video, record = files.get(VIDEO_NAME), files.get(RECORD_NAME)
         if video is None:
             if record is None:
@@ -155,7 +161,19 @@ def build_from_store(store: VideoStore) -> CatalogBuild:
         keys = pd.Series(list(zip(previous["test_id"], previous["session_id"], strict=True)), index=previous.index)
         parts.append(previous[keys.isin(reuse)])
     frame = _sorted(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else parts[0]
+    frame = with_derived_files(frame, listed)
     return CatalogBuild(frame, len(frame) - len(fresh), len(wanted), without_record, bad)
+
+
+def with_derived_files(frame: pd.DataFrame, listed: Mapping[tuple[str, str], frozenset[str]]) -> pd.DataFrame:
+    """Set the columns that say which derived files a session has (``has_audio``, ``has_asr``) from the bucket
+    listing, for every row: a record does not change when audio or a transcript is added later."""
+    keys = list(zip(frame["test_id"], frame["session_id"], strict=True))
+    files = [listed.get(key, frozenset()) for key in keys]
+    frame = frame.copy()
+    frame["has_audio"] = [AUDIO_NAME in names for names in files]
+    frame["has_asr"] = [ASR_VTT_NAME in names and ASR_JSON_NAME in names for names in files]
+    return frame
 
 
 def _read_records(

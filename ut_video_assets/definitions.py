@@ -35,6 +35,7 @@ from ut_video_assets.defs.sensors import (
     video_catalog_job,
     video_catalog_refresh_sensor,
 )
+from ut_video_assets.defs.speech import SpeechSettingsResource, session_asr, session_audio, session_speech_job
 
 
 def _from_env(resource: Any) -> dict[str, Any]:
@@ -51,14 +52,14 @@ def build_defs() -> dg.Definitions:
     # endpoint, region and credentials: boto3 reads the standard AWS_* variables itself
     storage = VideoStorageResource(s3=S3ClientResource(), **_from_env(VideoStorageResource))
     return dg.Definitions(
-        assets=[usertesting_session, session_video, video_catalog],
+        assets=[usertesting_session, session_video, video_catalog, session_audio, session_asr],
         asset_checks=[
             session_video_checksum,
             session_video_playable,
             video_catalog_unique_sessions,
             video_catalog_objects_present,
         ],
-        jobs=[session_video_job, video_catalog_job],
+        jobs=[session_video_job, video_catalog_job, session_speech_job],
         sensors=[completed_sessions_sensor, video_catalog_refresh_sensor, failure_alerts_sensor],
         resources={
             "alerts": AlertsResource(**_from_env(AlertsResource)),
@@ -66,6 +67,7 @@ def build_defs() -> dg.Definitions:
             "storage": storage,
             "downloads": DownloadSettingsResource(**_from_env(DownloadSettingsResource)),
             "video_io_manager": SessionVideoIOManager(storage=storage),
+            "speech": SpeechSettingsResource(**_from_env(SpeechSettingsResource)),
         },
         # Steps run inside the run worker instead of a subprocess each, saving a Python start-up (~1.5 s CPU
         # and ~230 MiB) per step of every run.

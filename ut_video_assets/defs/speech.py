@@ -1,0 +1,237 @@
+"""Speech assets downstream of ``session_video``: the audio track as FLAC, and a local transcript of it.
+
+Thin over `ut_video_assets.audio` and `ut_video_assets.asr`: each asset finds the session's files, calls the
+library and says what became of the session in its metadata. One session per run (the video comes through
+``session_video``'s IO manager, which loads one partition's `StoredVideo` description).
+"""
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import dagster as dg
+
+from ut_video_assets.asr import (
+    ASR_JSON_NAME,
+    ASR_VTT_NAME,
+    AsrError,
+    AsrUnavailableError,
+    require_asr,
+    resolve_model,
+    to_webvtt,
+    transcribe_isolated,
+    vtt_text,
+    word_error_rate,
+)
+from ut_video_assets.audio import AudioError, NoAudioTrack, audio_key, extract_session_audio
+from ut_video_assets.checksums import WholeChecksums
+from ut_video_assets.defs.partitions import session_partitions
+from ut_video_assets.defs.registry import lookup_session
+from ut_video_assets.defs.resources import DownloadSettingsResource, SpecifiedResource, VideoStorageResource
+from ut_video_assets.settings import SettingsError
+from ut_video_assets.storage import StoredVideo, VideoStore
+
+GROUP = "usertesting"
+AUDIO_ASSET_KEY = dg.AssetKey("session_audio")
+TRANSCRIPT_NAME = "transcript.vtt"
+"""The Results API's own transcript next to the video (``session_transcript``), when it exists."""
+RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL)
+
+
+class SpeechSettingsResource(SpecifiedResource):
+    """Which speech-to-text model ``session_asr`` loads (``UT_ASR_MODEL``)."""
+
+    asr_model: str | None = None
+
+    SETTINGS_FIELDS: ClassVar[dict[str, str]] = {"asr_model": "UT_ASR_MODEL"}
+
+    def model(self) -> str:
+        """The model to load (`ut_video_assets.asr.resolve_model`); `AsrUnavailableError` when there is none."""
+        return resolve_model(self.settings().text("UT_ASR_MODEL"))
+
+
+def _test_id(context: dg.AssetExecutionContext, session_id: str) -> str:
+    record = lookup_session(context.instance, session_id)
+    if record is None:
+        raise dg.Failure(f"session {session_id} was never discovered, so its test (and storage path) is unknown")
+    return record.test_id
+
+
+@dg.asset(
+    partitions_def=session_partitions,
+    ins={"video": dg.AssetIn(key="session_video")},
+    group_name=GROUP,
+    kinds={"audio"},
+    owners=["team:research-ops"],
+    tags={"pii": "true"},
+    retry_policy=RETRY_POLICY,
+)
+def session_audio(
+    context: dg.AssetExecutionContext,
+    video: StoredVideo,
+    storage: VideoStorageResource,
+    downloads: DownloadSettingsResource,
+) -> dg.MaterializeResult[Any]:
+    """The session's audio track as 16 kHz mono FLAC, what speech-to-text models take.
+
+    Decoded from the stored video, read from the store range by range (never the whole video in memory), in a
+    child process with the probe's limits (`UT_PROBE_MEMORY_MIB`, `UT_PROBE_TIMEOUT_SECONDS`), and stored next
+    to it as `audio.flac` (committed with its checksum like the video; nothing partial is ever visible). A video
+    without an audio track is recorded as such (`audio_status: no_audio_track`), not as a failure. Extracted again
+    only when the video changed.
+    """
+    session_id = context.partition_key
+    try:
+        store = storage.store()
+        spool, limits = downloads.spool_path(), downloads.probe_limits()
+    except SettingsError as exc:
+        raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
+    test_id = _test_id(context, session_id)
+    try:
+        audio = extract_session_audio(
+            store, video, test_id=test_id, session_id=session_id, spool_dir=spool, limits=limits
+        )
+    except AudioError as exc:
+        raise dg.Failure(
+            f"session {session_id}: the audio of {video.uri} cannot be extracted: {exc}",
+            allow_retries=False,
+            metadata={"audio_status": "failed", "reason": str(exc)},
+        ) from None
+    if isinstance(audio, NoAudioTrack):
+        return dg.MaterializeResult(
+            metadata={
+                "audio_status": "no_audio_track",
+                "has_audio": False,
+                "video_path": dg.MetadataValue.path(video.uri),
+                "what_it_means": "the video has no audio track: nothing to transcribe, nothing stored",
+            }
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "audio_status": audio.outcome,
+            "has_audio": True,
+            "storage_path": dg.MetadataValue.path(audio.uri),
+            "dagster/uri": dg.MetadataValue.path(audio.uri),
+            "duration_seconds": dg.MetadataValue.float(audio.duration_seconds),
+            "sample_rate": dg.MetadataValue.int(audio.sample_rate),
+            "channels": dg.MetadataValue.int(1),
+            "size_bytes": dg.MetadataValue.int(audio.size),
+            "sha256": dg.MetadataValue.text(audio.sha256),
+            "source_codec": audio.source_codec,
+            "source_video_sha256": dg.MetadataValue.text(video.sha256),
+        }
+    )
+
+
+def _audio_recorded_missing(instance: dg.DagsterInstance, session_id: str) -> bool:
+    """``session_audio``'s latest materialization of the session says its video has no audio track."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=AUDIO_ASSET_KEY, asset_partitions=[session_id]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return False
+    value = records[0].asset_materialization.metadata.get("has_audio")
+    return value is not None and value.value is False
+
+
+def _fetch_verified(store: VideoStore, key: str, sha256: str, into: Path) -> None:
+    """Stream the object at ``key`` into ``into`` and check its SHA-256 (our FLAC carries it as metadata)."""
+    sums = WholeChecksums()
+    with into.open("wb") as out:
+        for chunk in store.backend.iter_chunks(key, 1024 * 1024):
+            sums.update(chunk)
+            out.write(chunk)
+    if sha256 and sums.sha256.hexdigest() != sha256:
+        raise dg.Failure(f"{store.uri(key)} does not match its SHA-256 ({sha256}): refusing to transcribe it")
+
+
+@dg.asset(
+    partitions_def=session_partitions,
+    deps=[session_audio],
+    group_name=GROUP,
+    kinds={"python", "text"},
+    owners=["team:research-ops"],
+    tags={"pii": "true"},
+)
+def session_asr(
+    context: dg.AssetExecutionContext,
+    storage: VideoStorageResource,
+    downloads: DownloadSettingsResource,
+    speech: SpeechSettingsResource,
+) -> dg.MaterializeResult[Any]:
+    """A local transcript of the session's audio: faster-whisper on CPU, offline (`UT_ASR_MODEL`).
+
+    Needs the optional extra `pip install 'ut-video-assets[asr]'` (a run without it fails saying so). Stored next
+    to the video as `asr.vtt` (WebVTT, a cue per segment) and `asr.json` (segments with each word's timing and
+    probability). When the Results API's transcript (`transcript.vtt`) is stored too, the word error rate
+    between the two is recorded (`wer_vs_api_transcript`). A session whose video has no audio track is recorded
+    as such (`asr_status: no_audio`).
+    """
+    session_id = context.partition_key
+    try:
+        require_asr()
+        model = speech.model()
+        store = storage.store()
+        spool = downloads.spool_path()
+    except (AsrUnavailableError, SettingsError) as exc:
+        raise dg.Failure(f"session_asr cannot run: {exc}", allow_retries=False) from None
+    test_id = _test_id(context, session_id)
+    key = audio_key(store, test_id, session_id)
+    info = store.backend.head(key)
+    if info is None:
+        if _audio_recorded_missing(context.instance, session_id):
+            return dg.MaterializeResult(metadata={"asr_status": "no_audio", "has_asr": False})
+        raise dg.Failure(f"session {session_id} has no audio at {store.uri(key)}: materialize session_audio first")
+    duration = float(info.metadata.get("duration-seconds") or 0)
+    with tempfile.TemporaryDirectory(prefix="ut-asr-", dir=spool) as folder:
+        flac = Path(folder) / "audio.flac"
+        _fetch_verified(store, key, info.metadata.get("sha256", ""), flac)
+        try:
+            # CPU speech-to-text runs at a fraction of real time even on the smaller models; the bound catches a
+            # stuck process, not a slow one.
+            transcription = transcribe_isolated(flac, model, timeout_seconds=600 + 4 * duration)
+        except AsrError as exc:
+            raise dg.Failure(f"session {session_id}: {exc}", allow_retries=False) from None
+    prefix = store.session_prefix(test_id, session_id)
+    vtt = to_webvtt(transcription)
+    store.put_bytes(prefix + ASR_JSON_NAME, json.dumps(transcription.to_json()).encode(), "application/json")
+    store.put_bytes(prefix + ASR_VTT_NAME, vtt.encode(), "text/vtt; charset=utf-8")
+    metadata: dict[str, Any] = {
+        "asr_status": "transcribed",
+        "has_asr": True,
+        "storage_path": dg.MetadataValue.path(store.uri(prefix + ASR_VTT_NAME)),
+        "segments_path": dg.MetadataValue.path(store.uri(prefix + ASR_JSON_NAME)),
+        "dagster/uri": dg.MetadataValue.path(store.uri(prefix + ASR_VTT_NAME)),
+        "model": transcription.model,
+        "language": transcription.language,
+        "segments": dg.MetadataValue.int(len(transcription.segments)),
+        "words": dg.MetadataValue.int(transcription.word_count),
+        "audio_seconds": dg.MetadataValue.float(transcription.duration_seconds),
+    }
+    metadata.update(_compare_with_api_transcript(store, prefix, transcription.text))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _compare_with_api_transcript(store: VideoStore, prefix: str, text: str) -> dict[str, Any]:
+    got = store.backend.get_bytes(prefix + TRANSCRIPT_NAME)
+    if got is None:
+        return {"api_transcript": "none stored"}
+    reference = vtt_text(got[0].decode("utf-8", errors="replace"))
+    wer = word_error_rate(reference, text)
+    found = {"api_transcript_path": dg.MetadataValue.path(store.uri(prefix + TRANSCRIPT_NAME))}
+    if wer is None:
+        return {**found, "api_transcript": "has no words"}
+    return {
+        **found,
+        "wer_vs_api_transcript": dg.MetadataValue.float(wer.rate),
+        "wer_errors": dg.MetadataValue.int(wer.errors),
+        "api_transcript_words": dg.MetadataValue.int(wer.reference_words),
+    }
+
+
+session_speech_job = dg.define_asset_job(
+    "session_speech_job",
+    selection=dg.AssetSelection.assets(session_audio, session_asr),
+    description="A session's audio as FLAC and its local transcript (one session per run).",
+)
