@@ -208,7 +208,8 @@ class SandboxState:
 
     def clip(self, seed: int) -> bytes:
         """The clip for ``seed``, cached on disk so restarts and repeated runs skip the encoder."""
-        path = self.clip_dir / f"clip-{seed}.mp4"
+        # "speech": clips carry spoken audio (or none) since then; a cache of older tone-only clips is not reused
+        path = self.clip_dir / f"clip-speech-{seed}.mp4"
         if path.exists():
             return path.read_bytes()
         # The encoder is not byte-for-byte reproducible, so the first clip written wins: a process that encoded
