@@ -35,7 +35,13 @@ from ut_video_assets.defs.sensors import (
     video_catalog_job,
     video_catalog_refresh_sensor,
 )
-from ut_video_assets.defs.speech import SpeechSettingsResource, session_asr, session_audio, session_speech_job
+from ut_video_assets.defs.speech import (
+    SpeechSettingsResource,
+    session_asr,
+    session_audio,
+    session_speech_job,
+    session_speech_sensor,
+)
 
 
 def _from_env(resource: Any) -> dict[str, Any]:
@@ -60,7 +66,7 @@ def build_defs() -> dg.Definitions:
             video_catalog_objects_present,
         ],
         jobs=[session_video_job, video_catalog_job, session_speech_job],
-        sensors=[completed_sessions_sensor, video_catalog_refresh_sensor, failure_alerts_sensor],
+        sensors=[completed_sessions_sensor, video_catalog_refresh_sensor, failure_alerts_sensor, session_speech_sensor],
         resources={
             "alerts": AlertsResource(**_from_env(AlertsResource)),
             "api": UserTestingApiResource(**_from_env(UserTestingApiResource)),

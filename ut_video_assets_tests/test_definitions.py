@@ -58,7 +58,12 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
                 "video_catalog_unique_sessions",
             ]
         ),
-        "sensors": ["completed_sessions_sensor", "failure_alerts_sensor", "video_catalog_refresh_sensor"],
+        "sensors": [
+            "completed_sessions_sensor",
+            "failure_alerts_sensor",
+            "session_speech_sensor",
+            "video_catalog_refresh_sensor",
+        ],
         "jobs": ["session_speech_job", "session_video_job", "video_catalog_job"],
         "partitions": "session_ids",
     }

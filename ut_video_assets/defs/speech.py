@@ -235,3 +235,42 @@ session_speech_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(session_audio, session_asr),
     description="A session's audio as FLAC and its local transcript (one session per run).",
 )
+
+
+VIDEO_ASSET_KEY = dg.AssetKey("session_video")
+SPEECH_SENSOR_BATCH = 200
+
+
+@dg.sensor(
+    job=session_speech_job,
+    minimum_interval_seconds=60,
+    # Off until turned on (in the UI: Automation): audio and local transcripts cost CPU on every worker, and
+    # session_asr needs the asr extra and a model there.
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Requests session_speech_job (audio, then a local transcript) for each session whose video has "
+    "been stored since its last look; sessions without a video are left out.",
+)
+def session_speech_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=VIDEO_ASSET_KEY, after_storage_id=after),
+        limit=SPEECH_SENSOR_BATCH,
+        ascending=True,
+    ).records
+    requests = []
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is None or materialization.partition is None:
+            continue
+        metadata = materialization.metadata
+        has_video = metadata.get("has_video")
+        if has_video is None or has_video.value is not True:
+            continue  # UserTesting has no video for it: no audio either
+        sha256 = metadata.get("sha256")
+        # one run per stored version of a video: re-materializing an unchanged video requests nothing new
+        version = sha256.value if sha256 is not None else record.storage_id
+        requests.append(
+            dg.RunRequest(partition_key=materialization.partition, run_key=f"{materialization.partition}:{version}")
+        )
+    cursor = str(records[-1].storage_id) if records else context.cursor
+    return dg.SensorResult(run_requests=requests, cursor=cursor)

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from ut_video_assets.catalog import read_parquet_bytes
+from ut_video_assets.defs.speech import session_speech_sensor
 from ut_video_assets.sandbox.media import ClipSpec
 from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets_tests.defs.conftest import Pipeline
@@ -107,3 +108,31 @@ def test_without_the_asr_extra_the_run_says_which_extra(pipeline: Pipeline, monk
     assert "pip install 'ut-video-assets[asr]'" in failure_message(result)
     prefix = pipeline.store.session_prefix(session.test_id, session.session_id)
     assert not pipeline.store.object_exists(prefix + "asr.vtt")
+
+
+def test_the_speech_sensor_requests_sessions_whose_video_was_stored(pipeline: Pipeline) -> None:
+    """One run per newly stored video; none for a session without a video, none again for the same video."""
+    pipeline.tick()
+    spoken = session_with(pipeline, "home_page")
+    no_video = next(s for s in pipeline.sandbox.sessions() if not s.has_video)
+    stored_video(pipeline, spoken)
+    assert pipeline.materialize(no_video.session_id).success  # recorded as no_video
+
+    def evaluate(cursor: str | None) -> dg.SensorResult:
+        with dg.build_sensor_context(
+            instance=pipeline.instance,
+            instance_ref=pipeline.instance.get_ref(),
+            cursor=cursor,
+            definitions=pipeline.defs,
+        ) as context:
+            result = session_speech_sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        return result
+
+    first = evaluate(None)
+    assert [r.partition_key for r in first.run_requests or []] == [spoken.session_id]
+    assert evaluate(first.cursor).run_requests == []
+    # materialized again, unchanged: the same run key, so the daemon launches nothing new
+    stored_video(pipeline, spoken)
+    again = evaluate(first.cursor)
+    assert [r.run_key for r in again.run_requests or []] == [r.run_key for r in first.run_requests or []]
