@@ -177,7 +177,8 @@ def failure_alerts_sensor(context: dg.SensorEvaluationContext, alerts: AlertsRes
     checks, checks_after = new_failed_checks(instance, check_keys, cursor.checks_after)
     attempts, attempts_after = new_failed_attempts(instance, cursor.attempts_after)
     outage = cursor.outage if cursor.outage is not None and not outage_over(instance, cursor.outage, now) else None
-    retrying, runs, outage = operator_burst(instance, attempts, runs, outage, now)
+    retrying, runs, outage, replay_from = operator_burst(instance, attempts, runs, outage, now)
+    attempts_after = attempts_after if replay_from is None else min(attempts_after, replay_from - 1)
     # The backlog reads every partition's state: look at a quarter of the threshold's pace (at most every 5
     # minutes), not every tick, so a deployment with 100,000 sessions does not scan them four times a minute.
     backlog = None
@@ -328,48 +329,55 @@ class FailedAttempt:
     attempt: int | None
     what_next: str | None
     timestamp: float
+    storage_id: int
 
 
 def new_failed_attempts(instance: dg.DagsterInstance, after: int) -> tuple[list[FailedAttempt], int]:
     """Sessions that failed in an attempt of a run after observation ``after`` (the asset records each failed
     session of each attempt as an observation with ``video_status: failed`` and the engine's ``reason_code``);
     and the last observation read."""
-    records = instance.fetch_observations(
-        dg.AssetRecordsFilter(asset_key=SESSION_VIDEO, after_storage_id=after),
-        limit=MAX_RECORDS_PER_TICK,
-        ascending=True,
-    ).records
-    attempts: list[FailedAttempt] = []
-    for record in records:
-        after = max(after, record.storage_id)
-        meta = _failed_session(record.asset_observation)
-        if meta is None or record.partition_key is None:
-            continue
-        words, error = meta.get("reason"), meta.get("error")
-        attempt = meta.get("attempt")
-        what_next = meta.get("what_next")
-        attempts.append(
-            FailedAttempt(
-                run_id=record.run_id,
-                session=record.partition_key,
-                reason_code=str(meta[REASON_CODE_KEY]),
-                reason=clean_reason(f"{words} ({error})" if words and error else str(error or words or "")),
-                attempt=attempt if isinstance(attempt, int) else None,
-                what_next=what_next if isinstance(what_next, str) else None,
-                timestamp=record.timestamp,
-            )
-        )
-    return attempts, after
+    observed = dg.AssetRecordsFilter(asset_key=SESSION_VIDEO, after_storage_id=after)
+    records = instance.fetch_observations(observed, limit=MAX_RECORDS_PER_TICK, ascending=True).records
+    attempts = [
+        attempt
+        for record in records
+        if (attempt := _failed_attempt(record.event_log_entry, record.storage_id)) is not None
+    ]
+    return attempts, max([after, *(record.storage_id for record in records)])
+
+
+def _failed_attempt(entry: dg.EventLogEntry, storage_id: int) -> FailedAttempt | None:
+    meta = _failed_session(entry.asset_observation)
+    if meta is None or entry.dagster_event is None or entry.dagster_event.partition is None:
+        return None
+    words, error = meta.get("reason"), meta.get("error")
+    attempt, what_next = meta.get("attempt"), meta.get("what_next")
+    return FailedAttempt(
+        run_id=entry.run_id,
+        session=entry.dagster_event.partition,
+        reason_code=str(meta[REASON_CODE_KEY]),
+        reason=clean_reason(f"{words} ({error})" if words and error else str(error or words or "")),
+        attempt=attempt if isinstance(attempt, int) else None,
+        what_next=what_next if isinstance(what_next, str) else None,
+        timestamp=entry.timestamp,
+        storage_id=storage_id,
+    )
+
+
+def run_failed_attempts(instance: dg.DagsterInstance, run_id: str) -> list[FailedAttempt]:
+    """Every session that failed in any attempt of the run, as recorded by its observations."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION).records
+    return [
+        attempt
+        for record in records
+        if (attempt := _failed_attempt(record.event_log_entry, record.storage_id)) is not None
+    ]
 
 
 def run_reason_codes(instance: dg.DagsterInstance, run_id: str) -> set[str]:
     """The engine's reasons for every session that failed in any attempt of the run; ``store`` also for a step
     that failed on the store itself (the catalog's, whose steps record no sessions)."""
-    codes: set[str] = set()
-    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION).records:
-        meta = _failed_session(record.event_log_entry.asset_observation)
-        if meta is not None:
-            codes.add(str(meta[REASON_CODE_KEY]))
+    codes = {attempt.reason_code for attempt in run_failed_attempts(instance, run_id)}
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=5).records:
         event = record.event_log_entry.dagster_event
         error = event.step_failure_data.error if event is not None else None
@@ -410,11 +418,13 @@ def operator_burst(
     runs: Sequence[FailedRun],
     outage: Outage | None,
     now: float,
-) -> tuple[list[RetryingRun], list[FailedRun], Outage | None]:
+) -> tuple[list[RetryingRun], list[FailedRun], Outage | None, int | None]:
     """What of this tick's failures to alert: runs whose attempt failed for a reason that needs a person (while
     Dagster retries them), and the failed runs; minus what the open outage already covers (the same run failing
-    again for the same reasons, or another run failing for the outage). Returns them and the outage, opened or
-    extended with what is alerted now."""
+    again for the same reasons, or another run failing for the outage). Returns them, the outage (opened or
+    extended with what is alerted now), and the first observation to read again next tick: that of a run whose
+    failed attempt is not over yet (its step is still recording its sessions; Dagster has not scheduled the next
+    attempt), so that its alert names all of them."""
     failed_now = {run.run_id for run in runs}
     by_run: dict[str, list[FailedAttempt]] = {}
     for attempt in attempts:
@@ -422,6 +432,7 @@ def operator_burst(
             by_run.setdefault(attempt.run_id, []).append(attempt)
     retrying: list[RetryingRun] = []
     noted: list[tuple[str, set[str]]] = []
+    replay_from: int | None = None
     for run_id, group in by_run.items():
         codes = {a.reason_code for a in group}
         if run_id in failed_now:
@@ -431,15 +442,23 @@ def operator_burst(
             continue
         dagster_run = instance.get_run_by_id(run_id)
         last = max(group, key=lambda a: a.timestamp)
+        retry_at = _next_retry_at(instance, run_id, last.timestamp)
+        if retry_at is None:
+            if dagster_run is not None and not dagster_run.is_finished:  # else its end is reported as such
+                first = min(a.storage_id for a in group)
+                replay_from = first if replay_from is None else min(replay_from, first)
+            continue
+        failed = [a for a in run_failed_attempts(instance, run_id) if a.reason_code in OPERATOR_REASONS] or group
+        codes = {a.reason_code for a in failed}
         retrying.append(
             RetryingRun(
                 run_id=run_id,
                 job_name=dagster_run.job_name if dagster_run is not None else "?",
-                sessions=tuple(dict.fromkeys(a.session for a in group)),
+                sessions=tuple(dict.fromkeys(a.session for a in failed)),
                 reason_codes=tuple(sorted(codes)),
-                reason=group[0].reason,
-                attempt=last.attempt,
-                retry_at=_next_retry_at(instance, run_id, last.timestamp),
+                reason=failed[0].reason,
+                attempt=max((a.attempt for a in failed if a.attempt), default=None),
+                retry_at=retry_at,
                 what_next=last.what_next,
             )
         )
@@ -456,7 +475,7 @@ def operator_burst(
         if codes:
             outage = outage or Outage(set(), set(), now)
             outage.add(run_id, codes, now)
-    return retrying, kept, outage
+    return retrying, kept, outage, replay_from
 
 
 def outage_over(instance: dg.DagsterInstance, outage: Outage, now: float) -> bool:
