@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ut_video_assets.asr import ASR_JSON_NAME, ASR_VTT_NAME
 from ut_video_assets.audio import AUDIO_NAME
-from ut_video_assets.storage import RECORD_NAME, VIDEO_NAME, BadRecord, StorageError, VideoStore
+from ut_video_assets.storage import RECORD_NAME, TRANSCRIPT_NAME, VIDEO_NAME, BadRecord, StorageError, VideoStore
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "record_etag": ("string", "ETag of the session.json record the row was read from (unchanged rows are reused)"),
     "has_audio": ("bool", "True when the audio is stored as 16 kHz mono FLAC (audio.flac; none without a track)"),
     "has_asr": ("bool", "True when a local speech-to-text transcript is stored (asr.vtt and asr.json)"),
+    "has_transcript": ("bool", "True when the Results API's own transcript is stored (transcript.vtt, WebVTT)"),
+    "transcript_path": ("string", "URI of the stored transcript.vtt; empty without one"),
 }
 COLUMN_DESCRIPTIONS = {name: doc for name, (_dtype, doc) in COLUMNS.items()}
 
@@ -162,6 +164,7 @@ def build_from_store(store: VideoStore) -> CatalogBuild:
         parts.append(previous[keys.isin(reuse)])
     frame = _sorted(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else parts[0]
     frame = with_derived_files(frame, listed)
+    frame = with_transcripts(frame, store, listed)
     return CatalogBuild(frame, len(frame) - len(fresh), len(wanted), without_record, bad)
 
 
@@ -173,6 +176,24 @@ def with_derived_files(frame: pd.DataFrame, listed: Mapping[tuple[str, str], fro
     frame = frame.copy()
     frame["has_audio"] = [AUDIO_NAME in names for names in files]
     frame["has_asr"] = [ASR_VTT_NAME in names and ASR_JSON_NAME in names for names in files]
+    return frame
+
+
+def with_transcripts(
+    frame: pd.DataFrame, store: VideoStore, listed: Mapping[tuple[str, str], frozenset[str]]
+) -> pd.DataFrame:
+    """``has_transcript`` and ``transcript_path`` for every row, from the bucket listing (a transcript arrives
+    after the video's record, which therefore does not change)."""
+    import pandas as pd
+
+    keys = list(zip(frame["test_id"], frame["session_id"], strict=True))
+    present = [TRANSCRIPT_NAME in listed.get(key, frozenset()) for key in keys]
+    frame = frame.copy()
+    frame["has_transcript"] = pd.array(present, dtype="bool")
+    paths = [
+        store.uri(store.transcript_key(t, s)) if there else None for (t, s), there in zip(keys, present, strict=True)
+    ]
+    frame["transcript_path"] = pd.array(paths, dtype=pd.StringDtype())
     return frame
 
 

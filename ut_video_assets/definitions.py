@@ -35,13 +35,8 @@ from ut_video_assets.defs.sensors import (
     video_catalog_job,
     video_catalog_refresh_sensor,
 )
-from ut_video_assets.defs.speech import (
-    SpeechSettingsResource,
-    session_asr,
-    session_audio,
-    session_speech_job,
-    session_speech_sensor,
-)
+from ut_video_assets.defs.speech import SpeechSettingsResource, session_asr, session_audio, session_speech_job
+from ut_video_assets.defs.transcripts import session_transcript, session_transcript_job, session_transcript_sensor
 
 
 def _from_env(resource: Any) -> dict[str, Any]:
@@ -58,15 +53,27 @@ def build_defs() -> dg.Definitions:
     # endpoint, region and credentials: boto3 reads the standard AWS_* variables itself
     storage = VideoStorageResource(s3=S3ClientResource(), **_from_env(VideoStorageResource))
     return dg.Definitions(
-        assets=[usertesting_session, session_video, video_catalog, session_audio, session_asr],
+        assets=[
+            usertesting_session,
+            session_video,
+            video_catalog,
+            session_audio,
+            session_asr,
+            session_transcript,
+        ],
         asset_checks=[
             session_video_checksum,
             session_video_playable,
             video_catalog_unique_sessions,
             video_catalog_objects_present,
         ],
-        jobs=[session_video_job, video_catalog_job, session_speech_job],
-        sensors=[completed_sessions_sensor, video_catalog_refresh_sensor, failure_alerts_sensor, session_speech_sensor],
+        jobs=[session_video_job, video_catalog_job, session_speech_job, session_transcript_job],
+        sensors=[
+            completed_sessions_sensor,
+            video_catalog_refresh_sensor,
+            failure_alerts_sensor,
+            session_transcript_sensor,
+        ],
         resources={
             "alerts": AlertsResource(**_from_env(AlertsResource)),
             "api": UserTestingApiResource(**_from_env(UserTestingApiResource)),

@@ -219,6 +219,8 @@ SETTINGS: dict[str, Setting] = {
     "UT_VIDEO_READY_WAIT_HOURS": _number(
         float, 24.0, 0.001, 720, "how long after completion a 404 means 'not yet': up to 30 days"
     ),
+    # Transcripts (session_transcript)
+    "UT_TRANSCRIPTS": Setting("bool", True, "session_transcript_sensor starts running (spare budget only)"),
     # Speech (session_asr)
     "UT_ASR_MODEL": Setting("text", None, "the speech-to-text model: a name in the local cache, or a folder"),
     # Alerts

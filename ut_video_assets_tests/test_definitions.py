@@ -49,7 +49,14 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == {
-        "assets": ["session_asr", "session_audio", "session_video", "usertesting_session", "video_catalog"],
+        "assets": [
+            "session_asr",
+            "session_audio",
+            "session_transcript",
+            "session_video",
+            "usertesting_session",
+            "video_catalog",
+        ],
         "checks": sorted(
             [
                 "session_video_checksum",
@@ -61,10 +68,10 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
         "sensors": [
             "completed_sessions_sensor",
             "failure_alerts_sensor",
-            "session_speech_sensor",
+            "session_transcript_sensor",
             "video_catalog_refresh_sensor",
         ],
-        "jobs": ["session_speech_job", "session_video_job", "video_catalog_job"],
+        "jobs": ["session_speech_job", "session_transcript_job", "session_video_job", "video_catalog_job"],
         "partitions": "session_ids",
     }
 
