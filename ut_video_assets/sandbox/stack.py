@@ -803,6 +803,8 @@ def dev_scenario(complete_every_seconds: float = 45.0) -> SandboxConfig:
         tests=2,
         sessions_per_test=4,
         no_video_indexes=(3,),
+        # One session a test with a video but no transcript (404, as in a test that is not think-out-loud).
+        no_transcript_indexes=(1,),
         complete_every_seconds=complete_every_seconds,
         # Every third session completing while it runs has its video appear 90 s later: "not yet", then stored.
         late_video_every=3,
