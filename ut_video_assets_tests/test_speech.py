@@ -4,8 +4,10 @@ embedded store and the real bundled model; the sandbox's clips carry real speech
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import av
@@ -20,9 +22,18 @@ from ut_video_assets.asr import (
     word_error_rate,
     words,
 )
-from ut_video_assets.audio import AudioError, NoAudioTrack, StoredAudio, audio_key, extract_session_audio
+from ut_video_assets.audio import (
+    AudioError,
+    NoAudioTrack,
+    StoredAudio,
+    audio_key,
+    extract_session_audio,
+    upload_file,
+)
+from ut_video_assets.checksums import WholeChecksums
+from ut_video_assets.commit import Precondition, PreconditionFailedError, StorageError
 from ut_video_assets.media import ProbeLimits
-from ut_video_assets.sandbox.media import SPEECH, ClipSpec, audio_for_seed, make_clip
+from ut_video_assets.sandbox.media import SPEECH, ClipSpec, PaddedVideo, audio_for_seed, make_clip, upload_video
 from ut_video_assets.storage import StoredVideo, VideoStore
 
 TEST_ID = "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
@@ -89,6 +100,25 @@ def test_audio_is_extracted_from_the_stored_video_as_16_khz_mono_flac(video_stor
     assert again.sha256 == audio.sha256
 
 
+def test_a_large_video_is_read_as_a_stream_not_held_in_memory(video_store: VideoStore, tmp_path: Path) -> None:
+    """A 48 MiB video (a real clip padded with a free box): the audio comes out while this process holds a few
+    MiB at most, and the child reads only the ranges it needs."""
+    clip = make_clip(SPEECH_SEED)
+    key = video_store.video_key(TEST_ID, SESSION_ID)
+    upload_video(video_store.client, video_store.bucket, key, PaddedVideo(clip, 48 * 1024 * 1024))
+    video = video_store.head_video(TEST_ID, SESSION_ID)
+    assert video is not None
+    tracemalloc.start()
+    try:
+        audio = extract_session_audio(video_store, video, test_id=TEST_ID, session_id=SESSION_ID, spool_dir=tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(audio, StoredAudio)
+    assert abs(audio.duration_seconds - ClipSpec.for_seed(SPEECH_SEED).duration_s) < 0.1
+    assert peak < 12 * 1024 * 1024, f"peak {peak / 1048576:.1f} MiB"
+
+
 def test_a_video_without_an_audio_track_stores_nothing(video_store: VideoStore, tmp_path: Path) -> None:
     video = store_video(video_store, make_clip(SILENT_SEED))
     result = extract_session_audio(video_store, video, test_id=TEST_ID, session_id=SESSION_ID, spool_dir=tmp_path)
@@ -123,6 +153,29 @@ def test_decoding_that_outlasts_its_limit_is_stopped(video_store: VideoStore, tm
             limits=ProbeLimits(seconds=0.05),
         )
     assert video_store.backend.head(audio_key(video_store, TEST_ID, SESSION_ID)) is None
+
+
+def test_a_long_audio_file_goes_up_in_parts_and_commits_create_only(video_store: VideoStore, tmp_path: Path) -> None:
+    """A two-hour session is ~100+ MB of FLAC: it is uploaded from its spool file in parts through the commit
+    protocol (5 MiB parts here), verified, and never replaces an object it did not see."""
+    path = tmp_path / "audio.flac"
+    body = os.urandom(11 * 1024 * 1024 + 123)
+    path.write_bytes(body)
+    sums = WholeChecksums([video_store.backend.checksum_algorithm])
+    sums.update(body)
+    key = audio_key(video_store, TEST_ID, SESSION_ID)
+    info = upload_file(video_store, key, path, sums, metadata={"sha256": "x"}, precondition=Precondition.absent())
+    assert info.size == len(body)
+    assert video_store.read_bytes(key) == body
+    assert video_store.backend.head(key) is not None
+    with pytest.raises(PreconditionFailedError):
+        upload_file(video_store, key, path, sums, metadata={}, precondition=Precondition.absent())
+    wrong = WholeChecksums([video_store.backend.checksum_algorithm])
+    wrong.update(body[:-1] + b"\0")
+    other = audio_key(video_store, TEST_ID, "1b7c5a3e-1d2f-4e6a-9b8c-7d6e5f4a3b2c")
+    with pytest.raises(StorageError):
+        upload_file(video_store, other, path, wrong, metadata={}, precondition=Precondition.absent())
+    assert video_store.backend.head(other) is None  # nothing partial or unverified at the key
 
 
 def test_the_bundled_model_hears_the_spoken_words(video_store: VideoStore, tmp_path: Path) -> None:
