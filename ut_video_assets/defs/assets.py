@@ -63,6 +63,7 @@ class SessionVideoConfig(dg.Config):
     """Download and store the video again even when a verified copy is already stored."""
 
 
+FAILED_SESSIONS_TAG = "ut_video_assets/failed_sessions"
 RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL)
 
 
@@ -78,7 +79,7 @@ RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONE
     retry_policy=RETRY_POLICY,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SESSIONS_PER_RUN),
     # A session whose video is not there yet is not materialized by its run (nor is anything else of that run
-    # through the output): the run records what it did store itself, and succeeds.
+    # through the output): the run records what it did store itself, and succeeds (docs/NOTES.md §1.6).
     output_required=False,
 )
 def session_video(
@@ -216,8 +217,9 @@ def _fail(
     stored: int,
     total: int,
 ) -> Iterator[Any]:
-    """Explain each failed session on its partition (an observation: the partition page shows it), then fail the
-    run with a message that names the sessions, the reasons in words and what happens next."""
+    """Explain each failed session on its partition (an observation: Dagster's open-source storages keep no
+    failed-materialization events, docs/NOTES.md §1.6), then fail the run with a message and a tag that name the
+    sessions, the reasons in words and what happens next."""
     now = utc_now()
     lines: list[str] = []
     retryable = any(failure.retryable for failure in batch.failures.values())
@@ -233,7 +235,8 @@ def _fail(
             retry_delay_seconds=(RETRY_POLICY.delay or 0) * (2 ** (context.retry_number + 1) - 1),
             now=now,
         )
-        lines.append(f"session {key}: {words}; {then}")
+        line = f"{words}; {then} (error: {failure})"
+        lines.append(line if total == 1 else f"session {key}: {line}")
         yield dg.AssetObservation(
             asset_key=context.asset_key,
             partition=key,
@@ -252,6 +255,9 @@ def _fail(
         why = f"this run's download failed: {words}"
         yield from unchanged_video_evaluations(context.instance, store, key, why, deep=deep)
     failures = batch.failures
+    # The run list shows run tags: which sessions failed and why, without opening the run.
+    tag = "; ".join(f"{key}: {describe_failure(f.reason).split(':')[0]}" for key, f in failures.items())
+    context.instance.add_run_tags(context.run.run_id, {FAILED_SESSIONS_TAG: tag[:1000]})
     if total == 1:
         head = f"session {next(iter(failures))} was not stored"
     else:

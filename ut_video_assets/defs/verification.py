@@ -89,7 +89,8 @@ def unchanged_video_evaluations(
 ) -> list[dg.AssetCheckEvaluation]:
     """Both checks for a session this run did not store (``why``: its video is not there yet, or its download
     failed). The checks judge what is stored: a video stored by an earlier run is checked as usual; with none,
-    there is nothing to verify, which passes (the partition itself shows the failure, not its checks)."""
+    there is nothing to verify, which passes (the partition itself shows the failure, not its checks). Without an
+    evaluation, Dagster would count the planned check of a failed run as failed (docs/NOTES.md §1.6)."""
     session, target = lookup_session(instance, session_id), _latest_materialization(instance, session_id)
     if session is not None and target is not None and _recorded(target, "video_status") != "no_video":
         try:

@@ -23,8 +23,11 @@ PARTITIONS_NAME = "session_ids"
 
 
 def browser_scenario() -> SandboxConfig:
-    """One test with three completed sessions; a budget high enough that the UI flows never wait on it."""
-    return SandboxConfig(seed=4242, tests=1, sessions_per_test=3, incomplete_per_test=0, rate_limit=600)
+    """One test with four completed sessions, the second newest without a video; a budget high enough that the UI
+    flows never wait on it."""
+    return SandboxConfig(
+        seed=4242, tests=1, sessions_per_test=4, no_video_indexes=(1,), incomplete_per_test=0, rate_limit=600
+    )
 
 
 @dataclass
@@ -32,7 +35,13 @@ class UiStack:
     stack: LocalStack
     url: str
     session_ids: list[str]
-    """Newest first, as the Results API lists them."""
+    """In the partitions' order (oldest first, as discovery adds them)."""
+
+    @property
+    def without_video(self) -> str:
+        """The session UserTesting has no video for."""
+        (session,) = [s for s in self.stack.sandbox.sessions() if not s.has_video]
+        return session.session_id
 
 
 @contextlib.contextmanager

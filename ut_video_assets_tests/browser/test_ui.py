@@ -263,9 +263,63 @@ def test_a_failed_download_shows_its_reason_and_no_credentials(page: Any, ui: Ui
     proxy = urlsplit(ui.stack.sandbox.proxy_url)
     assert not re.search(rf"{re.escape(proxy.netloc)}[^\s\"'<]*\?", text), "a source URL with its query is shown"
 
+    # The partition page says why and what happens next, without the run's logs: its events hold the failure.
     page.goto(f"/assets/session_video?view=partitions&partition={session_id}")
     expect(page.get_by_role("checkbox", name="Failed (1)")).to_be_attached()
-    shot(page, "10_partition_failed")
+    shot(page, "10_partition_failed", doc=True)
+    dialog = open_partition_events(page)
+    expect(dialog.get_by_text(re.compile(r"^forbidden: the video's source refused access")).first).to_be_visible()
+    expect(dialog.get_by_text(re.compile(r"^needs action: check with UserTesting")).first).to_be_visible()
+    shot(page, "10b_partition_failed_reason", doc=True)
+
+    # The asset's Events tab lists it, and the run list shows which session failed and why.
+    page.goto("/assets/session_video?view=events")
+    reason = page.get_by_role("cell", name=re.compile(r"^forbidden: the video's source refused access"))
+    expect(reason.first).to_be_visible()
+    expect(page.get_by_role("link", name=session_id).first).to_be_visible()
+    shot(page, "10c_events_tab", doc=True)
+    page.goto("/runs")
+    expect(page.get_by_text(f"{session_id}: forbidden").first).to_be_visible()
+    shot(page, "10d_runs_list", doc=True)
+
+
+def open_partition_events(page: Any) -> Any:
+    """The partition page's *View all historical events* dialog with its latest observation's row opened (its
+    metadata: what became of the session). Dagster shows a partition's latest materialization on the page
+    itself; a partition that never materialized shows its other events only here."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name=re.compile(r"View all historical events")).click()
+    dialog = page.get_by_role("dialog").filter(has_text="Historical events for")
+    expect(dialog).to_be_visible()
+    dialog.get_by_text("Observation", exact=True).first.click()
+    expect(dialog.get_by_role("cell", name="video_status", exact=True).first).to_be_visible()
+    return dialog
+
+
+def test_a_session_without_video_is_materialized_with_what_is_known(page: Any, ui: UiStack) -> None:
+    from playwright.sync_api import expect
+
+    session_id = ui.without_video
+    run = launch_partition_from_ui(page, "session_video", session_id)
+    page.goto(run)
+    expect(page.get_by_role("img", name="run_success")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+
+    page.goto(f"/assets/session_video?view=partitions&partition={session_id}")
+    expect(page.get_by_role("checkbox", name="Materialized (2)")).to_be_attached()
+    rows = {"video_status": "no_video", "has_video": "false"}
+    for key, value in rows.items():
+        row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=key, exact=True)).first
+        expect(row).to_be_visible()
+        cells = [cell.strip() for cell in row.get_by_role("cell").all_inner_texts()]
+        assert cells[1].lower() == value, (key, cells)
+    expect(page.get_by_text(re.compile(r"^404 Not Found from GET")).first).to_be_visible()
+    shot(page, "12_partition_no_video", doc=True, full_page=True)
+
+    page.goto(f"/assets/session_video?view=checks&partition={session_id}")
+    page.get_by_text("session_video_checksum", exact=True).first.click()
+    expect(page.get_by_text("Evaluation result", exact=True)).to_be_visible()
+    expect(page.get_by_text(re.compile(r"nothing to verify: UserTesting has no video")).first).to_be_visible()
 
 
 def test_video_catalog_shows_row_count_schema_and_preview(page: Any, ui: UiStack) -> None:
@@ -278,7 +332,8 @@ def test_video_catalog_shows_row_count_schema_and_preview(page: Any, ui: UiStack
 
     page.goto("/assets/video_catalog")
     expect(page.get_by_text("Row count", exact=True)).to_be_visible()
-    expect(page.get_by_text("Row count", exact=True).locator("xpath=following::*[1]")).to_have_text("1")
+    # The stored video and the session without one: the catalog covers every settled session.
+    expect(page.get_by_text("Row count", exact=True).locator("xpath=following::*[1]")).to_have_text("2")
     expect(page.get_by_text("Columns", exact=True).first).to_be_visible()
     for column, dtype in (("session_id", "string"), ("size_bytes", "int64"), ("checksum_sha256", "string")):
         row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=column, exact=True))
@@ -287,6 +342,28 @@ def test_video_catalog_shows_row_count_schema_and_preview(page: Any, ui: UiStack
     preview = page.get_by_role("row").filter(has=page.get_by_role("cell", name="preview", exact=True))
     expect(preview.get_by_text(ui.session_ids[0]).first).to_be_visible()
     shot(page, "11_catalog", doc=True, full_page=True)
+
+
+def test_checks_are_green_while_every_stored_video_is_fine(page: Any, ui: UiStack) -> None:
+    """One stored video, one session without a video and one forbidden download so far: the checks judge the
+    stored video, so the asset's check status is all passed (the failure shows on its partition instead)."""
+    from playwright.sync_api import expect
+
+    page.goto("/assets/session_video?view=checks")
+    expect(page.get_by_text("Checks (2)")).to_be_visible()
+    expect(page.get_by_text("Succeeded", exact=True)).to_have_count(2)  # the status of each check in the list
+    expect(page.get_by_text("Failed", exact=True)).to_have_count(0)
+    shot(page, "13_checks_tab", doc=True)
+
+    # The session_video node in its lineage: its checks' status over every partition.
+    page.goto("/assets/session_video?view=lineage")
+    expect(page.get_by_text("Asset checks", exact=True).first).to_be_visible()
+    expect(page.get_by_text("Loading...")).to_have_count(0)
+    title = page.get_by_text("session_video", exact=True).last
+    expect(title).to_be_visible()
+    node = title.locator("xpath=ancestor::*[contains(., 'Asset checks')][1]")
+    expect(node).to_contain_text("2 / 2 Passed")
+    shot(page, "14_asset_graph_checks_passed", doc=True)
 
 
 def test_a_backfill_of_several_sessions_runs_them_together(ui: UiStack) -> None:
@@ -342,6 +419,38 @@ def test_a_backfill_of_several_sessions_runs_them_together(ui: UiStack) -> None:
         )
         in_run = {h.partition: h.status.value for h in history if h.run_id == run.run_id}
         assert in_run == dict.fromkeys(keys, "SUCCEEDED"), (name, in_run)
+
+
+def test_a_late_video_is_ingested_without_anyone_acting(page: Any, ui: UiStack) -> None:
+    """A session whose video appears 75 s after it completes: the daemon's discovery sensor finds it, its run
+    meets a 404 ("not yet", the session is young), the partition says when it is asked again, and the sensor asks
+    again on its own until the video is stored."""
+    import dagster as dg
+    from playwright.sync_api import expect
+
+    late = ui.stack.sandbox.complete_session(ui.stack.sandbox.test_ids[0], video_delay_seconds=75)
+    instance = ui.stack.instance()
+    partition = dg.AssetRecordsFilter(asset_key=dg.AssetKey("session_video"), asset_partitions=[late.session_id])
+    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
+    while not instance.fetch_observations(partition, limit=1).records:
+        assert time.monotonic() < deadline, "the late session was never tried"
+        time.sleep(1)
+    page.goto(f"/assets/session_video?view=partitions&partition={late.session_id}")
+    dialog = open_partition_events(page)
+    expect(dialog.get_by_text("waiting_for_video").first).to_be_visible()
+    expect(dialog.get_by_text("next_ask_at", exact=True).first).to_be_visible()
+    shot(page, "15_partition_waiting_for_video", doc=True)
+    page.keyboard.press("Escape")
+
+    deadline = time.monotonic() + 2 * RUN_TIMEOUT_MS / 1000
+    while not instance.fetch_materializations(partition, limit=1).records:
+        assert time.monotonic() < deadline, "the late video was never stored"
+        time.sleep(2)
+    (record,) = instance.fetch_materializations(partition, limit=1).records
+    assert record.asset_materialization is not None
+    assert record.asset_materialization.metadata["video_status"].value == "stored"
+    page.goto(f"/assets/session_video?view=partitions&partition={late.session_id}")
+    expect(page.get_by_text("Materialized", exact=True).first).to_be_visible()
 
 
 def test_no_request_left_loopback(requests_seen: list[str]) -> None:

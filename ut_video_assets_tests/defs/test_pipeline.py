@@ -212,6 +212,8 @@ def test_a_failed_session_in_a_range_keeps_the_others_stored_and_says_why(pipeli
     # The run-level message names the session, the reason in words and what happens next.
     assert f"1 of {len(keys)} sessions failed ({len(keys) - 1} stored and checked)" in message
     assert f"session {forbidden}: forbidden" in message and "needs action" in message
+    run = pipeline.instance.get_run_by_id(result.run_id)
+    assert run is not None and run.tags["ut_video_assets/failed_sessions"] == f"{forbidden}: forbidden"
     materialized = {m.partition: m.metadata for m in result.asset_materializations_for_node("session_video")}
     assert set(materialized) == set(keys) - {forbidden}  # the session without video is recorded too
     assert {k for k, m in materialized.items() if m["video_status"].value == "no_video"} == {order[gap]}
