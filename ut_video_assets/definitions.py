@@ -23,6 +23,7 @@ from ut_video_assets.defs.checks import (
     video_catalog_unique_sessions,
 )
 from ut_video_assets.defs.io_manager import SessionVideoIOManager
+from ut_video_assets.defs.researcher import RESEARCHER_ASSETS, RESEARCHER_JOBS, RESEARCHER_SENSORS
 from ut_video_assets.defs.resources import (
     DownloadSettingsResource,
     S3ClientResource,
@@ -60,6 +61,7 @@ def build_defs() -> dg.Definitions:
             session_audio,
             session_asr,
             session_transcript,
+            *RESEARCHER_ASSETS,
         ],
         asset_checks=[
             session_video_checksum,
@@ -67,12 +69,13 @@ def build_defs() -> dg.Definitions:
             video_catalog_unique_sessions,
             video_catalog_objects_present,
         ],
-        jobs=[session_video_job, video_catalog_job, session_speech_job, session_transcript_job],
+        jobs=[session_video_job, video_catalog_job, session_speech_job, session_transcript_job, *RESEARCHER_JOBS],
         sensors=[
             completed_sessions_sensor,
             video_catalog_refresh_sensor,
             failure_alerts_sensor,
             session_transcript_sensor,
+            *RESEARCHER_SENSORS,
         ],
         resources={
             "alerts": AlertsResource(**_from_env(AlertsResource)),

@@ -52,8 +52,11 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
         "assets": [
             "session_asr",
             "session_audio",
+            "session_researcher_clips",
             "session_transcript",
             "session_video",
+            "test_highlight_reels",
+            "test_qx_scores",
             "usertesting_session",
             "video_catalog",
         ],
@@ -68,10 +71,18 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
         "sensors": [
             "completed_sessions_sensor",
             "failure_alerts_sensor",
+            "researcher_tests_sensor",
             "session_transcript_sensor",
             "video_catalog_refresh_sensor",
         ],
-        "jobs": ["session_speech_job", "session_transcript_job", "session_video_job", "video_catalog_job"],
+        "jobs": [
+            "session_researcher_clips_job",
+            "session_speech_job",
+            "session_transcript_job",
+            "session_video_job",
+            "test_researcher_job",
+            "video_catalog_job",
+        ],
         "partitions": "session_ids",
     }
 

@@ -1,0 +1,344 @@
+"""The researchers' own cuts: session clips, test highlight reels and QX scores (issue #18).
+
+A thin layer over `ut_video_assets.researcher` (poll, download, commit, manifests) and `ut_video_assets.qxscores`,
+spending the Results API budget the way `ut_video_assets.priority` says background work must: every request
+(list, each generation poll, each fresh link) takes only a spare slot (`SpareBudget`), never the slots kept for
+video URLs, and a run stops before its next cut as soon as a ``session_video`` run is queued or running. What it
+did not reach is done by a later run: already stored, unchanged cuts cost no request then.
+
+Tests are partitions of their own (``test_ids``, dynamic): `researcher_tests_sensor` adds the watched tests
+(``UT_TEST_IDS``) and requests `test_researcher_job` (QX scores and highlight reels of every watched test) when
+new sessions have landed since its last request, only while no video run is queued or running.
+"""
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+
+from ut_video_assets.defs.assets import GROUP, SESSIONS_PER_RUN, usertesting_session
+from ut_video_assets.defs.partitions import session_partitions
+from ut_video_assets.defs.registry import lookup_session
+from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
+from ut_video_assets.outcomes import utc_now
+from ut_video_assets.priority import SpareBudget
+from ut_video_assets.qxscores import store_qx_scores
+from ut_video_assets.researcher import (
+    CutFetcher,
+    CutSettings,
+    CutsResult,
+    PollPolicy,
+    store_session_clips,
+    store_test_reels,
+)
+from ut_video_assets.settings import DOWNLOAD_TAG, SettingsError
+from ut_video_assets.storage import StorageError
+from ut_video_assets.usertesting import ApiError, BudgetExhaustedError, ResultsApiClient
+
+test_partitions = dg.DynamicPartitionsDefinition(name="test_ids")
+"""Keys are test UUIDs (lower case), added by `researcher_tests_sensor` from ``UT_TEST_IDS``."""
+
+BACKGROUND_TAG = "ut_video_assets/background"
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+class CutPollingConfig(dg.Config):
+    """How patiently a clip's or reel's generation is awaited (each poll is one request of the shared budget)."""
+
+    poll_first_wait_seconds: float = 3.0
+    """The Results API says to ask again "every few seconds"; the wait doubles after each GENERATING answer..."""
+    poll_max_wait_seconds: float = 30.0
+    """...up to this."""
+    give_up_after_seconds: float = 600.0
+    """A generation still running after this fails the cut as `still_generating` (a later run asks again)."""
+    max_errors: int = 3
+    """ERROR answers tolerated per cut (each next request starts a new attempt); one more fails the cut."""
+    spare_slot_wait_seconds: float = 60.0
+    """How long one request may wait for a spare budget slot before the run stops and leaves the rest."""
+
+    def policy(self) -> PollPolicy:
+        return PollPolicy(
+            first_wait=self.poll_first_wait_seconds,
+            max_wait=self.poll_max_wait_seconds,
+            give_up_after=self.give_up_after_seconds,
+            max_errors=self.max_errors,
+            budget_wait=self.spare_slot_wait_seconds,
+        )
+
+
+def video_runs_active(instance: dg.DagsterInstance) -> str | None:
+    """Why background work must stop now: a ``session_video`` run is queued or running (None: it need not)."""
+    if instance.get_runs(dg.RunsFilter(tags={DOWNLOAD_TAG: "true"}, statuses=_ACTIVE), limit=1):
+        return "a session_video run is queued or running (videos first)"
+    return None
+
+
+def _background(api: UserTestingApiResource) -> ResultsApiClient:
+    """The API client on spare slots only (`ut_video_assets.priority`)."""
+    return api.client.with_budget(SpareBudget(api.client.budget))
+
+
+def _fetcher(
+    context: dg.AssetExecutionContext,
+    config: CutPollingConfig,
+    storage: VideoStorageResource,
+    downloads: DownloadSettingsResource,
+) -> CutFetcher:
+    try:
+        settings = CutSettings(
+            spool_dir=downloads.spool_path(),
+            policy=downloads.policy(),
+            poll=config.policy(),
+            probe_limits=downloads.probe_limits(),
+        )
+        return CutFetcher(storage.store(), downloads.http_client(), settings, report=context.log.info)
+    except SettingsError as exc:
+        raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
+
+
+def cuts_metadata(result: CutsResult, kind: str) -> dict[str, Any]:
+    """What the partition page shows: counts, and each cut's name, status and path (never a link)."""
+    shown: dict[str, Any] = {
+        "test_id": result.test_id,
+        "listed": result.listed,
+        f"{kind}s_listed": sum(1 for o in result.outcomes if o.status != "deleted_upstream"),
+        f"{kind}s_stored": result.count("stored"),
+        f"{kind}s_unchanged": result.count("unchanged"),
+        f"{kind}s_failed": result.count("failed"),
+        f"{kind}s_deleted_upstream": result.count("deleted_upstream"),
+        f"{kind}s": dg.MetadataValue.json(
+            [
+                {
+                    "id": o.cut_id,
+                    "name": o.name,
+                    "status": o.status,
+                    **({"storage_path": o.storage_path} if o.storage_path else {}),
+                    **({"reason": o.reason} if o.reason else {}),
+                    **({"replaced": True} if o.replaced else {}),
+                }
+                for o in result.outcomes
+            ]
+        ),
+    }
+    if result.stopped_early:
+        shown["stopped_early"] = result.stopped_early
+    return shown
+
+
+def _failure(failed: dict[str, str], retryable: bool, what: str) -> dg.Failure:
+    return dg.Failure(
+        description=f"{len(failed)} {what} failed: " + " | ".join(f"{k}: {why}" for k, why in failed.items()),
+        metadata={"failed": dg.MetadataValue.json(failed)},
+        allow_retries=retryable,
+    )
+
+
+@dg.asset(
+    partitions_def=session_partitions,
+    deps=[usertesting_session],
+    group_name=GROUP,
+    kinds={"s3", "video"},
+    owners=["team:research-ops"],
+    tags={"pii": "true"},
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SESSIONS_PER_RUN),
+    output_required=False,  # a run that stops early for video work materializes only the sessions it reached
+)
+def session_researcher_clips(
+    context: dg.AssetExecutionContext,
+    config: CutPollingConfig,
+    api: UserTestingApiResource,
+    storage: VideoStorageResource,
+    downloads: DownloadSettingsResource,
+) -> Iterator[Any]:
+    """The clips researchers cut from the session in UserTesting (the moments a team shows its stakeholders).
+
+    Stored at `{prefix}test_id={test}/session_id={session}/clips/{clipUuid}.mp4` (metadata: the clip's name,
+    description, start/end in ms and layout), with `clips.json` next to them saying what became of each clip:
+    `stored`, `unchanged` (already stored as listed: not fetched again), `failed` with the reason (e.g.
+    `generation_error` after UserTesting answered ERROR more than `max_errors` times) or `deleted_upstream` (no
+    longer listed: kept in the archive, labelled, never reported as current).
+
+    Each clip is asked for, polled until generated (backing off), and downloaded at once through the same
+    streaming, verified, resumable engine as the videos; its 15-minute link is asked for again if it expires
+    mid-way. Videos first: requests take only spare budget slots, and a run stops before its next clip when a
+    session_video run is queued.
+    """
+    fetcher = _fetcher(context, config, storage, downloads)
+    client = _background(api)
+    failed: dict[str, str] = {}
+    retryable = False
+    keys = context.partition_keys
+    with fetcher.http:
+        for number, key in enumerate(keys, start=1):
+            busy = video_runs_active(context.instance) if number > 1 else None
+            if busy:
+                context.log.info(f"{busy}: stopping after {number - 1} of {len(keys)} sessions; the rest wait")
+                break
+            session = lookup_session(context.instance, key)
+            if session is None:
+                failed[key] = "the session was never discovered, so its test (and storage path) is unknown"
+                continue
+            try:
+                result = store_session_clips(
+                    client,
+                    fetcher,
+                    session.test_id,
+                    session.session_id,
+                    yield_to=lambda: video_runs_active(context.instance),
+                )
+            except BudgetExhaustedError as exc:
+                context.log.info(f"{exc}: stopping after {number - 1} of {len(keys)} sessions; the rest wait")
+                break
+            except (ApiError, StorageError) as exc:
+                context.log.error(f"session {key}: clips failed: {exc}")
+                failed[key] = str(exc)
+                retryable = True
+                continue
+            for outcome in result.failed:
+                failed[f"clip {outcome.cut_id} of session {key}"] = f"{outcome.reason}: {outcome.detail}"
+            if result.stopped_early:
+                context.log.info(f"session {key}: {result.stopped_early}; its other clips are fetched by a later run")
+                break  # not materialized: the session's clips are not all settled
+            yield dg.AssetMaterialization(
+                asset_key=context.asset_key, partition=key, metadata=cuts_metadata(result, "clip")
+            )
+    if failed:
+        raise _failure(failed, retryable, "clips or sessions")
+
+
+@dg.asset(
+    partitions_def=test_partitions,
+    deps=[dg.AssetDep(usertesting_session, partition_mapping=dg.AllPartitionMapping())],
+    group_name=GROUP,
+    kinds={"s3", "video"},
+    owners=["team:research-ops"],
+    tags={"pii": "true"},
+)
+def test_highlight_reels(
+    context: dg.AssetExecutionContext,
+    config: CutPollingConfig,
+    api: UserTestingApiResource,
+    storage: VideoStorageResource,
+    downloads: DownloadSettingsResource,
+) -> dg.MaterializeResult:
+    """The test's highlight reels as the researchers assembled them in UserTesting.
+
+    Stored at `{prefix}test_id={test}/highlight_reels/{reelId}.mp4` (metadata: name, duration, lastUpdatedAtMs,
+    clip count), with `highlight_reels.json` saying what became of each. A reel whose `lastUpdatedAtMs` changed
+    is fetched again and replaces the stored one with a conditional write (only the version that was read is
+    replaced); an unchanged one costs no request. Same polling, engine and budget rules as the session clips.
+    """
+    fetcher = _fetcher(context, config, storage, downloads)
+    test_id = context.partition_key
+    try:
+        with fetcher.http:
+            result = store_test_reels(
+                _background(api), fetcher, test_id, yield_to=lambda: video_runs_active(context.instance)
+            )
+    except BudgetExhaustedError as exc:
+        raise dg.Failure(f"test {test_id}: {exc}; asked again by a later run", allow_retries=True) from None
+    except (ApiError, StorageError) as exc:
+        raise dg.Failure(f"test {test_id}: highlight reels failed: {exc}", allow_retries=True) from None
+    failed = {f"reel {o.cut_id}": f"{o.reason}: {o.detail}" for o in result.failed}
+    if failed or result.stopped_early:
+        context.log.warning(f"test {test_id}: {len(failed)} reels failed; stopped early: {result.stopped_early}")
+        raise _failure(failed or {"run": str(result.stopped_early)}, True, "highlight reels")
+    return dg.MaterializeResult(metadata=cuts_metadata(result, "reel"))
+
+
+@dg.asset(
+    partitions_def=test_partitions,
+    deps=[dg.AssetDep(usertesting_session, partition_mapping=dg.AllPartitionMapping())],
+    group_name=GROUP,
+    kinds={"s3", "parquet"},
+    owners=["team:research-ops"],
+)
+def test_qx_scores(
+    context: dg.AssetExecutionContext, api: UserTestingApiResource, storage: VideoStorageResource
+) -> dg.MaterializeResult:
+    """The test's QXscores (interaction tests): one row per QX task group, computed by UserTesting over all its
+    completed sessions, as Parquet at `{prefix}catalog/qx_scores/test_id={test}.parquet` (read every test's at
+    once with `…/qx_scores/*.parquet`). Refreshed when new sessions land (`researcher_tests_sensor`). A test
+    without scores (the API answers 404: not an interaction test) gets an empty table and `has_qx_scores: false`.
+    """
+    test_id = context.partition_key
+    try:
+        store = storage.store()
+        scores = _background(api).get_qx_scores(test_id, max_wait=60.0)
+        stored = store_qx_scores(store, test_id, scores, utc_now())
+    except SettingsError as exc:
+        raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
+    except (ApiError, StorageError) as exc:
+        raise dg.Failure(f"test {test_id}: QX scores failed: {exc}", allow_retries=True) from None
+    metadata: dict[str, Any] = {
+        "has_qx_scores": stored.has_scores,
+        "task_groups": stored.rows,
+        "storage_path": dg.MetadataValue.path(stored.uri),
+    }
+    if stored.completes is not None:
+        metadata["completes"] = stored.completes
+    if stored.mean_qx_score is not None:
+        metadata["mean_qx_score"] = dg.MetadataValue.float(stored.mean_qx_score)
+    context.log.info(
+        f"test {test_id}: "
+        + (f"{stored.rows} QX task groups stored" if stored.has_scores else "no QX scores (not an interaction test)")
+    )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+session_researcher_clips_job = dg.define_asset_job(
+    "session_researcher_clips_job",
+    selection=dg.AssetSelection.assets(session_researcher_clips),
+    tags={BACKGROUND_TAG: "researcher_clips", "dagster/priority": "-10"},  # below video runs in the queue
+    description="Store the clips researchers cut from sessions, with spare Results API budget only.",
+)
+
+test_researcher_job = dg.define_asset_job(
+    "test_researcher_job",
+    selection=dg.AssetSelection.assets(test_qx_scores, test_highlight_reels),
+    tags={BACKGROUND_TAG: "researcher_tests", "dagster/priority": "-10"},
+    description="Refresh a test's QX scores and store its highlight reels, with spare Results API budget only.",
+)
+
+
+@dg.sensor(
+    name="researcher_tests_sensor",
+    job=test_researcher_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Adds the watched tests as partitions and requests their QX scores and highlight reels when new "
+    "sessions have landed, only while no session_video run is queued or running.",
+)
+def researcher_tests_sensor(context: dg.SensorEvaluationContext, api: UserTestingApiResource) -> dg.SensorResult:
+    instance = context.instance
+    watched = list(api.watched_test_ids())
+    known = set(instance.get_dynamic_partitions(test_partitions.name or "test_ids"))
+    new_tests = [t for t in watched if t not in known]
+    sessions = len(instance.get_dynamic_partitions(session_partitions.name or "session_ids"))
+    seen = json.loads(context.cursor) if context.cursor else {}
+    requests: list[dg.RunRequest] = []
+    skip = video_runs_active(instance)
+    stamp = int(time.time())
+    if not skip:
+        for test_id in watched:
+            if seen.get(test_id) != sessions:
+                requests.append(dg.RunRequest(partition_key=test_id, run_key=f"researcher:{test_id}:{stamp}"))
+                seen[test_id] = sessions
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[test_partitions.build_add_request(new_tests)] if new_tests else [],
+        cursor=json.dumps(seen, sort_keys=True),
+        skip_reason=skip if skip and not requests else None,
+    )
+
+
+RESEARCHER_ASSETS = [session_researcher_clips, test_highlight_reels, test_qx_scores]
+RESEARCHER_JOBS = [session_researcher_clips_job, test_researcher_job]
+RESEARCHER_SENSORS = [researcher_tests_sensor]

@@ -1,0 +1,147 @@
+"""session_researcher_clips, test_highlight_reels and test_qx_scores on a real Dagster instance, against the
+sandbox (asynchronous generation, expiring links, download faults) and the embedded store."""
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+from ut_video_assets.definitions import build_defs
+from ut_video_assets.defs.researcher import researcher_tests_sensor
+from ut_video_assets.qxscores import qx_key
+from ut_video_assets.researcher import clip_key, reel_key
+from ut_video_assets.sandbox.researcher import Cut, Cuts, CutsConfig, cuts_of
+from ut_video_assets_tests.defs.conftest import Pipeline
+
+FAST_POLLS = {"poll_first_wait_seconds": 0.05, "poll_max_wait_seconds": 0.1, "spare_slot_wait_seconds": 5.0}
+
+
+@pytest.fixture
+def cuts(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cuts]:
+    # A budget a test does not wait on (the spare share of 10 a minute would make it wait a window).
+    monkeypatch.setenv("UT_RATE_LIMIT_PER_MINUTE", "600")
+    pipeline.defs = build_defs()
+    state = cuts_of(pipeline.sandbox.state)
+    state.reset(CutsConfig(generating_polls=2))
+    yield state
+    state.reset()
+
+
+def run(pipeline: Pipeline, job: str, partition: str, asset: str) -> dg.ExecuteInProcessResult:
+    return pipeline.run_job(job, partition_key=partition, run_config={"ops": {asset: {"config": FAST_POLLS}}})
+
+
+def file_bytes(cuts: Cuts, cut: Cut) -> bytes:
+    video = cuts.file(cut)
+    return video.read_range(0, video.total_size)
+
+
+def stored(pipeline: Pipeline, key: str) -> bytes:
+    got = pipeline.store.backend.get_bytes(key)
+    assert got is not None, key
+    return got[0]
+
+
+def materialization(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    (event,) = [m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey(asset)]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_a_sessions_clips_generating_erroring_and_expiring_end_up_stored_byte_identical(
+    pipeline: Pipeline, cuts: Cuts
+) -> None:
+    pipeline.tick()  # discovery: the sessions become partitions, with their test
+    sandbox = pipeline.sandbox
+    session = next(s for s in sandbox.sessions() if s.has_video)
+    erroring, expiring = cuts.clips(session)
+    cuts.configure(erroring, errors=1)  # ERROR once, then GENERATING twice, then GENERATED
+    cuts.configure(expiring, link_lifetime_seconds=1)  # dies while the download stalls past the read timeout
+    sandbox.add_fault(kind="stall", session_id=expiring.cut_id, after_bytes=1000, stall_seconds=4.0)
+
+    result = run(pipeline, "session_researcher_clips_job", session.session_id, "session_researcher_clips")
+    assert result.success
+    shown = materialization(result, "session_researcher_clips")
+    assert shown["clips_stored"] == 2 and shown["clips_failed"] == 0 and shown["test_id"] == session.test_id
+    for clip in (erroring, expiring):
+        key = clip_key(pipeline.store, session.test_id, session.session_id, clip.cut_id)
+        assert stored(pipeline, key) == file_bytes(cuts, clip)
+        info = pipeline.store.backend.head(key)
+        assert info is not None and info.metadata["clip-name"] == clip.listing["name"]
+    stats = sandbox.stats()
+    assert stats["statuses"]["download"].get("403", 0) >= 1  # the expired link was refused, then replaced
+    assert stats["statuses"]["clip"]["200"] >= 1 + 3 + 3  # the ERROR, then two GENERATING and GENERATED each
+    assert not any("X-Amz" in str(v) for v in shown.values())
+
+    sandbox.reset_stats()
+    again = run(pipeline, "session_researcher_clips_job", session.session_id, "session_researcher_clips")
+    assert again.success and materialization(again, "session_researcher_clips")["clips_unchanged"] == 2
+    assert sandbox.stats()["requests"] == {"clips": 1}
+
+
+def test_a_clip_that_keeps_failing_is_recorded_and_fails_the_run(pipeline: Pipeline, cuts: Cuts) -> None:
+    pipeline.tick()
+    session = [s for s in pipeline.sandbox.sessions() if s.has_video][1]
+    broken = cuts.clips(session)[0]
+    cuts.configure(broken, errors=10)
+    result = run(pipeline, "session_researcher_clips_job", session.session_id, "session_researcher_clips")
+    assert not result.success
+    shown = materialization(result, "session_researcher_clips")  # what became of each clip is recorded
+    assert shown["clips_failed"] == 1 and shown["clips_stored"] == 1
+    (entry,) = [c for c in shown["clips"] if c["id"] == broken.cut_id]
+    assert entry["status"] == "failed" and entry["reason"] == "generation_error"
+    assert (
+        pipeline.store.backend.head(clip_key(pipeline.store, session.test_id, session.session_id, broken.cut_id))
+        is None
+    )
+
+
+def test_qx_scores_and_highlight_reels_per_test_and_a_changed_reel_replaced(pipeline: Pipeline, cuts: Cuts) -> None:
+    pipeline.tick()
+    interaction, other = pipeline.sandbox.test_ids
+    resources = {"api": (pipeline.defs.resources or {})["api"]}
+    with dg.build_sensor_context(instance=pipeline.instance, resources=resources) as context:
+        requested = researcher_tests_sensor(context)
+    assert isinstance(requested, dg.SensorResult)
+    assert sorted(str(r.partition_key) for r in requested.run_requests or []) == sorted([interaction, other])
+    pipeline.instance.add_dynamic_partitions("test_ids", [interaction, other])
+
+    first = run(pipeline, "test_researcher_job", interaction, "test_highlight_reels")
+    assert first.success
+    qx = materialization(first, "test_qx_scores")
+    assert qx["has_qx_scores"] is True and qx["task_groups"] == 2
+    table = pq.read_table(io.BytesIO(stored(pipeline, qx_key(pipeline.store, interaction)))).to_pylist()
+    expected = cuts.qx_scores(interaction)
+    assert [r["task_group_id"] for r in table] == [g["taskGroupId"] for g in expected["qxScores"]]
+    assert [r["qx_score"] for r in table] == [g["qxScore"] for g in expected["qxScores"]]
+    assert {r["completes"] for r in table} == {expected["meta"]["completes"]}
+    (reel,) = cuts.reels(interaction)
+    key = reel_key(pipeline.store, interaction, reel.cut_id)
+    assert stored(pipeline, key) == file_bytes(cuts, reel)
+    seen = pipeline.store.backend.head(key)
+    assert seen is not None
+
+    none = run(pipeline, "test_researcher_job", other, "test_highlight_reels")
+    assert none.success and materialization(none, "test_qx_scores")["has_qx_scores"] is False
+    assert pq.read_table(io.BytesIO(stored(pipeline, qx_key(pipeline.store, other)))).num_rows == 0
+
+    cuts.update_reel(reel)
+    changed = run(pipeline, "test_researcher_job", interaction, "test_highlight_reels")
+    assert changed.success
+    reels = materialization(changed, "test_highlight_reels")
+    assert reels["reels_stored"] == 1 and reels["reels"][0]["replaced"] is True
+    after = pipeline.store.backend.head(key)
+    assert after is not None and after.version != seen.version
+    assert stored(pipeline, key) == file_bytes(cuts, reel)
+
+    with dg.build_sensor_context(instance=pipeline.instance, resources=resources, cursor=requested.cursor) as again:
+        quiet = researcher_tests_sensor(again)
+    assert isinstance(quiet, dg.SensorResult) and not quiet.run_requests  # no new session: nothing to refresh
+    pipeline.sandbox.complete_session(interaction)
+    pipeline.tick()
+    with dg.build_sensor_context(instance=pipeline.instance, resources=resources, cursor=quiet.cursor) as later:
+        landed = researcher_tests_sensor(later)
+    assert isinstance(landed, dg.SensorResult)
+    assert sorted(str(r.partition_key) for r in landed.run_requests or []) == sorted([interaction, other])
