@@ -7,7 +7,6 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pytest
@@ -18,6 +17,7 @@ from ut_video_assets.defs.alerting import AlertsResource
 from ut_video_assets.defs.resources import (
     DownloadSettingsResource,
     S3ClientResource,
+    SpecifiedResource,
     UserTestingApiResource,
     VideoStorageResource,
 )
@@ -127,16 +127,17 @@ def test_check_config_refuses_a_malformed_flag_naming_it(name: str) -> None:
     check_config({**GOOD_ENV, name: "yes"})
 
 
-SPECIFIED_RESOURCES = [UserTestingApiResource, VideoStorageResource, DownloadSettingsResource, AlertsResource]
-
-
-@pytest.mark.parametrize("resource", SPECIFIED_RESOURCES, ids=lambda r: r.__name__)
-def test_every_resource_setting_is_a_field_named_by_the_specification(resource: type[Any]) -> None:
-    """A resource reads its settings only through fields the specification names: no field escapes it, and no
-    variable is read that the specification does not have (``DAGSTER_PG_URL`` is Dagster's own)."""
-    fields: dict[str, str] = resource.SETTINGS_FIELDS
-    assert set(fields) == set(resource.model_fields) - {"s3"}
-    assert set(fields.values()) - set(SETTINGS) <= {"DAGSTER_PG_URL"}
+def test_every_resource_setting_is_a_field_named_by_the_specification() -> None:
+    """Each resource of the code location that reads settings reads them only through fields the specification
+    names: no field escapes it, and no variable is read that the specification does not have (``DAGSTER_PG_URL``
+    is Dagster's own)."""
+    resources = build_defs().resources or {}
+    specified = {key: type(r) for key, r in resources.items() if isinstance(r, (SpecifiedResource, AlertsResource))}
+    assert {"api", "storage", "downloads", "alerts"} <= set(specified)
+    for key, resource in specified.items():
+        fields: dict[str, str] = resource.SETTINGS_FIELDS
+        assert set(fields) == set(resource.model_fields) - {"s3"}, key
+        assert set(fields.values()) - set(SETTINGS) <= {"DAGSTER_PG_URL"}, key
 
 
 def test_build_defs_fills_each_field_from_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
