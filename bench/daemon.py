@@ -30,8 +30,14 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def budget_leg(sessions: int, overhead_runs: int, echo: Any = print, timeout: float = 900.0) -> dict[str, Any]:
-    """``sessions`` sessions (2 tests) discovered and ingested by the daemon; then CPU per run via the CLI."""
+def budget_leg(
+    sessions: int, overhead_runs: int, echo: Any = print, timeout: float = 900.0, *, transcripts: bool = False
+) -> dict[str, Any]:
+    """``sessions`` sessions (2 tests) discovered and ingested by the daemon; then CPU per run via the CLI.
+
+    ``transcripts`` turns ``session_transcript_sensor`` on (``UT_TRANSCRIPTS``): the same leg then measures whether
+    the transcripts' spare-budget rule leaves video throughput alone (the video wall time is what is compared;
+    transcript requests are counted separately and the CPU-per-run part is skipped)."""
     tests = 2
     scenario = SandboxConfig(
         seed=31,
@@ -46,7 +52,11 @@ def budget_leg(sessions: int, overhead_runs: int, echo: Any = print, timeout: fl
         options = StackOptions(
             state_dir=state,
             fresh=True,
-            extra_env={"UT_BUDGET_PATH": str(state / "budget.sqlite"), "UT_SPOOL_DIR": str(state / "spool")},
+            extra_env={
+                "UT_BUDGET_PATH": str(state / "budget.sqlite"),
+                "UT_SPOOL_DIR": str(state / "spool"),
+                "UT_TRANSCRIPTS": "true" if transcripts else "false",
+            },
         )
         with LocalStack(options, scenario) as stack:
             expected = {s.session_id for s in stack.sandbox.sessions()}
@@ -77,6 +87,7 @@ def budget_leg(sessions: int, overhead_runs: int, echo: Any = print, timeout: fl
             accepted = sorted(float(t) for t in stats["acceptedTimes"])
             by_endpoint = {k: int(v) for k, v in stats["requests"].items()}
             pages_needed = tests * (math.floor(math.ceil(sessions / tests) / PAGE_SIZE) + 1)
+            # Transcripts are extra work on spare budget: what the videos needed is the same either way.
             needed = pages_needed + len(expected)
             minimum = needed * RATE_WINDOW / RATE_LIMIT
             result: dict[str, Any] = {
@@ -96,6 +107,8 @@ def budget_leg(sessions: int, overhead_runs: int, echo: Any = print, timeout: fl
                 "session_video_runs": len(runs),
                 "sessions_per_run": stack.env().get("UT_SESSIONS_PER_RUN", "default"),
                 "timeout_seconds": timeout,
+                "transcripts": transcripts,
+                "transcript_requests_before_videos_done": by_endpoint.get("transcript", 0),
             }
             if done_at is not None and accepted:
                 wall = done_at - accepted[0]
@@ -112,7 +125,8 @@ def budget_leg(sessions: int, overhead_runs: int, echo: Any = print, timeout: fl
                 )
             for process in stack.processes:
                 process.stop()
-            result["overhead"] = overhead_leg(stack, sorted(expected)[:overhead_runs], echo)
+            if not transcripts:
+                result["overhead"] = overhead_leg(stack, sorted(expected)[:overhead_runs], echo)
             return result
 
 

@@ -378,6 +378,9 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
                 _verdict(ok),
             ]
         )
+        with_transcripts = legs.get("budget_transcripts")
+        if with_transcripts:
+            summary.append(_transcripts_row(budget, with_transcripts))
         overhead = budget.get("overhead") or {}
         if overhead.get("runs"):
             summary.append(
@@ -628,3 +631,22 @@ def _baseline_section(baseline: dict[str, Any], results: dict[str, Any]) -> list
         "",
         *_table(["measure", "baseline", "now"], rows),
     ]
+
+
+def _transcripts_row(budget: dict[str, Any], with_transcripts: dict[str, Any]) -> list[Any]:
+    """Video throughput of the budget leg with transcripts on against the same leg with them off (issue #15:
+    within 5%), from the video wall time measured from the first API request."""
+    before, after = (
+        budget.get("wall_seconds_from_first_request"),
+        with_transcripts.get("wall_seconds_from_first_request"),
+    )
+    if not before or not after:
+        return ["3b. budget with transcripts on", "not finished", "video wall time within 5% of 3.", _verdict(False)]
+    change = after / before - 1
+    measured = (
+        f"{after:.0f} s vs {before:.0f} s ({change:+.1%}), {with_transcripts['rate_limited_429']} x 429, "
+        f"{with_transcripts.get('transcript_requests_before_videos_done', 0)} transcript requests before the videos "
+        "were done"
+    )
+    ok = change <= 0.05 and with_transcripts["rate_limited_429"] == 0
+    return ["3b. budget with transcripts on", measured, "video wall time within 5% of 3., 0 x 429", _verdict(ok)]

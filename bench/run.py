@@ -68,6 +68,8 @@ def run_suite(sizes: Sizes, legs: tuple[str, ...] = LEGS, *, proxy: bool = False
                 leg("memory", lambda: transfer.memory_leg(src, sizes, echo))
     if "budget" in wanted and sizes.budget_sessions:
         leg("budget", lambda: daemon.budget_leg(sizes.budget_sessions, sizes.overhead_runs, echo))
+        # The same leg with session_transcript_sensor on: video throughput must stay within 5% (issue #15).
+        leg("budget_transcripts", lambda: daemon.budget_leg(sizes.budget_sessions, 0, echo, transcripts=True))
     if "scale" in wanted:
         leg("scale", lambda: scale.scale_legs(sizes, echo))
     if "startup" in wanted:
