@@ -40,6 +40,7 @@ recorded ``conflict``). Nothing here knows about Dagster.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -615,7 +616,102 @@ def write_manifest(store: VideoStore, key: str, header: Mapping[str, Any], outco
     store.backend.put_bytes(key, json.dumps(body, sort_keys=True, default=str).encode(), "application/json")
 
 
+# --- the catalog of every clip and reel ------------------------------------------------------------------------
+
+CLIP_CATALOG_KEY = "catalog/researcher_clips.parquet"
+CATALOG_COLUMNS: dict[str, str] = {
+    "kind": "clip (of a session) or reel (a test's highlight reel)",
+    "cut_id": "the clip's or reel's UUID in UserTesting",
+    "test_id": "the test",
+    "session_id": "the session a clip was cut from (empty for a reel)",
+    "name": "the name the researcher gave it",
+    "description": "a clip's description (when it has one)",
+    "start_ms": "a clip's start in the session video, in milliseconds",
+    "end_ms": "a clip's end in the session video, in milliseconds",
+    "layout": "a clip's layout (main stream, picture-in-picture)",
+    "duration_ms": "a reel's duration as the API states it",
+    "last_updated_ms": "a reel's lastUpdatedAtMs (its version)",
+    "status": "stored, unchanged (stored earlier, still current), failed (not stored: see reason) or deleted_upstream",
+    "reason": "why a cut failed",
+    "storage_path": "where the file is (empty when it failed)",
+    "size_bytes": "the file's size",
+    "checksum": "the store's whole-object checksum (base64)",
+    "checksum_algorithm": "crc32 (S3), crc32c (GCS) or md5 (Azure)",
+    "sha256": "SHA-256 of the file, computed while downloading",
+    "checked_at": "when the pass that recorded it ran (UTC)",
+}
+
+
+def catalog_rows(store: VideoStore) -> list[dict[str, Any]]:
+    """One row per clip and reel, from the manifests (``clips.json``, ``highlight_reels.json``): no API request
+    and no read of a video. A manifest that is not JSON is skipped with a warning (the next pass rewrites it)."""
+    rows: list[dict[str, Any]] = []
+    for obj in store.backend.list_objects(store.prefix + "test_id="):
+        if not obj.key.endswith(("/clips.json", "/highlight_reels.json")):
+            continue
+        manifest = store.get_json(obj.key)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("cuts"), list):
+            log.warning("%s: not a cut manifest; skipped", store.uri(obj.key))
+            continue
+        for cut in manifest["cuts"]:
+            if not isinstance(cut, dict):
+                continue
+            raw = cut.get("details")
+            details: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            rows.append(
+                {
+                    "kind": cut.get("kind"),
+                    "cut_id": cut.get("cut_id"),
+                    "test_id": cut.get("test_id"),
+                    "session_id": cut.get("session_id") or "",
+                    "name": cut.get("name") or details.get("name") or "",
+                    "description": details.get("description"),
+                    "start_ms": details.get("start_ms"),
+                    "end_ms": details.get("end_ms"),
+                    "layout": details.get("layout"),
+                    "duration_ms": details.get("duration_ms"),
+                    "last_updated_ms": details.get("last_updated_ms"),
+                    "status": cut.get("status"),
+                    "reason": cut.get("reason"),
+                    "storage_path": cut.get("storage_path"),
+                    "size_bytes": cut.get("size_bytes"),
+                    "checksum": cut.get("checksum"),
+                    "checksum_algorithm": cut.get("checksum_algorithm"),
+                    "sha256": cut.get("sha256"),
+                    "checked_at": manifest.get("checked_at"),
+                }
+            )
+    rows.sort(key=lambda r: (str(r["test_id"]), str(r["session_id"]), str(r["kind"]), str(r["cut_id"])))
+    return rows
+
+
+def catalog_parquet(rows: list[dict[str, Any]]) -> bytes:
+    """The rows as Parquet with an explicit schema (an empty catalog has the columns too)."""
+    import pyarrow as pa  # here: pyarrow is heavy, and only the catalog step needs it
+    import pyarrow.parquet as pq
+
+    text, number = pa.string(), pa.float64()
+    types = {
+        "start_ms": number,
+        "end_ms": number,
+        "duration_ms": number,
+        "last_updated_ms": pa.int64(),
+        "size_bytes": pa.int64(),
+        "checked_at": pa.timestamp("s", tz="UTC"),
+    }
+    schema = pa.schema([(name, types.get(name, text)) for name in CATALOG_COLUMNS])
+    converted = [
+        {**row, "checked_at": datetime.fromisoformat(row["checked_at"]) if row.get("checked_at") else None}
+        for row in rows
+    ]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(converted, schema=schema), buffer, compression="zstd")
+    return buffer.getvalue()
+
+
 __all__ = [
+    "CATALOG_COLUMNS",
+    "CLIP_CATALOG_KEY",
     "CutFailedError",
     "CutFetcher",
     "CutOutcome",
@@ -623,6 +719,8 @@ __all__ = [
     "CutTarget",
     "CutsResult",
     "PollPolicy",
+    "catalog_parquet",
+    "catalog_rows",
     "clip_key",
     "clip_target",
     "clips_manifest_key",

@@ -50,6 +50,7 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == {
         "assets": [
+            "researcher_clip_catalog",
             "session_asr",
             "session_audio",
             "session_researcher_clips",
@@ -76,6 +77,7 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
             "video_catalog_refresh_sensor",
         ],
         "jobs": [
+            "researcher_clip_catalog_job",
             "session_researcher_clips_job",
             "session_speech_job",
             "session_transcript_job",

@@ -26,10 +26,14 @@ from ut_video_assets.outcomes import utc_now
 from ut_video_assets.priority import SpareBudget
 from ut_video_assets.qxscores import store_qx_scores
 from ut_video_assets.researcher import (
+    CATALOG_COLUMNS,
+    CLIP_CATALOG_KEY,
     CutFetcher,
     CutSettings,
     CutsResult,
     PollPolicy,
+    catalog_parquet,
+    catalog_rows,
     store_session_clips,
     store_test_reels,
 )
@@ -71,6 +75,19 @@ class CutPollingConfig(dg.Config):
             max_errors=self.max_errors,
             budget_wait=self.spare_slot_wait_seconds,
         )
+
+
+def _catalog_behind(instance: dg.DagsterInstance) -> bool:
+    """Clips or reels were materialized after the clip catalog was last built (and no catalog run is pending)."""
+    built = instance.get_latest_materialization_event(researcher_clip_catalog.key)
+    since = built.timestamp if built is not None else 0.0
+    for asset in (session_researcher_clips, test_highlight_reels):
+        latest = instance.get_latest_materialization_event(asset.key)
+        if latest is not None and latest.timestamp > since:
+            return not instance.get_runs(
+                dg.RunsFilter(job_name=researcher_clip_catalog_job.name, statuses=_ACTIVE), limit=1
+            )
+    return False
 
 
 def video_runs_active(instance: dg.DagsterInstance) -> str | None:
@@ -293,6 +310,46 @@ def test_qx_scores(
     return dg.MaterializeResult(metadata=metadata)
 
 
+@dg.asset(
+    deps=[session_researcher_clips, test_highlight_reels],
+    group_name=GROUP,
+    kinds={"pandas", "parquet", "s3"},
+    owners=["team:research-ops"],
+    metadata={
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(name, description=doc) for name, doc in CATALOG_COLUMNS.items()]
+        )
+    },
+)
+def researcher_clip_catalog(context: dg.AssetExecutionContext, storage: VideoStorageResource) -> dg.MaterializeResult:
+    """Every clip and highlight reel the researchers cut, one row each: session or test, name, times, where it is
+    stored, its size and checksums, and whether it is current (`stored`/`unchanged`), `failed` (with the reason)
+    or `deleted_upstream`. Parquet at `{prefix}catalog/researcher_clips.parquet`, built from the `clips.json` and
+    `highlight_reels.json` manifests (no API request, no read of a video)."""
+    try:
+        store = storage.store()
+        rows = catalog_rows(store)
+        key = store.prefix + CLIP_CATALOG_KEY
+        store.put_bytes(key, catalog_parquet(rows), "application/vnd.apache.parquet")
+    except SettingsError as exc:
+        raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
+    except StorageError as exc:
+        raise dg.Failure(f"the clip catalog could not be written: {exc}", allow_retries=True) from None
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[f"{row['kind']}s_{row['status']}"] = counts.get(f"{row['kind']}s_{row['status']}", 0) + 1
+    context.log.info(f"clip catalog: {len(rows)} rows at {store.uri(key)}")
+    return dg.MaterializeResult(
+        metadata={"rows": len(rows), "storage_path": dg.MetadataValue.path(store.uri(key)), **counts}
+    )
+
+
+researcher_clip_catalog_job = dg.define_asset_job(
+    "researcher_clip_catalog_job",
+    selection=dg.AssetSelection.assets(researcher_clip_catalog),
+    description="Rebuild the catalog of every stored clip and highlight reel from their manifests.",
+)
+
 session_researcher_clips_job = dg.define_asset_job(
     "session_researcher_clips_job",
     selection=dg.AssetSelection.assets(session_researcher_clips),
@@ -310,11 +367,12 @@ test_researcher_job = dg.define_asset_job(
 
 @dg.sensor(
     name="researcher_tests_sensor",
-    job=test_researcher_job,
+    jobs=[test_researcher_job, researcher_clip_catalog_job],
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Adds the watched tests as partitions and requests their QX scores and highlight reels when new "
-    "sessions have landed, only while no session_video run is queued or running.",
+    "sessions have landed, only while no session_video run is queued or running; rebuilds the clip catalog when "
+    "clips or reels were stored since it was last built.",
 )
 def researcher_tests_sensor(context: dg.SensorEvaluationContext, api: UserTestingApiResource) -> dg.SensorResult:
     instance = context.instance
@@ -329,8 +387,16 @@ def researcher_tests_sensor(context: dg.SensorEvaluationContext, api: UserTestin
     if not skip:
         for test_id in watched:
             if seen.get(test_id) != sessions:
-                requests.append(dg.RunRequest(partition_key=test_id, run_key=f"researcher:{test_id}:{stamp}"))
+                requests.append(
+                    dg.RunRequest(
+                        partition_key=test_id,
+                        run_key=f"researcher:{test_id}:{stamp}",
+                        job_name=test_researcher_job.name,
+                    )
+                )
                 seen[test_id] = sessions
+    if _catalog_behind(instance):
+        requests.append(dg.RunRequest(run_key=f"clip-catalog:{stamp}", job_name=researcher_clip_catalog_job.name))
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[test_partitions.build_add_request(new_tests)] if new_tests else [],
@@ -339,6 +405,6 @@ def researcher_tests_sensor(context: dg.SensorEvaluationContext, api: UserTestin
     )
 
 
-RESEARCHER_ASSETS = [session_researcher_clips, test_highlight_reels, test_qx_scores]
-RESEARCHER_JOBS = [session_researcher_clips_job, test_researcher_job]
+RESEARCHER_ASSETS = [session_researcher_clips, test_highlight_reels, test_qx_scores, researcher_clip_catalog]
+RESEARCHER_JOBS = [session_researcher_clips_job, test_researcher_job, researcher_clip_catalog_job]
 RESEARCHER_SENSORS = [researcher_tests_sensor]

@@ -136,9 +136,26 @@ def test_qx_scores_and_highlight_reels_per_test_and_a_changed_reel_replaced(pipe
     assert after is not None and after.version != seen.version
     assert stored(pipeline, key) == file_bytes(cuts, reel)
 
+    session = next(s for s in pipeline.sandbox.sessions(interaction) if s.has_video)
+    assert run(pipeline, "session_researcher_clips_job", session.session_id, "session_researcher_clips").success
     with dg.build_sensor_context(instance=pipeline.instance, resources=resources, cursor=requested.cursor) as again:
         quiet = researcher_tests_sensor(again)
-    assert isinstance(quiet, dg.SensorResult) and not quiet.run_requests  # no new session: nothing to refresh
+    assert isinstance(quiet, dg.SensorResult)  # no new session: no test is asked again, but the catalog is behind
+    assert [r.job_name for r in quiet.run_requests or []] == ["researcher_clip_catalog_job"]
+    catalog = pipeline.run_job("researcher_clip_catalog_job")
+    assert (
+        catalog.success and materialization(catalog, "researcher_clip_catalog")["rows"] == 4
+    )  # 2 clips, a reel per test
+    rows = pq.read_table(io.BytesIO(stored(pipeline, "ut/catalog/researcher_clips.parquet"))).to_pylist()
+    by_id = {r["cut_id"]: r for r in rows}
+    assert by_id[reel.cut_id]["kind"] == "reel" and by_id[reel.cut_id]["status"] == "stored"
+    assert by_id[reel.cut_id]["last_updated_ms"] == cuts.reel_listing(reel)["lastUpdatedAtMs"]
+    assert by_id[reel.cut_id]["storage_path"] == pipeline.store.uri(key)
+    for clip in cuts.clips(session):
+        row = by_id[clip.cut_id]
+        assert (row["kind"], row["session_id"], row["name"]) == ("clip", session.session_id, clip.listing["name"])
+        assert (row["start_ms"], row["end_ms"]) == (clip.listing["timeStartMs"], clip.listing["timeEndMs"])
+        assert row["size_bytes"] == cuts.file(clip).total_size and len(row["sha256"]) == 64
     pipeline.sandbox.complete_session(interaction)
     pipeline.tick()
     with dg.build_sensor_context(instance=pipeline.instance, resources=resources, cursor=quiet.cursor) as later:
