@@ -101,7 +101,7 @@ def session_transcript(
     retryable = False
     keys = context.partition_keys
     for number, key in enumerate(keys, start=1):
-        if number > 1 and video_runs_active(context.instance):
+        if video_runs_active(context.instance):
             context.log.info(
                 f"a session_video run is queued or running: stopping after {number - 1} of {len(keys)} "
                 "transcripts (videos first); the rest are requested again later"
