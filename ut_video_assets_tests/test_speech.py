@@ -178,6 +178,22 @@ def test_a_long_audio_file_goes_up_in_parts_and_commits_create_only(video_store:
     assert video_store.backend.head(other) is None  # nothing partial or unverified at the key
 
 
+def test_decoding_beyond_its_memory_limit_fails_the_session_not_the_worker(
+    video_store: VideoStore, tmp_path: Path
+) -> None:
+    video = store_video(video_store, make_clip(SPEECH_SEED))
+    with pytest.raises(AudioError, match="needed more than 64 MiB of memory"):
+        extract_session_audio(
+            video_store,
+            video,
+            test_id=TEST_ID,
+            session_id=SESSION_ID,
+            spool_dir=tmp_path,
+            limits=ProbeLimits(memory_bytes=64 * 1024 * 1024),
+        )
+    assert video_store.backend.head(audio_key(video_store, TEST_ID, SESSION_ID)) is None
+
+
 def test_the_bundled_model_hears_the_spoken_words(video_store: VideoStore, tmp_path: Path) -> None:
     video = store_video(video_store, make_clip(SPEECH_SEED))
     audio = extract_session_audio(video_store, video, test_id=TEST_ID, session_id=SESSION_ID, spool_dir=tmp_path)
