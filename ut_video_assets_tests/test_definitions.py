@@ -73,6 +73,7 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
             "completed_sessions_sensor",
             "failure_alerts_sensor",
             "researcher_tests_sensor",
+            "session_researcher_clips_sensor",
             "session_transcript_sensor",
             "video_catalog_refresh_sensor",
         ],

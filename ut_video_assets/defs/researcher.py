@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from ut_video_assets.defs.assets import GROUP, SESSIONS_PER_RUN, usertesting_session
+from ut_video_assets.defs.assets import GROUP, SESSIONS_PER_RUN, session_video, usertesting_session
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
@@ -365,6 +366,74 @@ test_researcher_job = dg.define_asset_job(
 )
 
 
+CLIPS_FAILURE_COOLDOWN_SECONDS = 600.0
+
+
+def clips_due(instance: dg.DagsterInstance, most: int) -> list[str]:
+    """Up to ``most`` sessions whose video is settled (``session_video`` materialized) and whose clips are not,
+    oldest first, as one contiguous stretch of the partitions' order (one range run covers them)."""
+    settled = instance.get_materialized_partitions(session_video.key)
+    done = instance.get_materialized_partitions(session_researcher_clips.key)
+    chunk: list[str] = []
+    for key in instance.get_dynamic_partitions(session_partitions.name or "session_ids"):
+        if key in settled and key not in done:
+            chunk.append(key)
+            if len(chunk) >= most:
+                break
+        elif chunk:
+            break
+    return chunk
+
+
+def _clip_runs(instance: dg.DagsterInstance, statuses: list[dg.DagsterRunStatus]) -> list[dg.DagsterRun]:
+    filters = dg.RunsFilter(tags={BACKGROUND_TAG: "researcher_clips"}, statuses=statuses)
+    return list(instance.get_runs(filters, limit=1))
+
+
+def _why_no_clip_run(instance: dg.DagsterInstance) -> str | None:
+    """Why no clip run may start now, whatever the budget says (None: it may)."""
+    busy = video_runs_active(instance)
+    if busy:
+        return busy
+    if _clip_runs(instance, _ACTIVE):
+        return "a session_researcher_clips run is already queued or running"
+    failed = _clip_runs(instance, [dg.DagsterRunStatus.FAILURE])
+    record = instance.get_run_record_by_id(failed[0].run_id) if failed else None
+    if record is not None and (record.end_time or 0.0) + CLIPS_FAILURE_COOLDOWN_SECONDS > time.time():
+        return "the last session_researcher_clips run failed; asking again after a cool-down"
+    return None
+
+
+@dg.sensor(
+    name="session_researcher_clips_sensor",
+    job=session_researcher_clips_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests session_researcher_clips runs for sessions whose video is settled, one run at a time, "
+    "only while no session_video run is queued or running and the API budget has slots to spare.",
+)
+def session_researcher_clips_sensor(
+    context: dg.SensorEvaluationContext, api: UserTestingApiResource, downloads: DownloadSettingsResource
+) -> dg.RunRequest | dg.SkipReason:
+    instance = context.instance
+    busy = _why_no_clip_run(instance)
+    if busy:
+        return dg.SkipReason(busy)
+    keys = clips_due(instance, downloads.batch_size())
+    if not keys:
+        return dg.SkipReason("every settled session has its clips recorded")
+    spare = SpareBudget(api.client.budget)
+    if spare.headroom() < 1:
+        return dg.SkipReason(f"no spare Results API budget ({spare.reserve} requests of each window kept for videos)")
+    stamp = int(time.time())
+    if len(keys) == 1:
+        return dg.RunRequest(partition_key=keys[0], run_key=f"clips:{keys[0]}:{stamp}")
+    return dg.RunRequest(
+        run_key=f"clips:{keys[0]}...{keys[-1]}:{stamp}",
+        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+    )
+
+
 @dg.sensor(
     name="researcher_tests_sensor",
     jobs=[test_researcher_job, researcher_clip_catalog_job],
@@ -407,4 +476,4 @@ def researcher_tests_sensor(context: dg.SensorEvaluationContext, api: UserTestin
 
 RESEARCHER_ASSETS = [session_researcher_clips, test_highlight_reels, test_qx_scores, researcher_clip_catalog]
 RESEARCHER_JOBS = [session_researcher_clips_job, test_researcher_job, researcher_clip_catalog_job]
-RESEARCHER_SENSORS = [researcher_tests_sensor]
+RESEARCHER_SENSORS = [researcher_tests_sensor, session_researcher_clips_sensor]

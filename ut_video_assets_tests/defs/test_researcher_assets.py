@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ut_video_assets.definitions import build_defs
-from ut_video_assets.defs.researcher import researcher_tests_sensor
+from ut_video_assets.defs.researcher import researcher_tests_sensor, session_researcher_clips_sensor
 from ut_video_assets.qxscores import qx_key
 from ut_video_assets.researcher import clip_key, reel_key
 from ut_video_assets.sandbox.researcher import Cut, Cuts, CutsConfig, cuts_of
@@ -162,3 +162,22 @@ def test_qx_scores_and_highlight_reels_per_test_and_a_changed_reel_replaced(pipe
         landed = researcher_tests_sensor(later)
     assert isinstance(landed, dg.SensorResult)
     assert sorted(str(r.partition_key) for r in landed.run_requests or []) == sorted([interaction, other])
+
+
+def test_the_clips_sensor_asks_for_sessions_whose_video_is_settled(pipeline: Pipeline, cuts: Cuts) -> None:
+    pipeline.tick()
+    resources = {name: (pipeline.defs.resources or {})[name] for name in ("api", "downloads")}
+
+    def evaluate() -> Any:
+        with dg.build_sensor_context(instance=pipeline.instance, resources=resources) as context:
+            return session_researcher_clips_sensor(context)
+
+    assert isinstance(evaluate(), dg.SkipReason)  # no video settled yet: nothing to ask for
+    session = next(s for s in pipeline.sandbox.sessions() if s.has_video)
+    assert pipeline.materialize(session.session_id).success
+    request = evaluate()
+    assert isinstance(request, dg.RunRequest) and request.partition_key == session.session_id
+    job = pipeline.defs.resolve_job_def("session_researcher_clips_job")
+    assert job.tags["dagster/priority"] == "-10"  # queued below video runs
+    assert run(pipeline, "session_researcher_clips_job", session.session_id, "session_researcher_clips").success
+    assert isinstance(evaluate(), dg.SkipReason)
