@@ -36,7 +36,14 @@ from ut_video_assets.defs.sensors import (
     video_catalog_job,
     video_catalog_refresh_sensor,
 )
-from ut_video_assets.defs.speech import SpeechSettingsResource, session_asr, session_audio, session_speech_job
+from ut_video_assets.defs.speech import (
+    SpeechSettingsResource,
+    session_asr,
+    session_audio,
+    session_speech_job,
+    session_speech_sensor,
+    stored_video_or_none,
+)
 from ut_video_assets.defs.transcripts import session_transcript, session_transcript_job, session_transcript_sensor
 
 
@@ -74,6 +81,7 @@ def build_defs() -> dg.Definitions:
             completed_sessions_sensor,
             video_catalog_refresh_sensor,
             failure_alerts_sensor,
+            session_speech_sensor,
             session_transcript_sensor,
             *RESEARCHER_SENSORS,
         ],
@@ -84,6 +92,7 @@ def build_defs() -> dg.Definitions:
             "downloads": DownloadSettingsResource(**_from_env(DownloadSettingsResource)),
             "video_io_manager": SessionVideoIOManager(storage=storage),
             "speech": SpeechSettingsResource(**_from_env(SpeechSettingsResource)),
+            "speech_video_input": stored_video_or_none,
         },
         # Steps run inside the run worker instead of a subprocess each, saving a Python start-up (~1.5 s CPU
         # and ~230 MiB) per step of every run.

@@ -58,9 +58,34 @@ def _test_id(context: dg.AssetExecutionContext, session_id: str) -> str:
     return record.test_id
 
 
+VIDEO_ASSET_KEY = dg.AssetKey("session_video")
+
+
+def _latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str) -> dict[str, Any] | None:
+    """The metadata of the partition's latest materialization of ``asset`` (None when it has none)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    return {name: value.value for name, value in records[0].asset_materialization.metadata.items()}
+
+
+@dg.input_manager(required_resource_keys={"video_io_manager"})
+def stored_video_or_none(context: dg.InputContext) -> StoredVideo | None:
+    """``session_video``'s IO manager loads the session's `StoredVideo`; None for a session that UserTesting
+    has no video for (its latest materialization says ``has_video: false``), so its audio is "no video"
+    instead of a failure in a backfill over every session."""
+    latest = _latest_metadata(context.instance, VIDEO_ASSET_KEY, context.asset_partition_key)
+    if latest is not None and latest.get("has_video") is False:
+        return None
+    video: StoredVideo = context.resources.video_io_manager.load_input(context)
+    return video
+
+
 @dg.asset(
     partitions_def=session_partitions,
-    ins={"video": dg.AssetIn(key="session_video")},
+    ins={"video": dg.AssetIn(key="session_video", input_manager_key="speech_video_input")},
     group_name=GROUP,
     kinds={"audio"},
     owners=["team:research-ops"],
@@ -69,7 +94,7 @@ def _test_id(context: dg.AssetExecutionContext, session_id: str) -> str:
 )
 def session_audio(
     context: dg.AssetExecutionContext,
-    video: StoredVideo,
+    video: StoredVideo | None,
     storage: VideoStorageResource,
     downloads: DownloadSettingsResource,
 ) -> dg.MaterializeResult[Any]:
@@ -78,10 +103,18 @@ def session_audio(
     Decoded from the stored video, read from the store range by range (never the whole video in memory), in a
     child process with the probe's limits (`UT_PROBE_MEMORY_MIB`, `UT_PROBE_TIMEOUT_SECONDS`), and stored next
     to it as `audio.flac` (committed with its checksum like the video; nothing partial is ever visible). A video
-    without an audio track is recorded as such (`audio_status: no_audio_track`), not as a failure. Extracted again
-    only when the video changed.
+    without an audio track is recorded as such (`audio_status: no_audio_track`), not as a failure, and so is a
+    session UserTesting has no video for (`no_video`). Extracted again only when the video changed.
     """
     session_id = context.partition_key
+    if video is None:
+        return dg.MaterializeResult(
+            metadata={
+                "audio_status": "no_video",
+                "has_audio": False,
+                "what_it_means": "UserTesting has no video for this session (session_video: no_video)",
+            }
+        )
     try:
         store = storage.store()
         spool, limits = downloads.spool_path(), downloads.probe_limits()
@@ -125,14 +158,9 @@ def session_audio(
 
 
 def _audio_recorded_missing(instance: dg.DagsterInstance, session_id: str) -> bool:
-    """``session_audio``'s latest materialization of the session says its video has no audio track."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=AUDIO_ASSET_KEY, asset_partitions=[session_id]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return False
-    value = records[0].asset_materialization.metadata.get("has_audio")
-    return value is not None and value.value is False
+    """``session_audio``'s latest materialization of the session says it has no audio (no track, no video)."""
+    latest = _latest_metadata(instance, AUDIO_ASSET_KEY, session_id)
+    return latest is not None and latest.get("has_audio") is False
 
 
 def _fetch_verified(store: VideoStore, key: str, sha256: str, into: Path) -> None:
@@ -237,7 +265,6 @@ session_speech_job = dg.define_asset_job(
 )
 
 
-VIDEO_ASSET_KEY = dg.AssetKey("session_video")
 SPEECH_SENSOR_BATCH = 200
 
 

@@ -136,3 +136,9 @@ def test_the_speech_sensor_requests_sessions_whose_video_was_stored(pipeline: Pi
     stored_video(pipeline, spoken)
     again = evaluate(first.cursor)
     assert [r.run_key for r in again.run_requests or []] == [r.run_key for r in first.run_requests or []]
+
+    # a session without a video: no audio and no transcript, recorded as such
+    result = pipeline.run_job("session_speech_job", partition_key=no_video.session_id)
+    assert result.success
+    assert metadata_of(result, "session_audio")["audio_status"] == "no_video"
+    assert metadata_of(result, "session_asr") == {"asr_status": "no_audio", "has_asr": False}
