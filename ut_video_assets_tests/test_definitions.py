@@ -74,6 +74,7 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
             "failure_alerts_sensor",
             "researcher_tests_sensor",
             "session_researcher_clips_sensor",
+            "session_speech_sensor",
             "session_transcript_sensor",
             "video_catalog_refresh_sensor",
         ],
