@@ -24,8 +24,9 @@ ever costs the background caller (it may end up with fewer than ``reserve`` slot
 sensor keeps background runs to one at a time, so at most one background request is ever racing.
 
 Reusable: any background fetcher (transcripts now; researcher clips and highlight reels, issue #18) wraps the
-shared budget in a `SpareBudget` and builds its `ResultsApiClient` on it (`ResultsApiClient.with_budget`).
-Nothing here knows about Dagster.
+shared budget in a `SpareBudget` and builds its `ResultsApiClient` on it (`ResultsApiClient.with_budget`); in the
+Dagster layer, `ut_video_assets.defs.background` has rule 1 (`busy_reason`, `spare_budget_reason`, the job tags)
+and the client (`spare_client`). Nothing here knows about Dagster.
 """
 
 from __future__ import annotations

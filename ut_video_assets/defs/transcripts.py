@@ -20,13 +20,19 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from ut_video_assets.defs.assets import GROUP, SESSIONS_PER_RUN, session_video
+from ut_video_assets.defs.background import (
+    background_tags,
+    busy_reason,
+    spare_budget_reason,
+    spare_client,
+    video_runs_active,
+)
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
 from ut_video_assets.ingest import SessionRef
 from ut_video_assets.outcomes import utc_now
-from ut_video_assets.priority import SpareBudget
-from ut_video_assets.settings import DOWNLOAD_TAG, Settings, SettingsError
+from ut_video_assets.settings import Settings, SettingsError
 from ut_video_assets.storage import StorageError
 from ut_video_assets.transcripts import (
     InvalidTranscript,
@@ -40,12 +46,10 @@ from ut_video_assets.usertesting.errors import RETRYABLE, ApiError, BudgetExhaus
 
 log = logging.getLogger(__name__)
 
-BACKGROUND_TAG = "ut_video_assets/background"
+KIND = "transcripts"
 PARTITIONS_NAME = "session_ids"
 # How long one transcript request may wait for a spare slot before the run stops and leaves the rest for later.
 SPARE_SLOT_WAIT_SECONDS = 30.0
-# After a transcript run failed (API down, store down), the sensor waits this long before asking again.
-FAILURE_COOLDOWN_SECONDS = 600.0
 SENSOR_INTERVAL_SECONDS = 30
 
 
@@ -57,14 +61,6 @@ def _running_by_default() -> bool:
     except SettingsError as exc:
         log.error("%s; transcripts stay on until it is fixed", exc)
         return True
-
-
-_ACTIVE = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 @dg.asset(
@@ -94,7 +90,7 @@ def session_transcript(
     """
     try:
         store = storage.store()
-        client = api.client.with_budget(SpareBudget(api.client.budget))
+        client = spare_client(api)
     except SettingsError as exc:
         raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
     failures: dict[str, str] = {}
@@ -171,19 +167,9 @@ def transcript_metadata(outcome: TranscriptOutcome) -> dict[str, Any]:
 session_transcript_job = dg.define_asset_job(
     "session_transcript_job",
     selection=dg.AssetSelection.assets(session_transcript),
-    # Below video runs in the run queue (the default priority is 0): a queued video run starts first.
-    tags={BACKGROUND_TAG: "transcripts", "dagster/priority": "-10"},
+    tags=background_tags(KIND),  # found by the sensor, and queued below video runs
     description="Fetch the Results API's transcripts of sessions whose video is settled, with spare budget only.",
 )
-
-
-def video_runs_active(instance: dg.DagsterInstance) -> bool:
-    """A session_video run is queued or running (it may need the budget any moment)."""
-    return bool(instance.get_runs(dg.RunsFilter(tags={DOWNLOAD_TAG: "true"}, statuses=_ACTIVE), limit=1))
-
-
-def _background_runs(instance: dg.DagsterInstance, statuses: list[dg.DagsterRunStatus]) -> list[dg.DagsterRun]:
-    return list(instance.get_runs(dg.RunsFilter(tags={BACKGROUND_TAG: "transcripts"}, statuses=statuses), limit=1))
 
 
 def transcripts_due(instance: dg.DagsterInstance, most: int) -> list[str]:
@@ -206,25 +192,6 @@ def transcripts_due(instance: dg.DagsterInstance, most: int) -> list[str]:
     return chunk
 
 
-def _why_not_now(instance: dg.DagsterInstance) -> str | None:
-    """Why no transcript run may start now, whatever the budget says (None: it may)."""
-    if video_runs_active(instance):
-        return (
-            "videos first: session_video runs are queued or running, and transcripts may use only the Results API "
-            "budget their video URLs leave free"
-        )
-    if _background_runs(instance, _ACTIVE):
-        return "a session_transcript run is already queued or running"
-    failed = _background_runs(instance, [dg.DagsterRunStatus.FAILURE])
-    if failed:
-        record = instance.get_run_record_by_id(failed[0].run_id)
-        ended = record.end_time if record is not None and record.end_time else 0.0
-        wait = ended + FAILURE_COOLDOWN_SECONDS - time.time()
-        if wait > 0:
-            return f"the last session_transcript run failed; asking again in {wait:.0f} s"
-    return None
-
-
 @dg.sensor(
     name="session_transcript_sensor",
     job=session_transcript_job,
@@ -237,20 +204,15 @@ def session_transcript_sensor(
     context: dg.SensorEvaluationContext, api: UserTestingApiResource, downloads: DownloadSettingsResource
 ) -> dg.RunRequest | dg.SkipReason:
     instance = context.instance
-    busy = _why_not_now(instance)
+    busy = busy_reason(instance, KIND)
     if busy:
         return dg.SkipReason(busy)
     keys = transcripts_due(instance, downloads.batch_size())
     if not keys:
         return dg.SkipReason("every settled session has its transcript recorded")
-    spare = SpareBudget(api.client.budget)
-    usage = spare.usage()
-    if spare.headroom(usage) < 1:
-        return dg.SkipReason(
-            f"no spare Results API budget: {usage.used} of {usage.limit} requests used in the window, "
-            f"{spare.reserve} kept for video URLs"
-            + (f", back-off {usage.backoff_remaining_seconds:.0f} s" if usage.backoff_remaining_seconds > 0 else "")
-        )
+    short = spare_budget_reason(api)
+    if short:
+        return dg.SkipReason(short)
     stamp = int(time.time())
     if len(keys) == 1:
         return dg.RunRequest(partition_key=keys[0], run_key=f"transcript:{keys[0]}:{stamp}")

@@ -11,7 +11,8 @@ from dagster._core.utils import make_new_run_id
 
 from ut_video_assets.catalog import read_parquet_bytes
 from ut_video_assets.definitions import build_defs
-from ut_video_assets.defs.transcripts import BACKGROUND_TAG, session_transcript_sensor
+from ut_video_assets.defs.background import BACKGROUND_TAG
+from ut_video_assets.defs.transcripts import session_transcript_sensor
 from ut_video_assets.ratelimit import SqliteBudget
 from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets.settings import DOWNLOAD_TAG
