@@ -64,7 +64,12 @@ from ut_video_assets.storage import SHA256_LABEL, VideoStore, ascii_metadata
 from ut_video_assets.transfer import TransferPolicy, download_video
 from ut_video_assets.upload import StreamingUpload
 from ut_video_assets.usertesting.cuts import Clip, ClipList, CutLink, HighlightReel, ReelList
-from ut_video_assets.usertesting.errors import BudgetExhaustedError, NotFoundError
+from ut_video_assets.usertesting.errors import (
+    BadRequestError,
+    BudgetExhaustedError,
+    MalformedResponseError,
+    NotFoundError,
+)
 from ut_video_assets.usertesting.models import VideoUrl
 
 log = logging.getLogger(__name__)
@@ -302,9 +307,13 @@ class CutFetcher:
         counts = {"requests": 0, "polls": 0, "errors": 0}
         try:
             return self._fetch(target, request, precondition, replacing=existing is not None, counts=counts)
+        except (MalformedResponseError, BadRequestError) as exc:
+            # The same answer would come back: this cut fails, the others go on.
+            failure = CutFailedError(f"{target.kind} {target.cut_id}: {exc}", reason=_api_reason(exc))
         except CutFailedError as exc:
-            self._report(f"{target.kind} {target.cut_id}: failed ({exc.reason}): {exc}")
-            return self._outcome(target, "failed", None, reason=exc.reason, detail=str(exc), **counts)
+            failure = exc
+        self._report(f"{target.kind} {target.cut_id}: failed ({failure.reason}): {failure}")
+        return self._outcome(target, "failed", None, reason=failure.reason, detail=str(failure), **counts)
 
     def _current(self, target: CutTarget, existing: ObjectInfo) -> bool:
         if existing.metadata.get(FINGERPRINT_META) != target.fingerprint:
@@ -487,6 +496,10 @@ class CutFetcher:
                 )
             )
         return gone
+
+
+def _api_reason(exc: Exception) -> str:
+    return "malformed" if isinstance(exc, MalformedResponseError) else "bad_request"
 
 
 def _as_cut_failure(target: CutTarget, exc: BaseException) -> BaseException:

@@ -2,6 +2,8 @@
 download faults through its proxy), the real client and the embedded store. Back-off waits are recorded, not slept."""
 
 import json
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,8 +141,9 @@ def test_error_once_then_stored_and_error_every_time_recorded_failed(
 
 
 def test_a_link_that_expires_mid_download_is_asked_for_again_and_the_clip_resumes(
-    sandbox: Sandbox, cuts: Cuts, api_client: ResultsApiClient, fetcher: CutFetcher
+    sandbox: Sandbox, cuts: Cuts, api_client: ResultsApiClient, fetcher: CutFetcher, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     session = session_with_video(sandbox)
     clip = cuts.clips(session)[0]
     cuts.configure(clip, generating_polls=0, link_lifetime_seconds=1)
@@ -156,6 +159,24 @@ def test_a_link_that_expires_mid_download_is_asked_for_again_and_the_clip_resume
     assert any(r["sessionId"] == clip.cut_id and r["status"] == 206 for r in stats["rangeRequests"])
     assert stored_bytes(fetcher.store, clip_key(fetcher.store, session.test_id, session.session_id, clip.cut_id)) == (
         file_bytes(cuts, clip)
+    )
+    assert "expired" in caplog.text  # the expiry was seen and logged...
+    assert not re.search(r"X-Amz-Signature=[0-9a-f]{8}", caplog.text)  # ...never the link's signature
+    assert sandbox.store.access_key not in caplog.text
+
+
+def test_a_malformed_answer_fails_that_clip_only(
+    sandbox: Sandbox, cuts: Cuts, api_client: ResultsApiClient, fetcher: CutFetcher
+) -> None:
+    session = session_with_video(sandbox)
+    first, second = cuts.clips(session)
+    sandbox.add_fault(kind="html_body", endpoint="clip", session_id=session.session_id, times=1)
+    result = store_session_clips(api_client, fetcher, session.test_id, session.session_id)
+    by_id = {o.cut_id: o for o in result.outcomes}
+    assert by_id[first.cut_id].status == "failed" and by_id[first.cut_id].reason == "malformed"
+    assert by_id[second.cut_id].status == "stored"
+    assert (
+        fetcher.store.backend.head(clip_key(fetcher.store, session.test_id, session.session_id, first.cut_id)) is None
     )
 
 

@@ -41,6 +41,7 @@ from ut_video_assets.researcher import (
 from ut_video_assets.settings import DOWNLOAD_TAG, SettingsError
 from ut_video_assets.storage import StorageError
 from ut_video_assets.usertesting import ApiError, BudgetExhaustedError, ResultsApiClient
+from ut_video_assets.usertesting.errors import RETRYABLE
 
 test_partitions = dg.DynamicPartitionsDefinition(name="test_ids")
 """Keys are test UUIDs (lower case), added by `researcher_tests_sensor` from ``UT_TEST_IDS``."""
@@ -217,7 +218,7 @@ def session_researcher_clips(
             except (ApiError, StorageError) as exc:
                 context.log.error(f"session {key}: clips failed: {exc}")
                 failed[key] = str(exc)
-                retryable = True
+                retryable = retryable or isinstance(exc, (*RETRYABLE, StorageError))
                 continue
             for outcome in result.failed:
                 failed[f"clip {outcome.cut_id} of session {key}"] = f"{outcome.reason}: {outcome.detail}"
