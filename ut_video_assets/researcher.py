@@ -422,7 +422,8 @@ class CutFetcher:
         try:
             info = pending.commit(size=download.size, checksums=download.checksums, precondition=precondition)
         except PreconditionFailedError as exc:
-            raise CutFailedError(str(exc), reason="conflict") from None
+            pending.abort()  # another writer got there first: its object stands, ours is discarded
+            raise CutFailedError(f"{target.kind} {target.cut_id}: {exc}", reason="conflict") from None
         except BaseException:
             pending.abort()
             raise

@@ -15,6 +15,7 @@ from ut_video_assets.researcher import (
     CutSettings,
     PollPolicy,
     clip_key,
+    clip_target,
     clips_manifest_key,
     reel_key,
     reels_manifest_key,
@@ -27,6 +28,7 @@ from ut_video_assets.sandbox.server import Sandbox
 from ut_video_assets.storage import VideoStore
 from ut_video_assets.transfer import TransferPolicy
 from ut_video_assets.usertesting import ResultsApiClient
+from ut_video_assets.usertesting.cuts import Clip, CutLink
 
 
 @pytest.fixture
@@ -178,6 +180,27 @@ def test_a_malformed_answer_fails_that_clip_only(
     assert (
         fetcher.store.backend.head(clip_key(fetcher.store, session.test_id, session.session_id, first.cut_id)) is None
     )
+
+
+def test_another_writer_first_wins_and_the_clip_is_recorded_as_a_conflict(
+    sandbox: Sandbox, cuts: Cuts, api_client: ResultsApiClient, fetcher: CutFetcher
+) -> None:
+    session = session_with_video(sandbox)
+    clip = cuts.clips(session)[0]
+    cuts.configure(clip, generating_polls=0)
+    store = fetcher.store
+    key = clip_key(store, session.test_id, session.session_id, clip.cut_id)
+    target = clip_target(store, session.test_id, Clip.from_api(clip.listing, session.session_id))
+
+    def racing_request() -> CutLink:
+        # Another writer stores the key after our HEAD found it empty, before our commit.
+        store.backend.put_bytes(key, b"another writer's file", "video/mp4")
+        return api_client.get_clip(session.session_id, clip.cut_id)
+
+    outcome = fetcher.store_cut(target, racing_request)
+    assert outcome.status == "failed" and outcome.reason == "conflict"
+    assert stored_bytes(store, key) == b"another writer's file"  # never overwritten
+    assert store.backend.pending_uploads(key) == []  # our parts were discarded
 
 
 def test_a_clip_deleted_upstream_is_reported_and_a_changed_one_replaced(
