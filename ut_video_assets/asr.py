@@ -88,6 +88,17 @@ class Transcription:
     def word_count(self) -> int:
         return sum(len(s.get("words") or []) for s in self.segments)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Transcription:
+        """What `to_json` (or the child process) wrote; `KeyError` / `ValueError` / `TypeError` when it is not."""
+        return cls(
+            model=str(data["model"]),
+            language=str(data["language"]),
+            language_probability=float(data["language_probability"]),
+            duration_seconds=float(data["duration_seconds"]),
+            segments=list(data["segments"]),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -119,13 +130,7 @@ def transcribe_isolated(audio: Path, model: str, *, timeout_seconds: float, thre
             lines = done.stderr.decode(errors="replace").strip().splitlines()
             raise AsrError(f"transcription failed (exit {done.returncode}): {(lines or ['no message'])[-1][:300]}")
         data = json.loads(out.read_text())
-    return Transcription(
-        model=str(data["model"]),
-        language=str(data["language"]),
-        language_probability=float(data["language_probability"]),
-        duration_seconds=float(data["duration_seconds"]),
-        segments=list(data["segments"]),
-    )
+    return Transcription.from_json(data)
 
 
 def _child_main(argv: list[str]) -> int:

@@ -17,6 +17,7 @@ from ut_video_assets.asr import (
     ASR_VTT_NAME,
     AsrError,
     AsrUnavailableError,
+    Transcription,
     require_asr,
     resolve_model,
     to_webvtt,
@@ -193,8 +194,9 @@ def session_asr(
     Needs the optional extra `pip install 'ut-video-assets[asr]'` (a run without it fails saying so). Stored next
     to the video as `asr.vtt` (WebVTT, a cue per segment) and `asr.json` (segments with each word's timing and
     probability). When the Results API's transcript (`transcript.vtt`) is stored too, the word error rate
-    between the two is recorded (`wer_vs_api_transcript`). A session whose video has no audio track is recorded
-    as such (`asr_status: no_audio`).
+    between the two is recorded (`wer_vs_api_transcript`; computed again on every run, as the API's transcript
+    may arrive later). A session whose video has no audio track is recorded as such (`asr_status: no_audio`).
+    Transcribed again only when the audio or `UT_ASR_MODEL` changed (`asr_status: already_transcribed`).
     """
     session_id = context.partition_key
     try:
@@ -211,22 +213,18 @@ def session_asr(
         if _audio_recorded_missing(context.instance, session_id):
             return dg.MaterializeResult(metadata={"asr_status": "no_audio", "has_asr": False})
         raise dg.Failure(f"session {session_id} has no audio at {store.uri(key)}: materialize session_audio first")
-    duration = float(info.metadata.get("duration-seconds") or 0)
-    with tempfile.TemporaryDirectory(prefix="ut-asr-", dir=spool) as folder:
-        flac = Path(folder) / "audio.flac"
-        _fetch_verified(store, key, info.metadata.get("sha256", ""), flac)
-        try:
-            # CPU speech-to-text runs at a fraction of real time even on the smaller models; the bound catches a
-            # stuck process, not a slow one.
-            transcription = transcribe_isolated(flac, model, timeout_seconds=600 + 4 * duration)
-        except AsrError as exc:
-            raise dg.Failure(f"session {session_id}: {exc}", allow_retries=False) from None
     prefix = store.session_prefix(test_id, session_id)
-    vtt = to_webvtt(transcription)
-    store.put_bytes(prefix + ASR_JSON_NAME, json.dumps(transcription.to_json()).encode(), "application/json")
-    store.put_bytes(prefix + ASR_VTT_NAME, vtt.encode(), "text/vtt; charset=utf-8")
+    audio_sha256 = info.metadata.get("sha256", "")
+    transcription = _previous_transcription(store, prefix, audio_sha256, model)
+    status = "already_transcribed"
+    if transcription is None:
+        status = "transcribed"
+        transcription = _transcribe(store, key, audio_sha256, model, spool, info.metadata, session_id)
+        body = {**transcription.to_json(), "audio_sha256": audio_sha256, "model_source": model}
+        store.put_bytes(prefix + ASR_JSON_NAME, json.dumps(body).encode(), "application/json")
+        store.put_bytes(prefix + ASR_VTT_NAME, to_webvtt(transcription).encode(), "text/vtt; charset=utf-8")
     metadata: dict[str, Any] = {
-        "asr_status": "transcribed",
+        "asr_status": status,
         "has_asr": True,
         "storage_path": dg.MetadataValue.path(store.uri(prefix + ASR_VTT_NAME)),
         "segments_path": dg.MetadataValue.path(store.uri(prefix + ASR_JSON_NAME)),
@@ -239,6 +237,40 @@ def session_asr(
     }
     metadata.update(_compare_with_api_transcript(store, prefix, transcription.text))
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _previous_transcription(store: VideoStore, prefix: str, audio_sha256: str, model: str) -> Transcription | None:
+    """The stored transcript when it was made from this very audio (same SHA-256) with this model, else None."""
+    previous = store.get_json(prefix + ASR_JSON_NAME)
+    if not isinstance(previous, dict) or not audio_sha256 or not store.object_exists(prefix + ASR_VTT_NAME):
+        return None
+    if (previous.get("audio_sha256"), previous.get("model_source")) != (audio_sha256, model):
+        return None
+    try:
+        return Transcription.from_json(previous)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _transcribe(
+    store: VideoStore,
+    key: str,
+    audio_sha256: str,
+    model: str,
+    spool: Path,
+    audio_metadata: dict[str, str],
+    session_id: str,
+) -> Transcription:
+    duration = float(audio_metadata.get("duration-seconds") or 0)
+    with tempfile.TemporaryDirectory(prefix="ut-asr-", dir=spool) as folder:
+        flac = Path(folder) / "audio.flac"
+        _fetch_verified(store, key, audio_sha256, flac)
+        try:
+            # CPU speech-to-text runs at a fraction of real time even on the smaller models; the bound catches a
+            # stuck process, not a slow one.
+            return transcribe_isolated(flac, model, timeout_seconds=600 + 4 * duration)
+        except AsrError as exc:
+            raise dg.Failure(f"session {session_id}: {exc}", allow_retries=False) from None
 
 
 def _compare_with_api_transcript(store: VideoStore, prefix: str, text: str) -> dict[str, Any]:

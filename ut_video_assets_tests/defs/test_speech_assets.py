@@ -88,11 +88,13 @@ def test_audio_and_asr_of_a_spoken_session_and_of_one_without_audio(pipeline: Pi
     assert frame.loc[spoken.session_id, ["has_audio", "has_asr"]].tolist() == [True, True]
     assert frame.loc[silent.session_id, ["has_audio", "has_asr"]].tolist() == [False, False]
 
-    # again: the audio is not extracted twice from the same video
-    again = pipeline.run_job(
-        "session_speech_job", partition_key=spoken.session_id, asset_selection=[dg.AssetKey("session_audio")]
-    )
+    # again: neither extracted nor transcribed twice from the same video and model; the WER is still there
+    again = pipeline.run_job("session_speech_job", partition_key=spoken.session_id)
     assert metadata_of(again, "session_audio")["audio_status"] == "already_extracted"
+    repeated = metadata_of(again, "session_asr")
+    assert repeated["asr_status"] == "already_transcribed"
+    assert repeated["wer_vs_api_transcript"] == asr["wer_vs_api_transcript"]
+    assert pipeline.store.read_bytes(prefix + "asr.vtt").decode() == vtt
 
 
 def test_without_the_asr_extra_the_run_says_which_extra(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
