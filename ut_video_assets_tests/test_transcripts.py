@@ -2,14 +2,16 @@
 
 import json
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 
 from ut_video_assets.ingest import SessionRef
 from ut_video_assets.priority import SpareBudget, default_reserve
-from ut_video_assets.ratelimit import SqliteBudget
+from ut_video_assets.ratelimit import PostgresBudget, RedisBudget, RequestBudget, SqliteBudget
 from ut_video_assets.sandbox.server import Sandbox
 from ut_video_assets.storage import VideoStore
 from ut_video_assets.transcripts import (
@@ -110,6 +112,39 @@ def test_background_requests_never_take_the_slots_kept_for_videos(tmp_path: Path
         assert budget.usage().used == 10
     finally:
         budget.close()
+
+
+def _spare_slots_hold(budget: RequestBudget) -> None:
+    spare = SpareBudget(budget, poll_seconds=0.05)
+    for _ in range(7):
+        spare.acquire(max_wait=0)
+    with pytest.raises(BudgetExhaustedError, match="3 kept for video URLs"):
+        spare.acquire(max_wait=0.3)
+    assert budget.usage().used == 7
+    for _ in range(3):
+        budget.acquire(max_wait=0)
+    assert budget.usage().used == 10
+
+
+def test_the_reserve_holds_on_a_postgres_budget(postgres_url: str) -> None:
+    budget = PostgresBudget(postgres_url, 10, 60, name=f"spare_{uuid.uuid4().hex[:10]}")
+    try:
+        _spare_slots_hold(budget)
+    finally:
+        budget.close()
+
+
+def test_the_reserve_holds_on_a_redis_budget(redis_url: str) -> None:
+    name = f"spare-{uuid.uuid4().hex[:10]}"
+    budget = RedisBudget(redis_url, 10, 60, name=name)
+    try:
+        _spare_slots_hold(budget)
+    finally:
+        budget.close()
+        with redis.Redis.from_url(redis_url) as client:
+            keys = list(client.scan_iter(match=f"ut_video_assets:budget:{name}:*"))
+            if keys:
+                client.delete(*keys)
 
 
 def test_background_requests_wait_out_a_back_off(tmp_path: Path) -> None:
