@@ -106,7 +106,8 @@ def parse_webvtt(body: bytes, *, content_language: str | None = None) -> tuple[T
     lines = text.split("\n")
     first = lines[0]
     if not (first == "WEBVTT" or first.startswith(("WEBVTT ", "WEBVTT\t"))):
-        raise TranscriptFormatError(f"line 1 is {first[:40]!r}, not the WEBVTT signature", "malformed")
+        shown = first[:16] if first[:16].isascii() and first[:16].isprintable() else "other text"
+        raise TranscriptFormatError(f"line 1 starts {shown!r}, not the WEBVTT signature", "malformed")
     blocks = _blocks(lines)
     header = blocks.pop(0)[1] if blocks and blocks[0][0] == 1 else [first]
     language = _header_language(header[1:]) or _language(content_language)
@@ -154,9 +155,9 @@ def _cue(line_number: int, block: list[str], previous: Cue | None) -> Cue:
     timing = block[timing_at]
     match = _TIMING.match(timing.strip())
     if match is None:
+        # The line itself is not quoted: it may be what a participant said (the metadata is shown to every UI user).
         raise TranscriptFormatError(
-            f"line {line_number + timing_at}: {timing[:60]!r} is not a cue timing (hh:mm:ss.ttt --> hh:mm:ss.ttt)",
-            "malformed",
+            f"line {line_number + timing_at}: not a cue timing (expected hh:mm:ss.ttt --> hh:mm:ss.ttt)", "malformed"
         )
     start, end = _seconds(match.groups()[:4]), _seconds(match.groups()[4:])
     where = f"line {line_number + timing_at}"
