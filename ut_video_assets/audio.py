@@ -72,6 +72,17 @@ class NoAudioTrack:
     video_uri: str
 
 
+READ_RATE = 8 * 1024 * 1024
+"""Bytes a second the extraction is given to read the video: the child demuxes all of it (audio packets sit
+between the video's), so a two-hour session of 2 GB needs minutes where a probe needs seconds."""
+
+
+def extraction_limits(limits: ProbeLimits | None, size: int) -> ProbeLimits:
+    """The probe's limits, with time added for reading a video of ``size`` bytes at `READ_RATE`."""
+    limits = limits or ProbeLimits()
+    return ProbeLimits(seconds=limits.seconds + size / READ_RATE, memory_bytes=limits.memory_bytes)
+
+
 def audio_key(store: VideoStore, test_id: str, session_id: str) -> str:
     return store.session_prefix(test_id, session_id) + AUDIO_NAME
 
@@ -100,7 +111,7 @@ def extract_session_audio(
     with tempfile.TemporaryDirectory(prefix="ut-audio-", dir=spool_dir) as folder:
         flac = Path(folder) / AUDIO_NAME
         with open_stored_video(store, video) as reader:
-            answer = extract_isolated(reader, video.size, flac, limits=limits)
+            answer = extract_isolated(reader, video.size, flac, limits=extraction_limits(limits, video.size))
         if answer is None:
             return NoAudioTrack(video.uri)
         duration, codec = answer
@@ -243,9 +254,15 @@ def _serve(
             source.seek(offset)
             data = source.read(length)
         try:
-            replies.write(_LENGTH.pack(len(data)) + data)
+            _write_all(replies, _LENGTH.pack(len(data)) + data)
         except BrokenPipeError:
             return None
+
+
+def _write_all(pipe: IO[bytes], data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[pipe.write(view) or 0 :]
 
 
 def _read_exactly(pipe: IO[bytes], count: int, deadline: float, seconds: float) -> bytes:
@@ -291,8 +308,7 @@ class _PipeReader(io.RawIOBase):
         want = min(len(view), _READ_LIMIT, self.size - self.position)
         if want <= 0:
             return 0
-        self._requests.write(b"R" + _REQUEST.pack(self.position, want))
-        self._requests.flush()
+        _write_all(self._requests, b"R" + _REQUEST.pack(self.position, want))
         (length,) = _LENGTH.unpack(self._replies.read(_LENGTH.size))
         data = self._replies.read(length)
         view[: len(data)] = data
@@ -355,7 +371,7 @@ def _child_main(argv: list[str]) -> int:
     source = io.BufferedReader(_PipeReader(size, protocol, _Exact(replies)), buffer_size=1024 * 1024)
     answer = _extract(source, out)
     body = json.dumps(answer).encode()
-    protocol.write(b"D" + _LENGTH.pack(len(body)) + body)
+    _write_all(protocol, b"D" + _LENGTH.pack(len(body)) + body)
     return 0
 
 

@@ -102,8 +102,9 @@ def session_audio(
     """The session's audio track as 16 kHz mono FLAC, what speech-to-text models take.
 
     Decoded from the stored video, read from the store range by range (never the whole video in memory), in a
-    child process with the probe's limits (`UT_PROBE_MEMORY_MIB`, `UT_PROBE_TIMEOUT_SECONDS`), and stored next
-    to it as `audio.flac` (committed with its checksum like the video; nothing partial is ever visible). A video
+    child process with the probe's limits (`UT_PROBE_MEMORY_MIB`; `UT_PROBE_TIMEOUT_SECONDS` plus a second per
+    8 MiB of video, which it reads in full), and stored next to it as `audio.flac` (committed with its checksum
+    like the video; nothing partial is ever visible). A video
     without an audio track is recorded as such (`audio_status: no_audio_track`), not as a failure, and so is a
     session UserTesting has no video for (`no_video`). Extracted again only when the video changed.
     """
