@@ -23,7 +23,12 @@ from ut_video_assets.defs.checks import (
     video_catalog_unique_sessions,
 )
 from ut_video_assets.defs.io_manager import SessionVideoIOManager
-from ut_video_assets.defs.researcher import RESEARCHER_ASSETS, RESEARCHER_JOBS, RESEARCHER_SENSORS
+from ut_video_assets.defs.researcher import (
+    RESEARCHER_ASSETS,
+    RESEARCHER_CHECKS,
+    RESEARCHER_JOBS,
+    RESEARCHER_SENSORS,
+)
 from ut_video_assets.defs.resources import (
     DownloadSettingsResource,
     S3ClientResource,
@@ -75,6 +80,7 @@ def build_defs() -> dg.Definitions:
             session_video_playable,
             video_catalog_unique_sessions,
             video_catalog_objects_present,
+            *RESEARCHER_CHECKS,
         ],
         jobs=[session_video_job, video_catalog_job, session_speech_job, session_transcript_job, *RESEARCHER_JOBS],
         sensors=[

@@ -699,6 +699,43 @@ def catalog_rows(store: VideoStore) -> list[dict[str, Any]]:
     return rows
 
 
+def verify_rows(store: VideoStore, rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """What is wrong with the stored files the catalog rows describe, without reading a byte of them: a current
+    cut (``stored``/``unchanged``) must be at its key with the row's size, the store's own checksum and SHA-256
+    label, and not be labelled deleted; a ``deleted_upstream`` one must carry that label. Empty: all as recorded."""
+    problems: list[str] = []
+    for row in rows:
+        status, cut_id = row.get("status"), str(row.get("cut_id"))
+        if status not in ("stored", "unchanged", "deleted_upstream"):
+            continue
+        if row.get("kind") == "clip":
+            key = clip_key(store, str(row.get("test_id")), str(row.get("session_id")), cut_id)
+        else:
+            key = reel_key(store, str(row.get("test_id")), cut_id)
+        info = store.backend.head(key)
+        if info is None:
+            problems.append(f"{row.get('kind')} {cut_id}: missing at {store.uri(key)}")
+            continue
+        labels = store.backend.get_labels(key)
+        if status == "deleted_upstream":
+            if labels.get(UPSTREAM_LABEL) != "deleted":
+                problems.append(f"{row.get('kind')} {cut_id}: deleted upstream but not labelled so")
+            continue
+        wrong = [
+            what
+            for what, ok in (
+                ("size", info.size == row.get("size_bytes")),
+                ("checksum", info.checksum == row.get("checksum")),
+                ("sha256", labels.get(SHA256_LABEL) == row.get("sha256")),
+                ("label", labels.get(UPSTREAM_LABEL) != "deleted"),
+            )
+            if not ok
+        ]
+        if wrong:
+            problems.append(f"{row.get('kind')} {cut_id}: {', '.join(wrong)} differ(s) from the record")
+    return problems
+
+
 def catalog_parquet(rows: list[dict[str, Any]]) -> bytes:
     """The rows as Parquet with an explicit schema (an empty catalog has the columns too)."""
     import pyarrow as pa  # here: pyarrow is heavy, and only the catalog step needs it
@@ -744,5 +781,6 @@ __all__ = [
     "reels_prefix",
     "store_session_clips",
     "store_test_reels",
+    "verify_rows",
     "write_manifest",
 ]

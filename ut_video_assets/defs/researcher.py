@@ -37,6 +37,7 @@ from ut_video_assets.researcher import (
     catalog_rows,
     store_session_clips,
     store_test_reels,
+    verify_rows,
 )
 from ut_video_assets.settings import DOWNLOAD_TAG, SettingsError
 from ut_video_assets.storage import StorageError
@@ -346,6 +347,21 @@ def researcher_clip_catalog(context: dg.AssetExecutionContext, storage: VideoSto
     )
 
 
+@dg.asset_check(asset=researcher_clip_catalog, name="researcher_clip_files_as_recorded", blocking=True)
+def researcher_clip_files_as_recorded(storage: VideoStorageResource) -> dg.AssetCheckResult:
+    """Every current clip and reel in the catalog is in the bucket with the recorded size, the store's own
+    whole-object checksum and SHA-256 label (two small requests per file, no byte read); a deleted-upstream one
+    carries its label."""
+    store = storage.store()
+    rows = catalog_rows(store)
+    problems = verify_rows(store, rows)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description=f"{len(problems)} files differ from their records" if problems else f"all {len(rows)} as recorded",
+        metadata={"problems": dg.MetadataValue.json(problems[:50])},
+    )
+
+
 researcher_clip_catalog_job = dg.define_asset_job(
     "researcher_clip_catalog_job",
     selection=dg.AssetSelection.assets(researcher_clip_catalog),
@@ -477,4 +493,5 @@ def researcher_tests_sensor(context: dg.SensorEvaluationContext, api: UserTestin
 
 RESEARCHER_ASSETS = [session_researcher_clips, test_highlight_reels, test_qx_scores, researcher_clip_catalog]
 RESEARCHER_JOBS = [session_researcher_clips_job, test_researcher_job, researcher_clip_catalog_job]
+RESEARCHER_CHECKS = [researcher_clip_files_as_recorded]
 RESEARCHER_SENSORS = [researcher_tests_sensor, session_researcher_clips_sensor]

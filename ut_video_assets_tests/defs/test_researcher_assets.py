@@ -156,6 +156,15 @@ def test_qx_scores_and_highlight_reels_per_test_and_a_changed_reel_replaced(pipe
         assert (row["kind"], row["session_id"], row["name"]) == ("clip", session.session_id, clip.listing["name"])
         assert (row["start_ms"], row["end_ms"]) == (clip.listing["timeStartMs"], clip.listing["timeEndMs"])
         assert row["size_bytes"] == cuts.file(clip).total_size and len(row["sha256"]) == 64
+    (check,) = catalog.get_asset_check_evaluations()
+    assert check.check_name == "researcher_clip_files_as_recorded" and check.passed
+    # A stored clip replaced behind the pipeline's back (same size, other bytes) fails the check.
+    tampered = clip_key(pipeline.store, session.test_id, session.session_id, cuts.clips(session)[0].cut_id)
+    original = stored(pipeline, tampered)
+    pipeline.store.backend.put_bytes(tampered, bytes(reversed(original)), "video/mp4")
+    rechecked = pipeline.run_checks(dg.AssetKey("researcher_clip_catalog"))
+    (failed,) = rechecked.get_asset_check_evaluations()
+    assert not failed.passed and "checksum, sha256" in str(failed.metadata["problems"].value)
     pipeline.sandbox.complete_session(interaction)
     pipeline.tick()
     with dg.build_sensor_context(instance=pipeline.instance, resources=resources, cursor=quiet.cursor) as later:
