@@ -469,6 +469,8 @@ def researcher_tests_sensor(context: dg.SensorEvaluationContext, api: UserTestin
     seen = json.loads(context.cursor) if context.cursor else {}
     requests: list[dg.RunRequest] = []
     skip = video_runs_active(instance)
+    if not skip and instance.get_runs(dg.RunsFilter(job_name=test_researcher_job.name, statuses=_ACTIVE), limit=1):
+        skip = "test_researcher_job runs are still queued or running"  # one round at a time; asked again later
     stamp = int(time.time())
     if not skip:
         for test_id in watched:
