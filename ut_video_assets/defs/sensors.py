@@ -9,7 +9,7 @@ from ut_video_assets.defs.assets import session_video, video_catalog
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import session_observation
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource
-from ut_video_assets.discovery import DiscoveryCursor, discover_new_sessions
+from ut_video_assets.discovery import DiscoveryCursor, DiscoveryResult, discover_new_sessions
 from ut_video_assets.settings import DOWNLOAD_POOL, DOWNLOAD_TAG, load_time_int
 
 DISCOVERY_INTERVAL_SECONDS = load_time_int("UT_SENSOR_INTERVAL_SECONDS")
@@ -72,19 +72,25 @@ def completed_sessions_sensor(
             f"discovery has used its share of the Results API budget; next look in {wait:.0f} s "
             "(the rest is kept for video downloads)"
         )
+    # Sessions whose video was not there yet are asked again once due, out of discovery's share of the budget
+    # and only when no download is queued or running (see above): up to half of this tick's credit (at least
+    # one request), so that polling, which would otherwise spend all of it, never starves them, nor they it.
+    rechecks = due_rechecks(cursor, now, max(int(credit) // 2, 1), downloads.batch_size())
     known = set(context.instance.get_dynamic_partitions(PARTITIONS_NAME))
-    result = discover_new_sessions(
-        api.client,
-        test_ids,
-        known.__contains__,
-        cursor,
-        max_requests=int(credit),
-        budget_wait_seconds=TICK_BUDGET_WAIT_SECONDS,
-        time_limit_seconds=TICK_TIME_LIMIT_SECONDS,
+    allowed = int(credit) - len(rechecks)
+    result = (
+        discover_new_sessions(
+            api.client,
+            test_ids,
+            known.__contains__,
+            cursor,
+            max_requests=allowed,
+            budget_wait_seconds=TICK_BUDGET_WAIT_SECONDS,
+            time_limit_seconds=TICK_TIME_LIMIT_SECONDS,
+        )
+        if allowed >= 1
+        else DiscoveryResult(new_sessions=[], cursor=cursor, unfinished=["the share went to asking again for videos"])
     )
-    # Sessions whose video was not there yet are asked again once due, with the credit discovery left: only
-    # when no download is queued or running (see above) and discovery's share of the budget has room.
-    rechecks = due_rechecks(result.cursor, now, int(credit - result.requests), downloads.batch_size())
     result.cursor.credit, result.cursor.credit_at = credit - result.requests - len(rechecks), now
     if result.requests:
         result.cursor.looked_at = now

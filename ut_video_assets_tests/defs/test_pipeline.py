@@ -330,7 +330,22 @@ def test_a_late_video_waits_and_is_stored_when_the_sensor_asks_again(
     assert not isinstance(again, dg.SensorResult) or not again.run_requests
 
 
-def test_rechecks_spend_only_the_credit_discovery_leaves() -> None:
+def test_polling_never_starves_a_due_recheck(pipeline: Pipeline) -> None:
+    """With little of discovery's share left, a due "not yet" session is still asked again: up to half the credit
+    goes to rechecks, the rest to listing."""
+    pipeline.tick()
+    waiting = with_video(pipeline).session_id
+    listed = pipeline.sandbox.stats()["requests"]["list"]
+    now = time.time()
+    pipeline.cursor = DiscoveryCursor(waiting={waiting: now - 1}, credit=2.0, credit_at=now).to_json()
+    result = pipeline.tick()
+    assert isinstance(result, dg.SensorResult)
+    assert [r.partition_key for r in result.run_requests or []] == [waiting]
+    assert pipeline.sandbox.stats()["requests"]["list"] - listed == 1  # the other request of credit: one page
+    assert DiscoveryCursor.from_json(pipeline.cursor).waiting == {}
+
+
+def test_due_rechecks_come_longest_due_first_within_their_credit() -> None:
     cursor = DiscoveryCursor(waiting={"a": 10.0, "b": 5.0, "c": 50.0})
     assert [r.partition_key for r in due_rechecks(cursor, 20.0, credit=1, most=10)] == ["b"]
     assert cursor.waiting == {"a": 10.0, "c": 50.0}
