@@ -3,11 +3,13 @@ embedded store and the real bundled model; the sandbox's clips carry real speech
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
 import sys
 import tracemalloc
+import uuid
 from pathlib import Path
 
 import av
@@ -31,7 +33,7 @@ from ut_video_assets.audio import (
     upload_file,
 )
 from ut_video_assets.checksums import WholeChecksums
-from ut_video_assets.commit import Precondition, PreconditionFailedError, StorageError
+from ut_video_assets.commit import ObjectBackend, Precondition, PreconditionFailedError, StorageError
 from ut_video_assets.media import ProbeLimits
 from ut_video_assets.sandbox.media import SPEECH, ClipSpec, PaddedVideo, audio_for_seed, make_clip, upload_video
 from ut_video_assets.storage import StoredVideo, VideoStore
@@ -81,8 +83,6 @@ def test_audio_is_extracted_from_the_stored_video_as_16_khz_mono_flac(video_stor
     assert audio.key == f"videos/test_id={TEST_ID}/session_id={SESSION_ID}/audio.flac"
     body, _version = video_store.backend.get_bytes(audio.key) or (b"", "")
     assert len(body) == audio.size
-    import hashlib
-
     assert hashlib.sha256(body).hexdigest() == audio.sha256
     rate, layout, channels, seconds = decode(body)
     assert (rate, layout, channels) == (16_000, "mono", 1)
@@ -247,3 +247,33 @@ def test_webvtt_text_and_word_error_rate() -> None:
     deleted = word_error_rate("a b c d", "")
     assert deleted is not None and deleted.rate == 1.0
     assert word_error_rate("", "anything") is None
+
+
+@pytest.mark.parametrize("cloud", ["gcs", "azure"])
+def test_audio_on_the_other_destinations(cloud: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """The same extraction and commit on Google Cloud Storage (fake-gcs-server) and Azure Blob (Azurite): the
+    video read through the backend's ranged reads, the FLAC committed with that store's whole-object checksum."""
+    bucket = f"dest-{uuid.uuid4().hex[:12]}"
+    backend: ObjectBackend
+    if cloud == "gcs":
+        from ut_video_assets.gcsstore import GcsBackend
+
+        gcs = request.getfixturevalue("gcs_server")
+        gcs.create_bucket(bucket)
+        backend = GcsBackend(gcs.client(), bucket)
+    else:
+        from ut_video_assets.azstore import azure_backend
+
+        azurite = request.getfixturevalue("azurite_server")
+        azurite.create_container(bucket)
+        backend = azure_backend(bucket, service=azurite.service())
+    store = VideoStore(backend, "videos/", part_size=2 * 1024 * 1024)
+    video = store_video(store, make_clip(SPEECH_SEED))
+    audio = extract_session_audio(store, video, test_id=TEST_ID, session_id=SESSION_ID, spool_dir=tmp_path)
+    assert isinstance(audio, StoredAudio)
+    assert audio.uri.startswith(("gs://", "az://"))
+    body = store.read_bytes(audio.key)
+    assert hashlib.sha256(body).hexdigest() == audio.sha256
+    assert decode(body)[:3] == (16_000, "mono", 1)
+    head = backend.head(audio.key)
+    assert head is not None and head.checksum is not None  # the store keeps the whole-object checksum
