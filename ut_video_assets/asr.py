@@ -145,7 +145,13 @@ def _child_main(argv: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - huggingface_hub's and CTranslate2's errors alike
         print(f"cannot load the model {model_name!r} offline: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
-    segments, info = model.transcribe(audio, word_timestamps=True, beam_size=5, condition_on_previous_text=False)
+    try:
+        segments, info = model.transcribe(audio, word_timestamps=True, beam_size=5, condition_on_previous_text=False)
+        done = list(segments)  # a generator: decoding happens here too
+    except Exception as exc:  # noqa: BLE001 - PyAV's errors for audio that does not decode, and others
+        reason = str(getattr(exc, "strerror", None) or exc).split(": '")[0][:200]
+        print(f"the audio does not decode: {type(exc).__name__}: {reason}", file=sys.stderr)
+        return 4
     result = [
         {
             "id": segment.id,
@@ -162,7 +168,7 @@ def _child_main(argv: list[str]) -> int:
                 for word in segment.words or []
             ],
         }
-        for segment in segments
+        for segment in done
     ]
     body = {
         "model": Path(model_name).name if os.path.isdir(model_name) else model_name,

@@ -219,6 +219,13 @@ def test_a_model_name_missing_from_the_local_cache_is_not_downloaded(tmp_path: P
         transcribe_isolated(flac, "large-v3", timeout_seconds=120)
 
 
+def test_audio_that_does_not_decode_fails_transcription_clearly(tmp_path: Path) -> None:
+    flac = tmp_path / "audio.flac"
+    flac.write_bytes(b"fLaC" + os.urandom(4000))
+    with pytest.raises(AsrError, match="the audio does not decode"):
+        transcribe_isolated(flac, resolve_model(None), timeout_seconds=120)
+
+
 def test_without_the_extra_the_message_names_it() -> None:
     """faster-whisper hidden from a fresh interpreter, as where the extra is not installed."""
     code = (
