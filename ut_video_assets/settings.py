@@ -221,6 +221,10 @@ SETTINGS: dict[str, Setting] = {
     ),
     # Transcripts (session_transcript)
     "UT_TRANSCRIPTS": Setting("bool", True, "session_transcript_sensor starts running (spare budget only)"),
+    # The researchers' cuts (session_researcher_clips, test_highlight_reels, test_qx_scores)
+    "UT_RESEARCHER_CUTS": Setting(
+        "bool", True, "session_researcher_clips_sensor and researcher_tests_sensor start running (spare budget only)"
+    ),
     # Speech (session_asr)
     "UT_ASR_MODEL": Setting("text", None, "the speech-to-text model: a name in the local cache, or a folder"),
     # Alerts

@@ -1,10 +1,13 @@
 """The researchers' own cuts: session clips, test highlight reels and QX scores (issue #18).
 
 A thin layer over `ut_video_assets.researcher` (poll, download, commit, manifests) and `ut_video_assets.qxscores`,
-spending the Results API budget the way `ut_video_assets.priority` says background work must: every request
-(list, each generation poll, each fresh link) takes only a spare slot (`SpareBudget`), never the slots kept for
-video URLs, and a run stops before its next cut as soon as a ``session_video`` run is queued or running. What it
-did not reach is done by a later run: already stored, unchanged cuts cost no request then.
+spending the Results API budget the way `ut_video_assets.priority` says background work must, through the shared
+helpers of `ut_video_assets.defs.background`: every request (list, each generation poll, each fresh link) takes
+only a spare slot (`spare_client`), never the slots kept for video URLs; a run stops before its next cut as soon
+as a ``session_video`` run is queued or running; the sensors start nothing while videos are busy, a run of their
+kind is in flight or the last one failed recently (`busy_reason`), or the budget has nothing to spare. What a run
+did not reach is done by a later one: already stored, unchanged cuts cost no request then. ``UT_RESEARCHER_CUTS=
+false`` starts both sensors stopped.
 
 Tests are partitions of their own (``test_ids``, dynamic): `researcher_tests_sensor` adds the watched tests
 (``UT_TEST_IDS``) and requests `test_researcher_job` (QX scores and highlight reels of every watched test) when
@@ -12,6 +15,7 @@ new sessions have landed since its last request, only while no video run is queu
 """
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,11 +24,18 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from ut_video_assets.defs.assets import GROUP, SESSIONS_PER_RUN, session_video, usertesting_session
+from ut_video_assets.defs.background import (
+    ACTIVE,
+    background_tags,
+    busy_reason,
+    spare_budget_reason,
+    spare_client,
+    video_runs_active,
+)
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
 from ut_video_assets.outcomes import utc_now
-from ut_video_assets.priority import SpareBudget
 from ut_video_assets.qxscores import store_qx_scores
 from ut_video_assets.researcher import (
     CATALOG_COLUMNS,
@@ -39,21 +50,18 @@ from ut_video_assets.researcher import (
     store_test_reels,
     verify_rows,
 )
-from ut_video_assets.settings import DOWNLOAD_TAG, SettingsError
+from ut_video_assets.settings import Settings, SettingsError
 from ut_video_assets.storage import StorageError
-from ut_video_assets.usertesting import ApiError, BudgetExhaustedError, ResultsApiClient
+from ut_video_assets.usertesting import ApiError, BudgetExhaustedError
 from ut_video_assets.usertesting.errors import RETRYABLE
+
+log = logging.getLogger(__name__)
 
 test_partitions = dg.DynamicPartitionsDefinition(name="test_ids")
 """Keys are test UUIDs (lower case), added by `researcher_tests_sensor` from ``UT_TEST_IDS``."""
 
-BACKGROUND_TAG = "ut_video_assets/background"
-_ACTIVE = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
+CLIPS_KIND = "researcher_clips"
+TESTS_KIND = "researcher_tests"
 
 
 class CutPollingConfig(dg.Config):
@@ -88,21 +96,24 @@ def _catalog_behind(instance: dg.DagsterInstance) -> bool:
         latest = instance.get_latest_materialization_event(asset.key)
         if latest is not None and latest.timestamp > since:
             return not instance.get_runs(
-                dg.RunsFilter(job_name=researcher_clip_catalog_job.name, statuses=_ACTIVE), limit=1
+                dg.RunsFilter(job_name=researcher_clip_catalog_job.name, statuses=ACTIVE), limit=1
             )
     return False
 
 
-def video_runs_active(instance: dg.DagsterInstance) -> str | None:
-    """Why background work must stop now: a ``session_video`` run is queued or running (None: it need not)."""
-    if instance.get_runs(dg.RunsFilter(tags={DOWNLOAD_TAG: "true"}, statuses=_ACTIVE), limit=1):
-        return "a session_video run is queued or running (videos first)"
-    return None
+def _running_by_default() -> bool:
+    """``UT_RESEARCHER_CUTS`` when the code location loads; a malformed value is logged and the default used (the
+    UI must stay up; ``check-config`` reports it as an error)."""
+    try:
+        return Settings().flag("UT_RESEARCHER_CUTS")
+    except SettingsError as exc:
+        log.error("%s; the researchers' cuts stay on until it is fixed", exc)
+        return True
 
 
-def _background(api: UserTestingApiResource) -> ResultsApiClient:
-    """The API client on spare slots only (`ut_video_assets.priority`)."""
-    return api.client.with_budget(SpareBudget(api.client.budget))
+def videos_first(instance: dg.DagsterInstance) -> str | None:
+    """Why a background run must stop before its next cut: a session_video run is queued or running."""
+    return "a session_video run is queued or running (videos first)" if video_runs_active(instance) else None
 
 
 def _fetcher(
@@ -191,13 +202,13 @@ def session_researcher_clips(
     session_video run is queued.
     """
     fetcher = _fetcher(context, config, storage, downloads)
-    client = _background(api)
+    client = spare_client(api)
     failed: dict[str, str] = {}
     retryable = False
     keys = context.partition_keys
     with fetcher.http:
         for number, key in enumerate(keys, start=1):
-            busy = video_runs_active(context.instance) if number > 1 else None
+            busy = videos_first(context.instance) if number > 1 else None
             if busy:
                 context.log.info(f"{busy}: stopping after {number - 1} of {len(keys)} sessions; the rest wait")
                 break
@@ -211,7 +222,7 @@ def session_researcher_clips(
                     fetcher,
                     session.test_id,
                     session.session_id,
-                    yield_to=lambda: video_runs_active(context.instance),
+                    yield_to=lambda: videos_first(context.instance),
                 )
             except BudgetExhaustedError as exc:
                 context.log.info(f"{exc}: stopping after {number - 1} of {len(keys)} sessions; the rest wait")
@@ -260,7 +271,7 @@ def test_highlight_reels(
     try:
         with fetcher.http:
             result = store_test_reels(
-                _background(api), fetcher, test_id, yield_to=lambda: video_runs_active(context.instance)
+                spare_client(api), fetcher, test_id, yield_to=lambda: videos_first(context.instance)
             )
     except BudgetExhaustedError as exc:
         raise dg.Failure(f"test {test_id}: {exc}; asked again by a later run", allow_retries=True) from None
@@ -291,7 +302,7 @@ def test_qx_scores(
     test_id = context.partition_key
     try:
         store = storage.store()
-        scores = _background(api).get_qx_scores(test_id, max_wait=60.0)
+        scores = spare_client(api).get_qx_scores(test_id, max_wait=60.0)
         stored = store_qx_scores(store, test_id, scores, utc_now())
     except SettingsError as exc:
         raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
@@ -371,19 +382,16 @@ researcher_clip_catalog_job = dg.define_asset_job(
 session_researcher_clips_job = dg.define_asset_job(
     "session_researcher_clips_job",
     selection=dg.AssetSelection.assets(session_researcher_clips),
-    tags={BACKGROUND_TAG: "researcher_clips", "dagster/priority": "-10"},  # below video runs in the queue
+    tags=background_tags(CLIPS_KIND),  # queued below video runs
     description="Store the clips researchers cut from sessions, with spare Results API budget only.",
 )
 
 test_researcher_job = dg.define_asset_job(
     "test_researcher_job",
     selection=dg.AssetSelection.assets(test_qx_scores, test_highlight_reels),
-    tags={BACKGROUND_TAG: "researcher_tests", "dagster/priority": "-10"},
+    tags=background_tags(TESTS_KIND),
     description="Refresh a test's QX scores and store its highlight reels, with spare Results API budget only.",
 )
-
-
-CLIPS_FAILURE_COOLDOWN_SECONDS = 600.0
 
 
 def clips_due(instance: dg.DagsterInstance, most: int) -> list[str]:
@@ -402,30 +410,11 @@ def clips_due(instance: dg.DagsterInstance, most: int) -> list[str]:
     return chunk
 
 
-def _clip_runs(instance: dg.DagsterInstance, statuses: list[dg.DagsterRunStatus]) -> list[dg.DagsterRun]:
-    filters = dg.RunsFilter(tags={BACKGROUND_TAG: "researcher_clips"}, statuses=statuses)
-    return list(instance.get_runs(filters, limit=1))
-
-
-def _why_no_clip_run(instance: dg.DagsterInstance) -> str | None:
-    """Why no clip run may start now, whatever the budget says (None: it may)."""
-    busy = video_runs_active(instance)
-    if busy:
-        return busy
-    if _clip_runs(instance, _ACTIVE):
-        return "a session_researcher_clips run is already queued or running"
-    failed = _clip_runs(instance, [dg.DagsterRunStatus.FAILURE])
-    record = instance.get_run_record_by_id(failed[0].run_id) if failed else None
-    if record is not None and (record.end_time or 0.0) + CLIPS_FAILURE_COOLDOWN_SECONDS > time.time():
-        return "the last session_researcher_clips run failed; asking again after a cool-down"
-    return None
-
-
 @dg.sensor(
     name="session_researcher_clips_sensor",
     job=session_researcher_clips_job,
     minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
+    default_status=dg.DefaultSensorStatus.RUNNING if _running_by_default() else dg.DefaultSensorStatus.STOPPED,
     description="Requests session_researcher_clips runs for sessions whose video is settled, one run at a time, "
     "only while no session_video run is queued or running and the API budget has slots to spare.",
 )
@@ -433,15 +422,15 @@ def session_researcher_clips_sensor(
     context: dg.SensorEvaluationContext, api: UserTestingApiResource, downloads: DownloadSettingsResource
 ) -> dg.RunRequest | dg.SkipReason:
     instance = context.instance
-    busy = _why_no_clip_run(instance)
+    busy = busy_reason(instance, CLIPS_KIND)
     if busy:
         return dg.SkipReason(busy)
     keys = clips_due(instance, downloads.batch_size())
     if not keys:
         return dg.SkipReason("every settled session has its clips recorded")
-    spare = SpareBudget(api.client.budget)
-    if spare.headroom() < 1:
-        return dg.SkipReason(f"no spare Results API budget ({spare.reserve} requests of each window kept for videos)")
+    no_budget = spare_budget_reason(api)
+    if no_budget:
+        return dg.SkipReason(no_budget)
     stamp = int(time.time())
     if len(keys) == 1:
         return dg.RunRequest(partition_key=keys[0], run_key=f"clips:{keys[0]}:{stamp}")
@@ -455,7 +444,7 @@ def session_researcher_clips_sensor(
     name="researcher_tests_sensor",
     jobs=[test_researcher_job, researcher_clip_catalog_job],
     minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
+    default_status=dg.DefaultSensorStatus.RUNNING if _running_by_default() else dg.DefaultSensorStatus.STOPPED,
     description="Adds the watched tests as partitions and requests their QX scores and highlight reels when new "
     "sessions have landed, only while no session_video run is queued or running; rebuilds the clip catalog when "
     "clips or reels were stored since it was last built.",
@@ -468,9 +457,7 @@ def researcher_tests_sensor(context: dg.SensorEvaluationContext, api: UserTestin
     sessions = len(instance.get_dynamic_partitions(session_partitions.name or "session_ids"))
     seen = json.loads(context.cursor) if context.cursor else {}
     requests: list[dg.RunRequest] = []
-    skip = video_runs_active(instance)
-    if not skip and instance.get_runs(dg.RunsFilter(job_name=test_researcher_job.name, statuses=_ACTIVE), limit=1):
-        skip = "test_researcher_job runs are still queued or running"  # one round at a time; asked again later
+    skip = busy_reason(instance, TESTS_KIND)  # videos first, one round at a time; the cursor keeps what waits
     stamp = int(time.time())
     if not skip:
         for test_id in watched:

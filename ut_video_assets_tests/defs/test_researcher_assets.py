@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ut_video_assets.definitions import build_defs
+from ut_video_assets.defs import researcher
 from ut_video_assets.defs.researcher import researcher_tests_sensor, session_researcher_clips_sensor
 from ut_video_assets.qxscores import qx_key
 from ut_video_assets.researcher import clip_key, reel_key
@@ -190,3 +191,12 @@ def test_the_clips_sensor_asks_for_sessions_whose_video_is_settled(pipeline: Pip
     assert job.tags["dagster/priority"] == "-10"  # queued below video runs
     assert run(pipeline, "session_researcher_clips_job", session.session_id, "session_researcher_clips").success
     assert isinstance(evaluate(), dg.SkipReason)
+
+
+def test_ut_researcher_cuts_decides_whether_the_sensors_start_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UT_RESEARCHER_CUTS", "false")
+    assert researcher._running_by_default() is False
+    monkeypatch.setenv("UT_RESEARCHER_CUTS", "true")
+    assert researcher._running_by_default() is True
+    monkeypatch.setenv("UT_RESEARCHER_CUTS", "perhaps")  # malformed: logged, the default kept (the UI stays up)
+    assert researcher._running_by_default() is True
