@@ -17,6 +17,7 @@ DISCOVERY_INTERVAL_SECONDS = load_time_int("UT_SENSOR_INTERVAL_SECONDS")
 TICK_TIME_LIMIT_SECONDS = 40.0
 PARTITIONS_NAME = "session_ids"
 TICK_BUDGET_WAIT_SECONDS = 5.0
+TRANSCRIPT_KEY = dg.AssetKey("session_transcript")  # by key: defs.transcripts imports this layer's assets
 
 session_video_job = dg.define_asset_job(
     "session_video_job",
@@ -214,7 +215,9 @@ def video_catalog_refresh_sensor(context: dg.SensorEvaluationContext) -> dg.RunR
     latest = instance.fetch_materializations(session_video.key, limit=1).records
     if not latest:
         return dg.SkipReason("no session video stored yet")
-    latest_id = latest[0].storage_id
+    # A transcript stored later changes the catalog too (has_transcript, transcript_path), not the video's record.
+    transcript = instance.fetch_materializations(TRANSCRIPT_KEY, limit=1).records
+    latest_id = max([latest[0].storage_id] + [record.storage_id for record in transcript])
     state = (context.cursor or "0:0").split(":")
     handled_id, last_refresh = int(state[0]), float(state[1]) if len(state) > 1 else 0.0
     if latest_id <= handled_id:

@@ -12,6 +12,7 @@ from dagster._core.utils import make_new_run_id
 from ut_video_assets.catalog import read_parquet_bytes
 from ut_video_assets.definitions import build_defs
 from ut_video_assets.defs.background import BACKGROUND_TAG
+from ut_video_assets.defs.sensors import video_catalog_refresh_sensor
 from ut_video_assets.defs.transcripts import session_transcript_sensor
 from ut_video_assets.ratelimit import SqliteBudget
 from ut_video_assets.sandbox.scenario import Session
@@ -210,3 +211,27 @@ def test_a_transcript_run_yields_to_a_video_run_queued_meanwhile(pipeline: Pipel
     assert result.success
     assert sandbox.stats()["requests"] == {}  # it stopped for the video run before asking for anything
     assert materialized(pipeline) == {}
+
+
+def test_the_catalog_is_refreshed_after_a_transcript_lands(pipeline: Pipeline) -> None:
+    """has_transcript comes from the bucket listing: a transcript stored after the catalog's last refresh asks
+    for another one, although no new video landed."""
+    session = next(s for s in pipeline.sandbox.sessions() if s.has_video and s.has_transcript)
+    settle_videos(pipeline, [session])
+
+    def refresh(cursor: str | None) -> tuple[dg.RunRequest | dg.SkipReason, str | None]:
+        with dg.build_sensor_context(instance=pipeline.instance, cursor=cursor) as context:
+            result = video_catalog_refresh_sensor(context)
+            assert isinstance(result, (dg.RunRequest, dg.SkipReason))
+            return result, context.cursor
+
+    first, cursor = refresh(None)
+    assert isinstance(first, dg.RunRequest)
+    quiet, cursor = refresh(cursor)
+    assert isinstance(quiet, dg.SkipReason)
+    result = pipeline.defs.resolve_job_def("session_transcript_job").execute_in_process(
+        instance=pipeline.instance, partition_key=session.session_id, raise_on_error=False
+    )
+    assert result.success
+    after, _ = refresh(cursor)
+    assert isinstance(after, dg.RunRequest)
