@@ -23,6 +23,8 @@ from ut_video_assets.sandbox.stack import SESSION_VIDEO_JOB, LocalStack, StackOp
 
 RATE_LIMIT, RATE_WINDOW = 10, 10.0
 PAGE_SIZE = 500  # the Results API's maximum page size, which discovery uses
+# The sandbox's names of the clip, reel and QX endpoints (`ut_video_assets.sandbox.researcher`).
+CUT_ENDPOINTS = ("clips", "clip", "reels", "reel", "qx_scores")
 
 
 def _children_cpu() -> float:
@@ -31,13 +33,20 @@ def _children_cpu() -> float:
 
 
 def budget_leg(
-    sessions: int, overhead_runs: int, echo: Any = print, timeout: float = 900.0, *, transcripts: bool = False
+    sessions: int,
+    overhead_runs: int,
+    echo: Any = print,
+    timeout: float = 900.0,
+    *,
+    transcripts: bool = False,
+    cuts: bool = False,
 ) -> dict[str, Any]:
     """``sessions`` sessions (2 tests) discovered and ingested by the daemon; then CPU per run via the CLI.
 
     ``transcripts`` turns ``session_transcript_sensor`` on (``UT_TRANSCRIPTS``): the same leg then measures whether
     the transcripts' spare-budget rule leaves video throughput alone (the video wall time is what is compared;
-    transcript requests are counted separately and the CPU-per-run part is skipped)."""
+    transcript requests are counted separately and the CPU-per-run part is skipped). ``cuts`` does the same for
+    the researchers' clips, highlight reels and QX scores (``UT_RESEARCHER_CUTS``, issue #18)."""
     tests = 2
     scenario = SandboxConfig(
         seed=31,
@@ -56,6 +65,7 @@ def budget_leg(
                 "UT_BUDGET_PATH": str(state / "budget.sqlite"),
                 "UT_SPOOL_DIR": str(state / "spool"),
                 "UT_TRANSCRIPTS": "true" if transcripts else "false",
+                "UT_RESEARCHER_CUTS": "true" if cuts else "false",
             },
         )
         with LocalStack(options, scenario) as stack:
@@ -109,6 +119,8 @@ def budget_leg(
                 "timeout_seconds": timeout,
                 "transcripts": transcripts,
                 "transcript_requests_before_videos_done": by_endpoint.get("transcript", 0),
+                "cuts": cuts,
+                "cut_requests_before_videos_done": sum(by_endpoint.get(k, 0) for k in CUT_ENDPOINTS),
             }
             if done_at is not None and accepted:
                 wall = done_at - accepted[0]
@@ -125,7 +137,7 @@ def budget_leg(
                 )
             for process in stack.processes:
                 process.stop()
-            if not transcripts:
+            if not transcripts and not cuts:
                 result["overhead"] = overhead_leg(stack, sorted(expected)[:overhead_runs], echo)
             return result
 

@@ -381,6 +381,9 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
         with_transcripts = legs.get("budget_transcripts")
         if with_transcripts:
             summary.append(_transcripts_row(budget, with_transcripts))
+        with_cuts = legs.get("budget_cuts")
+        if with_cuts:
+            summary.append(_cuts_row(budget, with_cuts))
         overhead = budget.get("overhead") or {}
         if overhead.get("runs"):
             summary.append(
@@ -650,3 +653,23 @@ def _transcripts_row(budget: dict[str, Any], with_transcripts: dict[str, Any]) -
     )
     ok = change <= 0.05 and with_transcripts["rate_limited_429"] == 0
     return ["3b. budget with transcripts on", measured, "video wall time within 5% of 3., 0 x 429", _verdict(ok)]
+
+
+def _cuts_row(budget: dict[str, Any], with_cuts: dict[str, Any]) -> list[Any]:
+    """Video throughput of the budget leg with the researchers' clips, reels and QX scores on against the same
+    leg with them off (issue #18: within 5%)."""
+    before, after = budget.get("wall_seconds_from_first_request"), with_cuts.get("wall_seconds_from_first_request")
+    if not before or not after:
+        return [
+            "3c. budget with clips and reels on",
+            "not finished",
+            "video wall time within 5% of 3.",
+            _verdict(False),
+        ]
+    change = after / before - 1
+    measured = (
+        f"{after:.0f} s vs {before:.0f} s ({change:+.1%}), {with_cuts['rate_limited_429']} x 429, "
+        f"{with_cuts.get('cut_requests_before_videos_done', 0)} clip/reel/QX requests before the videos were done"
+    )
+    ok = change <= 0.05 and with_cuts["rate_limited_429"] == 0
+    return ["3c. budget with clips and reels on", measured, "video wall time within 5% of 3., 0 x 429", _verdict(ok)]

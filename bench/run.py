@@ -70,6 +70,8 @@ def run_suite(sizes: Sizes, legs: tuple[str, ...] = LEGS, *, proxy: bool = False
         leg("budget", lambda: daemon.budget_leg(sizes.budget_sessions, sizes.overhead_runs, echo))
         # The same leg with session_transcript_sensor on: video throughput must stay within 5% (issue #15).
         leg("budget_transcripts", lambda: daemon.budget_leg(sizes.budget_sessions, 0, echo, transcripts=True))
+        # ...and with the researchers' clips, highlight reels and QX scores on (issue #18: the same 5%).
+        leg("budget_cuts", lambda: daemon.budget_leg(sizes.budget_sessions, 0, echo, cuts=True))
     if "scale" in wanted:
         leg("scale", lambda: scale.scale_legs(sizes, echo))
     if "startup" in wanted:
