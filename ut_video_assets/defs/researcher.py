@@ -460,8 +460,12 @@ def researcher_tests_sensor(context: dg.SensorEvaluationContext, api: UserTestin
     skip = busy_reason(instance, TESTS_KIND)  # videos first, one round at a time; the cursor keeps what waits
     stamp = int(time.time())
     if not skip:
+        # Due: new sessions since its last request, or never materialized (its run stopped early or failed; the
+        # failure's cool-down in `busy_reason` spaces the retries).
+        settled = instance.get_materialized_partitions(test_highlight_reels.key)
+        settled &= instance.get_materialized_partitions(test_qx_scores.key)
         for test_id in watched:
-            if seen.get(test_id) != sessions:
+            if seen.get(test_id) != sessions or (test_id in known and test_id not in settled):
                 requests.append(
                     dg.RunRequest(
                         partition_key=test_id,

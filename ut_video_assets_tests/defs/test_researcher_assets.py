@@ -108,6 +108,10 @@ def test_qx_scores_and_highlight_reels_per_test_and_a_changed_reel_replaced(pipe
     assert isinstance(requested, dg.SensorResult)
     assert sorted(str(r.partition_key) for r in requested.run_requests or []) == sorted([interaction, other])
     pipeline.instance.add_dynamic_partitions("test_ids", [interaction, other])
+    with dg.build_sensor_context(instance=pipeline.instance, resources=resources, cursor=requested.cursor) as early:
+        retry = researcher_tests_sensor(early)
+    assert isinstance(retry, dg.SensorResult)  # not materialized yet (a run stopped early, say): asked again
+    assert sorted(str(r.partition_key) for r in retry.run_requests or []) == sorted([interaction, other])
 
     first = run(pipeline, "test_researcher_job", interaction, "test_highlight_reels")
     assert first.success
