@@ -121,10 +121,13 @@ def build_from_store(store: VideoStore) -> CatalogBuild:
     import pandas as pd
 
     previous = previous_catalog(store)
-    known: dict[tuple[str, str], str] = {}
+    known: dict[tuple[str, str], tuple[str, bool]] = {}
+    """The previous catalog's rows: (record ETag, has_video) by (test, session)."""
     if previous is not None:
-        rows = zip(previous["test_id"], previous["session_id"], previous["record_etag"], strict=True)
-        known = {(test_id, session_id): etag for test_id, session_id, etag in rows if isinstance(etag, str)}
+        rows = zip(
+            previous["test_id"], previous["session_id"], previous["record_etag"], previous["has_video"], strict=True
+        )
+        known = {(t, s): (etag, bool(has)) for t, s, etag, has in rows if isinstance(etag, str)}
     reuse: set[tuple[str, str]] = set()
     wanted: list[tuple[str, str, str]] = []
     without_record = 0
@@ -139,10 +142,15 @@ def build_from_store(store: VideoStore) -> CatalogBuild:
             # A session UserTesting has no video for has a record of its own (no_video); any other record
             # without its video (a deleted object) is left out, as before.
             without_video.add((test_id, session_id))
+        seen = known.get((test_id, session_id))
         if record is None:
             without_record += 1
-        elif record.etag and video is not None and known.get((test_id, session_id)) == record.etag:
-            reuse.add((test_id, session_id))
+        elif record.etag and seen is not None and seen[0] == record.etag:
+            # The same record as last time: its row stands while the video is where the row says (a stored
+            # video still there; a session without video still without); a stored video since deleted is left
+            # out without reading its record again.
+            if seen[1] == (video is not None):
+                reuse.add((test_id, session_id))
         else:
             wanted.append((test_id, session_id, record.etag))
     fresh, bad, vanished = _read_records(store, wanted)
