@@ -35,7 +35,9 @@ def api(sandbox: Sandbox) -> Iterator[Api]:
 
 
 def _with_video(sandbox: Sandbox) -> str:
-    return next(s.session_id for s in sandbox.sessions(sandbox.test_ids[0]) if s.has_video)
+    """A session with everything (video and transcript): the session-wide sandbox also holds sessions other tests
+    completed without a transcript."""
+    return next(s.session_id for s in sandbox.sessions(sandbox.test_ids[0]) if s.has_video and s.has_transcript)
 
 
 def _without_video(sandbox: Sandbox) -> str:
