@@ -204,3 +204,17 @@ def test_ut_researcher_cuts_decides_whether_the_sensors_start_running(monkeypatc
     assert researcher._running_by_default() is True
     monkeypatch.setenv("UT_RESEARCHER_CUTS", "perhaps")  # malformed: logged, the default kept (the UI stays up)
     assert researcher._running_by_default() is True
+
+
+def test_a_reel_that_keeps_failing_is_recorded_and_fails_the_run(pipeline: Pipeline, cuts: Cuts) -> None:
+    pipeline.tick()
+    test_id = pipeline.sandbox.test_ids[1]
+    pipeline.instance.add_dynamic_partitions("test_ids", [test_id])
+    (reel,) = cuts.reels(test_id)
+    cuts.configure(reel, errors=10)
+    result = run(pipeline, "test_researcher_job", test_id, "test_highlight_reels")
+    assert not result.success
+    shown = materialization(result, "test_highlight_reels")  # what became of each reel is recorded
+    assert shown["reels_failed"] == 1 and shown["reels"][0]["reason"] == "generation_error"
+    assert pipeline.store.backend.head(reel_key(pipeline.store, test_id, reel.cut_id)) is None
+    assert materialization(result, "test_qx_scores")["has_qx_scores"] is False  # the other asset is unaffected
