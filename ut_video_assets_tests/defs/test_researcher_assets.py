@@ -218,3 +218,29 @@ def test_a_reel_that_keeps_failing_is_recorded_and_fails_the_run(pipeline: Pipel
     assert shown["reels_failed"] == 1 and shown["reels"][0]["reason"] == "generation_error"
     assert pipeline.store.backend.head(reel_key(pipeline.store, test_id, reel.cut_id)) is None
     assert materialization(result, "test_qx_scores")["has_qx_scores"] is False  # the other asset is unaffected
+
+
+def test_a_range_run_stores_the_clips_of_every_session_it_covers(pipeline: Pipeline, cuts: Cuts) -> None:
+    pipeline.tick()
+    first, second = list(pipeline.instance.get_dynamic_partitions("session_ids"))[:2]
+    assert pipeline.materialize_range(first, second).success
+    resources = {name: (pipeline.defs.resources or {})[name] for name in ("api", "downloads")}
+    with dg.build_sensor_context(instance=pipeline.instance, resources=resources) as context:
+        request = session_researcher_clips_sensor(context)
+    assert isinstance(request, dg.RunRequest)
+    assert request.tags["dagster/asset_partition_range_start"] == first
+    assert request.tags["dagster/asset_partition_range_end"] == second
+    result = pipeline.run_job(
+        "session_researcher_clips_job",
+        tags=request.tags,
+        run_config={"ops": {"session_researcher_clips": {"config": FAST_POLLS}}},
+    )
+    assert result.success
+    events = result.get_asset_materialization_events()
+    assert sorted(str(e.partition) for e in events) == sorted([first, second])
+    for key in (first, second):
+        session = next(s for s in pipeline.sandbox.sessions() if s.session_id == key)
+        for clip in cuts.clips(session):
+            assert stored(pipeline, clip_key(pipeline.store, session.test_id, key, clip.cut_id)) == file_bytes(
+                cuts, clip
+            )
