@@ -70,9 +70,13 @@ class Pipeline:
 
     def run_checks(self, asset: dg.AssetKey, partition_key: str | None = None) -> dg.ExecuteInProcessResult:
         """Run only the checks of ``asset`` (as "Execute checks" in the UI does)."""
-        checks = dg.AssetSelection.checks_for_assets(asset).resolve_checks(self.defs.resolve_asset_graph())
-        job = self.defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection=set(checks))
-        return job.execute_in_process(instance=self.instance, partition_key=partition_key, raise_on_error=False)
+        # A job of just these checks: the code location's assets no longer share one partitions definition, so
+        # Dagster builds no implicit job over all of them to take a subset of. Such a job has no partitions of its
+        # own to validate a key against; the partition goes in the run's tag, which is all the checks read.
+        job = dg.define_asset_job("checks_only", selection=dg.AssetSelection.checks_for_assets(asset))
+        resolved = dg.Definitions.merge(self.defs, dg.Definitions(jobs=[job])).resolve_job_def("checks_only")
+        tags = {"dagster/partition": partition_key} if partition_key is not None else None
+        return resolved.execute_in_process(instance=self.instance, tags=tags, raise_on_error=False)
 
     def run_job(self, name: str, **kwargs: Any) -> dg.ExecuteInProcessResult:
         return self.defs.resolve_job_def(name).execute_in_process(
