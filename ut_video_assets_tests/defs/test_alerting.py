@@ -231,21 +231,24 @@ def test_a_stale_backlog_is_alerted_once_per_new_stale_session(
 def test_a_stale_catalog_is_alerted_once_per_episode(
     alerting: Alerting, pipeline: Pipeline, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("UT_CATALOG_MAX_LAG_SECONDS", "2")
+    # Long enough that a materialization and its checks on a loaded machine stay inside it (the first tick must
+    # not alert); each wait below is just past it.
+    lag = 8
+    monkeypatch.setenv("UT_CATALOG_MAX_LAG_SECONDS", str(lag))
     alerting.defs = build_defs()
     pipeline.tick()
     first, second = [s for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0]) if s.has_video][:2]
     assert pipeline.materialize(first.session_id).success
     alerting.tick()
     assert receiver.bodies == [], "the catalog may lag a stored video a little"
-    time.sleep(2.1)  # the catalog's lag behind the stored video, not a backoff
+    time.sleep(lag + 0.1)  # the catalog's lag behind the stored video, not a backoff
     alerting.tick()
     (body,) = receiver.bodies
     facts = body["ut_video_assets"]
     assert facts["kind"] == "catalog"
     assert facts["sessions"] == [first.session_id]
     assert facts["catalog_refreshed_at"] is None
-    assert facts["lag_seconds"] > 2
+    assert facts["lag_seconds"] > lag
     assert body["text"].startswith("ut-video-assets: video_catalog is stale: 1 stored video(s) are not in it")
     assert "never built" in body["text"]
     assert f"{UI_URL}/assets/video_catalog" in body["text"]
@@ -253,12 +256,12 @@ def test_a_stale_catalog_is_alerted_once_per_episode(
     assert len(receiver.bodies) == 1, "one alert per staleness episode"
 
     assert pipeline.run_job("video_catalog_job").success
-    time.sleep(2.1)
+    time.sleep(lag + 0.1)
     alerting.tick()
     assert len(receiver.bodies) == 1, "the catalog caught up: nothing to report"
 
     assert pipeline.materialize(second.session_id).success
-    time.sleep(2.1)
+    time.sleep(lag + 0.1)
     alerting.tick()
     assert len(receiver.bodies) == 2, "a new episode after the catalog was built again"
     facts = receiver.bodies[1]["ut_video_assets"]
@@ -436,6 +439,7 @@ def test_killing_the_store_during_a_run_brings_one_alert_within_a_minute(tmp_pat
             time.sleep(1)
         time.sleep(25)  # more than an alert-sensor interval after the run failed
         attempts = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY).records
+        discovered = set(instance.get_dynamic_partitions("session_ids"))
     body = receiver.bodies[0]
     assert len(receiver.bodies) == 1, [b["text"] for b in receiver.bodies]
     assert attempts, "the run was retried, so the alert came before Dagster gave up"
@@ -445,7 +449,10 @@ def test_killing_the_store_during_a_run_brings_one_alert_within_a_minute(tmp_pat
     assert retrying["run_id"] == run_id
     assert "store" in retrying["reasons"]
     named = set(facts["sessions"])
-    assert named == run_sessions, "every session of the run, not those its step had recorded when the tick came"
+    # Every session of the run, not only those its step had recorded when the tick came; another run failing on
+    # the same dead store in the same tick joins the same alert (one per outage), with its sessions.
+    assert run_sessions <= named, "every session of the run, not those its step had recorded when the tick came"
+    assert named <= discovered
     assert all(session_id in body["text"] for session_id in named)
     assert "retrying at" in body["text"]
     serialized = json.dumps(body)
