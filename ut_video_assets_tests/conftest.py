@@ -66,8 +66,10 @@ def sandbox_server(store: StoreEndpoint, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture
 def sandbox(sandbox_server: Sandbox) -> Iterator[Sandbox]:
-    """The session's sandbox, reset for this test and with a rate budget no test meets by accident."""
+    """The session's sandbox, reset for this test (its seeded sessions only, whatever an earlier test completed)
+    and with a rate budget no test meets by accident."""
     sandbox_server.reset()
+    sandbox_server.forget_new_sessions()
     sandbox_server.set_rate_limit(SANDBOX_TEST_RATE_LIMIT, 60)
     yield sandbox_server
     sandbox_server.reset()

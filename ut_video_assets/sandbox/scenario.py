@@ -169,6 +169,7 @@ class Scenario:
         self._sessions: dict[str, Session] = {}
         for test_index, test_id in enumerate(self.test_ids):
             self._seed_test(test_index, test_id)
+        self._seeded = frozenset(self._sessions)
         self._live_rng = random.Random(config.seed ^ 0x5EED)
         self._completed = 0
 
@@ -232,6 +233,15 @@ class Scenario:
         return test_id in self.test_plan_ids
 
     # -- writes ----------------------------------------------------------------------------------------
+    def forget_new_sessions(self) -> int:
+        """Drop the sessions completed since the start (the seeded ones stay); how many were dropped. Tests that
+        share one sandbox start from its seeded sessions, whatever an earlier test completed."""
+        with self._lock:
+            new = [key for key in self._sessions if key not in self._seeded]
+            for key in new:
+                del self._sessions[key]
+        return len(new)
+
     def new_session(
         self,
         test_id: str | None = None,

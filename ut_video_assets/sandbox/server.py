@@ -267,6 +267,10 @@ class Sandbox:
         """No faults, zero counters, empty rate window, configured limit and token TTL."""
         self.state.reset()
 
+    def forget_new_sessions(self) -> int:
+        """Only the seeded sessions again (those completed since the start are gone); how many were dropped."""
+        return self.state.scenario.forget_new_sessions()
+
 
 def serve(config: SandboxConfig, store_endpoint: StoreEndpoint, state_dir: Path) -> None:
     """Run a sandbox by hand until SIGINT/SIGTERM, printing its URLs and credentials (on purpose)."""

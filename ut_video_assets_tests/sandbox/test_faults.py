@@ -31,7 +31,8 @@ def api(sandbox: Sandbox) -> Iterator[Api]:
 
 @pytest.fixture
 def video(sandbox: Sandbox) -> Session:
-    return next(s for s in sandbox.sessions(sandbox.test_ids[0]) if s.has_video)
+    # With a transcript too: the session-wide sandbox also holds sessions other tests completed without one.
+    return next(s for s in sandbox.sessions(sandbox.test_ids[0]) if s.has_video and s.has_transcript)
 
 
 def _url(api: Api, session: Session) -> str:
