@@ -202,6 +202,10 @@ def sync_download_pool(instance: dg.DagsterInstance, limit: int) -> None:
         storage.set_concurrency_slots(DOWNLOAD_POOL, limit)
 
 
+CATALOG_MAX_WAIT_SECONDS = 600.0
+"""The longest a stored video waits for the catalog while downloads keep running."""
+
+
 @dg.sensor(
     name="video_catalog_refresh_sensor",
     job=video_catalog_job,
@@ -218,15 +222,23 @@ def video_catalog_refresh_sensor(context: dg.SensorEvaluationContext) -> dg.RunR
     # A transcript stored later changes the catalog too (has_transcript, transcript_path), not the video's record.
     transcript = instance.fetch_materializations(TRANSCRIPT_KEY, limit=1).records
     latest_id = max([latest[0].storage_id] + [record.storage_id for record in transcript])
-    state = (context.cursor or "0:0").split(":")
-    handled_id, last_refresh = int(state[0]), float(state[1]) if len(state) > 1 else 0.0
+    # Cursor: the last storage ID the catalog covers, when it was refreshed, and since when a newer one waits.
+    state = (context.cursor or "0:0:0").split(":")
+    handled_id = int(state[0])
+    last_refresh = float(state[1]) if len(state) > 1 else 0.0
+    waiting_since = float(state[2]) if len(state) > 2 else 0.0
     if latest_id <= handled_id:
         return dg.SkipReason("the catalog already includes every stored video")
     if instance.get_runs(dg.RunsFilter(job_name=video_catalog_job.name, statuses=_ACTIVE), limit=1):
         return dg.SkipReason("a catalog run is already queued or running")
     downloads_active = instance.get_runs(dg.RunsFilter(tags={DOWNLOAD_TAG: "true"}, statuses=_ACTIVE), limit=1)
     now = time.time()
-    if downloads_active and now - last_refresh < 600:
+    waiting_since = waiting_since or now
+    # While downloads run, one refresh after they end covers them all; a change waits at most 10 minutes (a long
+    # backfill still gets a fresh catalog that often). Also the first refresh: a catalog run started while a
+    # run is still storing its sessions would read the store beside it (and, on a dead store, fail beside it).
+    if downloads_active and now - waiting_since < CATALOG_MAX_WAIT_SECONDS:
+        context.update_cursor(f"{handled_id}:{last_refresh}:{waiting_since}")
         return dg.SkipReason("waiting for the downloads in flight before refreshing the catalog")
-    context.update_cursor(f"{latest_id}:{now}")
+    context.update_cursor(f"{latest_id}:{now}:0")
     return dg.RunRequest(run_key=f"catalog-after-{latest_id}")
