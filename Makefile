@@ -62,10 +62,11 @@ $(AZURITE_STAMP): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json |
 	touch $(AZURITE_STAMP)
 
 # Tests run side by side on TEST_WORKERS pytest-xdist workers (most of an end-to-end test's time is a Dagster
-# process starting or a daemon tick, not CPU); `make test TEST_WORKERS=0` runs them in this process.
+# process starting or a daemon tick, not CPU), a module whole on one worker (loadfile: its module fixtures and
+# test order hold; xdist's loadgroup did not group by mark here); `make test TEST_WORKERS=0` runs in this process.
 TEST_WORKERS ?= 3
 test: lint browser-deps azurite-deps
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # STORE=s3 (default), gcs or azure: where the videos go (the embedded SeaweedFS, fake-gcs-server or Azurite).
 STORE ?= s3

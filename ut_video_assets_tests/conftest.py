@@ -27,17 +27,9 @@ from ut_video_assets.usertesting import ClientCredentialsTokens, ResultsApiClien
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
-# `make test` runs the suite on several pytest-xdist workers (`--dist loadgroup`); each worker has its own
-# session fixtures (store, sandbox, databases). These packages run in one worker each, in file order, because
-# they share a package-scoped stack and record one summary (reliability/) or one Chromium stack (browser/).
-SERIAL_PACKAGES = ("reliability", "browser")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        package = item.path.parent.name
-        if package in SERIAL_PACKAGES:
-            item.add_marker(pytest.mark.xdist_group(package))
+# `make test` runs the suite on several pytest-xdist workers with `--dist loadfile`: a test module runs whole,
+# in file order, on one worker (the browser tests share one Chromium stack per module); each worker has its own
+# session fixtures (store, sandbox, databases), and its own reliability suite stack for the modules it runs.
 
 
 @pytest.fixture(scope="session")
