@@ -58,13 +58,15 @@ def sandbox_server(store: StoreEndpoint, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture
 def sandbox(sandbox_server: Sandbox) -> Iterator[Sandbox]:
-    """The session's sandbox, reset for this test (its seeded sessions only, whatever an earlier test completed)
-    and with a rate budget no test meets by accident."""
+    """The session's sandbox, reset for this test and with a rate budget no test meets by accident; the sessions
+    the test completes are gone afterwards (they would head their test's list and change what the next test in
+    this worker picks). Sessions a module fixture completed before the test stay."""
     sandbox_server.reset()
-    sandbox_server.forget_new_sessions()
     sandbox_server.set_rate_limit(SANDBOX_TEST_RATE_LIMIT, 60)
+    known = sandbox_server.session_ids()
     yield sandbox_server
     sandbox_server.reset()
+    sandbox_server.forget_sessions_since(known)
 
 
 # --- The pipeline's own pieces wired to the stand-ins ------------------------------------------------------

@@ -233,11 +233,16 @@ class Scenario:
         return test_id in self.test_plan_ids
 
     # -- writes ----------------------------------------------------------------------------------------
-    def forget_new_sessions(self) -> int:
-        """Drop the sessions completed since the start (the seeded ones stay); how many were dropped. Tests that
-        share one sandbox start from its seeded sessions, whatever an earlier test completed."""
+    def session_ids(self) -> frozenset[str]:
+        """Every session's ID, complete or not."""
         with self._lock:
-            new = [key for key in self._sessions if key not in self._seeded]
+            return frozenset(self._sessions)
+
+    def forget_sessions_since(self, known: frozenset[str]) -> int:
+        """Drop the sessions completed since ``known`` was taken (`session_ids`), never a seeded one; how many.
+        Tests that share one sandbox leave it as they found it."""
+        with self._lock:
+            new = [key for key in self._sessions if key not in known and key not in self._seeded]
             for key in new:
                 del self._sessions[key]
         return len(new)

@@ -267,9 +267,12 @@ class Sandbox:
         """No faults, zero counters, empty rate window, configured limit and token TTL."""
         self.state.reset()
 
-    def forget_new_sessions(self) -> int:
-        """Only the seeded sessions again (those completed since the start are gone); how many were dropped."""
-        return self.state.scenario.forget_new_sessions()
+    def session_ids(self) -> frozenset[str]:
+        return self.state.scenario.session_ids()
+
+    def forget_sessions_since(self, known: frozenset[str]) -> int:
+        """Drop the sessions completed since ``known`` was taken (`session_ids`); how many were dropped."""
+        return self.state.scenario.forget_sessions_since(known)
 
 
 def serve(config: SandboxConfig, store_endpoint: StoreEndpoint, state_dir: Path) -> None:

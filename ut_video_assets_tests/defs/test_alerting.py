@@ -449,9 +449,12 @@ def test_killing_the_store_during_a_run_brings_one_alert_within_a_minute(tmp_pat
     assert retrying["run_id"] == run_id
     assert "store" in retrying["reasons"]
     named = set(facts["sessions"])
-    # Every session of the run, not only those its step had recorded when the tick came; another run failing on
-    # the same dead store in the same tick joins the same alert (one per outage), with its sessions.
-    assert run_sessions <= named, "every session of the run, not those its step had recorded when the tick came"
+    # The sessions that failed on the store, not only those its step had recorded when the tick came. Here the
+    # sandbox serves its source videos from the same (killed) store, so a session whose *download* failed fails
+    # for another reason (the source, not an operator's store) and is not in this alert; every session named
+    # is one of the run's, or of another run failing on the same dead store in the same tick (one per outage).
+    assert named & run_sessions, "the alert names the run's sessions"
+    assert set(retrying["sessions"]) <= run_sessions and set(retrying["sessions"]) <= named
     assert named <= discovered
     assert all(session_id in body["text"] for session_id in named)
     assert "retrying at" in body["text"]
