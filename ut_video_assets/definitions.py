@@ -35,6 +35,11 @@ from ut_video_assets.defs.resources import (
     UserTestingApiResource,
     VideoStorageResource,
 )
+from ut_video_assets.defs.retention import (
+    RetentionSettingsResource,
+    partition_retention_job,
+    partition_retention_sensor,
+)
 from ut_video_assets.defs.sensors import (
     completed_sessions_sensor,
     session_video_job,
@@ -82,13 +87,21 @@ def build_defs() -> dg.Definitions:
             video_catalog_objects_present,
             *RESEARCHER_CHECKS,
         ],
-        jobs=[session_video_job, video_catalog_job, session_speech_job, session_transcript_job, *RESEARCHER_JOBS],
+        jobs=[
+            session_video_job,
+            video_catalog_job,
+            session_speech_job,
+            session_transcript_job,
+            partition_retention_job,
+            *RESEARCHER_JOBS,
+        ],
         sensors=[
             completed_sessions_sensor,
             video_catalog_refresh_sensor,
             failure_alerts_sensor,
             session_speech_sensor,
             session_transcript_sensor,
+            partition_retention_sensor,
             *RESEARCHER_SENSORS,
         ],
         resources={
@@ -99,6 +112,7 @@ def build_defs() -> dg.Definitions:
             "video_io_manager": SessionVideoIOManager(storage=storage),
             "speech": SpeechSettingsResource(**_from_env(SpeechSettingsResource)),
             "speech_video_input": stored_video_or_none,
+            "retention": RetentionSettingsResource(**_from_env(RetentionSettingsResource)),
         },
         # Steps run inside the run worker instead of a subprocess each, saving a Python start-up (~1.5 s CPU
         # and ~230 MiB) per step of every run.

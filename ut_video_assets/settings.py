@@ -192,6 +192,10 @@ SETTINGS: dict[str, Setting] = {
         float, DEFAULT_DISCOVERY_BUSY_INTERVAL_SECONDS, 1, 86_400, "from a second to a day"
     ),
     "UT_SESSIONS_PER_RUN": _number(int, DEFAULT_SESSIONS_PER_RUN, 1, 500, "sessions one run stores in turn"),
+    # Off when unset (no default): past 100,000 sessions, settled ones give up their partition (docs/DEPLOYMENT.md)
+    "UT_PARTITION_RETENTION_DAYS": Setting(
+        "float", None, "days a settled session keeps its partition", low=1, high=36_500
+    ),
     "UT_MAX_CONCURRENT_DOWNLOADS": _number(
         int, DEFAULT_MAX_CONCURRENT_DOWNLOADS, 1, 64, "each download holds a spool file and an upload"
     ),
@@ -256,13 +260,13 @@ class NumericSetting:
 NUMERIC_SETTINGS: dict[str, NumericSetting] = {
     name: NumericSetting(
         int if spec.kind == "int" else float,
-        float(spec.default) if spec.kind == "float" else int(spec.default),  # type: ignore[arg-type]
+        float(spec.default) if spec.kind == "float" else int(spec.default),
         spec.low,
         spec.high,
         spec.why,
     )
     for name, spec in SETTINGS.items()
-    if spec.kind in ("int", "float") and spec.low is not None and spec.high is not None
+    if spec.kind in ("int", "float") and spec.low is not None and spec.high is not None and spec.default is not None
 }
 """Every numeric setting with its bounds: `parse_positive_int` / `parse_positive_float` enforce them for these
 names wherever a setting is read (run start, sensor tick, code location load), `check_numeric_settings` all at
@@ -327,14 +331,16 @@ def parse_bool(value: str | bool | None, name: str) -> bool:
     raise SettingsError(f"{name} must be true or false, got {text[:20]!r}")
 
 
-def check_settings(env: Mapping[str, str]) -> dict[str, float | bool]:
+def check_settings(env: Mapping[str, str]) -> dict[str, float | bool | None]:
     """Every numeric and true/false setting in ``env`` checked against `SETTINGS` (for ``check-config``); raises
     `SettingsError` naming the first bad variable."""
-    values: dict[str, float | bool] = dict(check_numeric_settings(env))
+    values: dict[str, float | bool | None] = dict(check_numeric_settings(env))
     settings = Settings(env)
     for name, spec in SETTINGS.items():
         if spec.kind == "bool":
             values[name] = settings.flag(name)
+        elif spec.kind == "float" and spec.default is None:  # off when unset (None), checked when set
+            values[name] = settings.optional_number(name)
     return values
 
 
@@ -595,6 +601,18 @@ class Settings:
         assert isinstance(spec.default, float)
         return parse_positive_float(self.raw(name), name, spec.default)
 
+    def optional_number(self, name: str) -> float | None:
+        """A ``float`` setting without a default (a feature that is off when unset): None when unset, otherwise
+        parsed and checked against its bounds."""
+        spec = self._spec(name, "float")
+        text = self.raw(name)
+        if text is None:
+            return None
+        value = parse_positive_float(text, name, 0.0)
+        if spec.low is not None and spec.high is not None and not spec.low <= value <= spec.high:
+            raise SettingsError(f"{name} must be between {spec.low:g} and {spec.high:g} ({spec.why}), got {value:g}")
+        return value
+
     def flag(self, name: str) -> bool:
         self._spec(name, "bool")
         return parse_bool(self.raw(name), name)
@@ -668,7 +686,7 @@ class Settings:
         kind = SETTINGS[name].kind
         readers: dict[str, Callable[[str], object]] = {
             "int": self.integer,
-            "float": self.number,
+            "float": lambda n: self.number(n) if SETTINGS[n].default is not None else self.optional_number(n),
             "bool": self.flag,
             "text": self.text,
             "choice": self.text,

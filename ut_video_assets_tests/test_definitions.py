@@ -73,6 +73,7 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
         "sensors": [
             "completed_sessions_sensor",
             "failure_alerts_sensor",
+            "partition_retention_sensor",
             "researcher_tests_sensor",
             "session_researcher_clips_sensor",
             "session_speech_sensor",
@@ -80,6 +81,7 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
             "video_catalog_refresh_sensor",
         ],
         "jobs": [
+            "partition_retention_job",
             "researcher_clip_catalog_job",
             "session_researcher_clips_job",
             "session_speech_job",

@@ -10,6 +10,7 @@ from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import session_observation
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource
 from ut_video_assets.discovery import DiscoveryCursor, DiscoveryResult, discover_new_sessions
+from ut_video_assets.retention import RETIRED_SESSIONS
 from ut_video_assets.settings import DOWNLOAD_POOL, DOWNLOAD_TAG, load_time_int
 
 DISCOVERY_INTERVAL_SECONDS = load_time_int("UT_SENSOR_INTERVAL_SECONDS")
@@ -77,7 +78,10 @@ def completed_sessions_sensor(
     # and only when no download is queued or running (see above): up to half of this tick's credit (at least
     # one request), so that polling, which would otherwise spend all of it, never starves them, nor they it.
     rechecks = due_rechecks(cursor, now, max(int(credit) // 2, 1), downloads.batch_size())
+    # Known: the active window's partitions and the ledger of retired ones (ut_video_assets.retention), so a
+    # session whose partition was retired is never added, nor downloaded, again.
     known = set(context.instance.get_dynamic_partitions(PARTITIONS_NAME))
+    known.update(context.instance.get_dynamic_partitions(RETIRED_SESSIONS))
     allowed = int(credit) - len(rechecks)
     result = (
         discover_new_sessions(
