@@ -35,6 +35,9 @@ OPERATOR_REASONS = frozenset({"store", "credentials", "forbidden", "disk_full"})
 destination store unreachable or refusing, the Results API refusing the credentials, a download refused, the
 spool disk full. They are alerted on the first failed attempt (with when Dagster tries again), not only when the
 retries are used up: Dagster's retries take minutes, and they rarely cure these."""
+REASON_CODES_KEY = "reason_codes"
+"""Metadata of a step's failure (`dagster.Failure`) naming the engine's reasons, comma-separated, for steps that
+record no per-session failures (the researcher cuts): how the alerts tell that it failed on the store."""
 OUTAGE_REASONS = frozenset({"store", "credentials", "disk_full"})
 """Of those, the ones that are not about one session: while such an outage is open (alerted, and nothing stored
 since), other runs failing for the same reason belong to the same burst and are not alerted again."""
@@ -358,6 +361,7 @@ __all__ = [
     "DEFAULT_CATALOG_MAX_LAG_SECONDS",
     "OPERATOR_REASONS",
     "OUTAGE_REASONS",
+    "REASON_CODES_KEY",
     "AlertDeliveryError",
     "AlertSettings",
     "FailedCheck",

@@ -266,7 +266,7 @@ class IngestEngine:
             media, thumbnail = self._probe(sid, spool)
         except BaseException as exc:  # noqa: BLE001 - abort whatever happened; mapped or re-raised as is
             upload.abort()
-            raise _as_ingest_error(sid, exc) from None
+            raise as_ingest_error(sid, exc) from None
         finally:
             spool.unlink(missing_ok=True)
         return PreparedVideo(session, key, download, media, thumbnail, pending, precondition, lease, sent_early)
@@ -465,8 +465,9 @@ def _checked(session: SessionRef) -> SessionRef:
         raise IngestError(str(exc), reason="bad_id", retryable=False) from None
 
 
-def _as_ingest_error(session_id: str, exc: BaseException) -> BaseException:  # noqa: PLR0911 - one per kind
-    """The failure of a download as an `IngestError` (other exceptions, such as KeyboardInterrupt, pass)."""
+def as_ingest_error(session_id: str, exc: BaseException) -> BaseException:  # noqa: PLR0911 - one per kind
+    """The failure of a download as an `IngestError` (other exceptions, such as KeyboardInterrupt, pass). Also
+    how the researcher cuts (`ut_video_assets.researcher`) classify theirs, so a reason means the same everywhere."""
     if isinstance(exc, IngestError):
         return exc
     if isinstance(exc, UnsafeUrlError):
@@ -518,5 +519,6 @@ __all__ = [
     "IngestedVideo",
     "PreparedVideo",
     "SessionRef",
+    "as_ingest_error",
     "build_record",
 ]

@@ -57,7 +57,7 @@ import httpx
 
 from ut_video_assets.commit import ObjectInfo, PendingWrite, Precondition, PreconditionFailedError, StorageError
 from ut_video_assets.ids import normalize_uuid
-from ut_video_assets.ingest import IngestError, _as_ingest_error
+from ut_video_assets.ingest import IngestError, as_ingest_error
 from ut_video_assets.media import NotAVideoError, ProbeLimits, probe_isolated
 from ut_video_assets.spool import remove_orphan_spool_files
 from ut_video_assets.storage import SHA256_LABEL, VideoStore, ascii_metadata
@@ -81,11 +81,13 @@ MANIFEST_VERSION = 1
 
 
 class CutFailedError(Exception):
-    """One cut could not be stored; ``reason`` is short and machine-readable."""
+    """One cut could not be stored; ``reason`` is short and machine-readable; ``retryable``: whether a later
+    attempt can succeed without anyone acting (the store or the API was down, not the cut itself)."""
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    def __init__(self, message: str, *, reason: str, retryable: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,8 @@ class CutOutcome:
     """A changed cut's new file replaced the one seen (conditional write)."""
     reason: str | None = None
     detail: str | None = None
+    retryable: bool = False
+    """A failed cut that a later attempt can store without anyone acting."""
     requests: int = 0
     """Results API requests spent on it (polls and fresh links)."""
     polls: int = 0
@@ -313,7 +317,9 @@ class CutFetcher:
         except CutFailedError as exc:
             failure = exc
         self._report(f"{target.kind} {target.cut_id}: failed ({failure.reason}): {failure}")
-        return self._outcome(target, "failed", None, reason=failure.reason, detail=str(failure), **counts)
+        return self._outcome(
+            target, "failed", None, reason=failure.reason, detail=str(failure), retryable=failure.retryable, **counts
+        )
 
     def _current(self, target: CutTarget, existing: ObjectInfo) -> bool:
         if existing.metadata.get(FINGERPRINT_META) != target.fingerprint:
@@ -507,9 +513,11 @@ def _as_cut_failure(target: CutTarget, exc: BaseException) -> BaseException:
     """A download's failure as a `CutFailedError` (the engine's own mapping; interrupts pass as they are)."""
     if isinstance(exc, NotAVideoError):
         return CutFailedError(f"{target.kind} {target.cut_id}: the file is not a playable video", reason="not_video")
-    mapped = _as_ingest_error(target.cut_id, exc)
+    mapped = as_ingest_error(target.cut_id, exc)
     if isinstance(mapped, IngestError):
-        return CutFailedError(f"{target.kind} {target.cut_id}: {mapped}", reason=mapped.reason)
+        return CutFailedError(
+            f"{target.kind} {target.cut_id}: {mapped}", reason=mapped.reason, retryable=mapped.retryable
+        )
     return mapped
 
 

@@ -41,6 +41,7 @@ from dagster._core.storage.tags import (
 from ut_video_assets.alerts import (
     OPERATOR_REASONS,
     OUTAGE_QUIET_SECONDS,
+    REASON_CODES_KEY,
     AlertDeliveryError,
     AlertSettings,
     FailedCheck,
@@ -376,11 +377,18 @@ def run_failed_attempts(instance: dg.DagsterInstance, run_id: str) -> list[Faile
 
 def run_reason_codes(instance: dg.DagsterInstance, run_id: str) -> set[str]:
     """The engine's reasons for every session that failed in any attempt of the run; ``store`` also for a step
-    that failed on the store itself (the catalog's, whose steps record no sessions)."""
+    that failed on the store itself (the catalog's, whose steps record no sessions), and the reasons a step's
+    failure names in its metadata (`REASON_CODES_KEY`: the researcher cuts')."""
     codes = {attempt.reason_code for attempt in run_failed_attempts(instance, run_id)}
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=5).records:
         event = record.event_log_entry.dagster_event
-        error = event.step_failure_data.error if event is not None else None
+        failure = event.step_failure_data if event is not None else None
+        named = (
+            failure.user_failure_data.metadata.get(REASON_CODES_KEY) if failure and failure.user_failure_data else None
+        )
+        if named is not None and isinstance(named.value, str):
+            codes.update(code for code in named.value.split(",") if code)
+        error = failure.error if failure is not None else None
         while error is not None:
             if error.cls_name == STORE_ERROR_CLASS:
                 codes.add("store")

@@ -23,6 +23,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from ut_video_assets.alerts import REASON_CODES_KEY
 from ut_video_assets.defs.assets import GROUP, SESSIONS_PER_RUN, session_video, usertesting_session
 from ut_video_assets.defs.background import (
     ACTIVE,
@@ -163,10 +164,15 @@ def cuts_metadata(result: CutsResult, kind: str) -> dict[str, Any]:
     return shown
 
 
-def _failure(failed: dict[str, str], retryable: bool, what: str) -> dg.Failure:
+def _failure(failed: dict[str, str], retryable: bool, what: str, reasons: set[str]) -> dg.Failure:
+    """The step's failure; ``reason_codes`` (the engine's reasons, e.g. ``store``) lets the failure alerts count it
+    in an outage already alerted (a dead store fails the videos and the cuts alike: one alert, not one per job)."""
     return dg.Failure(
         description=f"{len(failed)} {what} failed: " + " | ".join(f"{k}: {why}" for k, why in failed.items()),
-        metadata={"failed": dg.MetadataValue.json(failed)},
+        metadata={
+            "failed": dg.MetadataValue.json(failed),
+            REASON_CODES_KEY: dg.MetadataValue.text(",".join(sorted(reasons))),
+        },
         allow_retries=retryable,
     )
 
@@ -204,6 +210,7 @@ def session_researcher_clips(
     fetcher = _fetcher(context, config, storage, downloads)
     client = spare_client(api)
     failed: dict[str, str] = {}
+    reasons: set[str] = set()
     retryable = False
     keys = context.partition_keys
     with fetcher.http:
@@ -230,10 +237,13 @@ def session_researcher_clips(
             except (ApiError, StorageError) as exc:
                 context.log.error(f"session {key}: clips failed: {exc}")
                 failed[key] = str(exc)
+                reasons.add("store" if isinstance(exc, StorageError) else "api")
                 retryable = retryable or isinstance(exc, (*RETRYABLE, StorageError))
                 continue
             for outcome in result.failed:
                 failed[f"clip {outcome.cut_id} of session {key}"] = f"{outcome.reason}: {outcome.detail}"
+                reasons.add(outcome.reason or "failed")
+                retryable = retryable or outcome.retryable
             if result.stopped_early:
                 context.log.info(f"session {key}: {result.stopped_early}; its other clips are fetched by a later run")
                 break  # not materialized: the session's clips are not all settled
@@ -241,7 +251,7 @@ def session_researcher_clips(
                 asset_key=context.asset_key, partition=key, metadata=cuts_metadata(result, "clip")
             )
     if failed:
-        raise _failure(failed, retryable, "clips or sessions")
+        raise _failure(failed, retryable, "clips or sessions", reasons)
 
 
 @dg.asset(
@@ -288,7 +298,8 @@ def test_highlight_reels(
     yield dg.MaterializeResult(metadata=cuts_metadata(result, "reel"))
     failed = {f"reel {o.cut_id}": f"{o.reason}: {o.detail}" for o in result.failed}
     if failed:
-        raise _failure(failed, False, "highlight reels")
+        reasons = {o.reason or "failed" for o in result.failed}
+        raise _failure(failed, any(o.retryable for o in result.failed), "highlight reels", reasons)
 
 
 @dg.asset(

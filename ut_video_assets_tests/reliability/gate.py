@@ -5,7 +5,8 @@ A plain TCP relay on loopback: bytes pass unchanged both ways (so SigV4 signatur
 header the client addressed, stay valid); the client-to-store stream is watched for a request line that matches
 ``pattern``. Depending on ``hold``, the matching request is held before it reaches the store (``"request"``: the
 store never sees it) or forwarded and its answer held (``"response"``: the store did the work, the client never
-learns it). `held` is set once that happens; the connection stays frozen until the gate is closed.
+learns it). `held` is set once that happens (for ``"response"``, when the store's answer begins: proof that it read
+the whole request); the connection stays frozen until the gate is closed.
 """
 
 from __future__ import annotations
@@ -61,11 +62,17 @@ class StoreGate:
             while not self._closed.is_set():
                 readable, _, _ = select.select([client, upstream], [], [], 0.2)
                 for sock in readable:
-                    if (sock is client and frozen_up) or (sock is upstream and frozen_down):
+                    if sock is client and frozen_up:
                         continue
                     data = sock.recv(256 * 1024)
                     if not data:
                         return
+                    if sock is upstream and frozen_down:
+                        # The store has begun to answer, so it read the whole request and did the work; only now
+                        # is the step reached (setting it when the request line passed let a test kill the client
+                        # before its body was sent, and the store then never committed). The answer is dropped.
+                        self.held.set()
+                        continue
                     if sock is client and not self.held.is_set() and self._pattern.search(data):
                         if self._hold == "request":
                             frozen_up = True  # the store never sees this request
@@ -73,7 +80,5 @@ class StoreGate:
                             continue
                         frozen_down = True  # forwarded; its answer is held back
                     peers[sock].sendall(data)
-                    if frozen_down and sock is client:
-                        self.held.set()
         except OSError:
             return
