@@ -22,6 +22,12 @@ from ut_video_assets.defs.checks import (
     video_catalog_objects_present,
     video_catalog_unique_sessions,
 )
+from ut_video_assets.defs.dataset import (
+    DatasetSettingsResource,
+    session_dataset,
+    session_dataset_job,
+    session_dataset_sensor,
+)
 from ut_video_assets.defs.io_manager import SessionVideoIOManager
 from ut_video_assets.defs.researcher import (
     RESEARCHER_ASSETS,
@@ -78,6 +84,7 @@ def build_defs() -> dg.Definitions:
             session_audio,
             session_asr,
             session_transcript,
+            session_dataset,
             *RESEARCHER_ASSETS,
         ],
         asset_checks=[
@@ -92,6 +99,7 @@ def build_defs() -> dg.Definitions:
             video_catalog_job,
             session_speech_job,
             session_transcript_job,
+            session_dataset_job,
             partition_retention_job,
             *RESEARCHER_JOBS,
         ],
@@ -101,6 +109,7 @@ def build_defs() -> dg.Definitions:
             failure_alerts_sensor,
             session_speech_sensor,
             session_transcript_sensor,
+            session_dataset_sensor,
             partition_retention_sensor,
             *RESEARCHER_SENSORS,
         ],
@@ -112,6 +121,7 @@ def build_defs() -> dg.Definitions:
             "video_io_manager": SessionVideoIOManager(storage=storage),
             "speech": SpeechSettingsResource(**_from_env(SpeechSettingsResource)),
             "speech_video_input": stored_video_or_none,
+            "dataset": DatasetSettingsResource(**_from_env(DatasetSettingsResource)),
             "retention": RetentionSettingsResource(**_from_env(RetentionSettingsResource)),
         },
         # Steps run inside the run worker instead of a subprocess each, saving a Python start-up (~1.5 s CPU

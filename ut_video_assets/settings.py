@@ -229,6 +229,11 @@ SETTINGS: dict[str, Setting] = {
     "UT_RESEARCHER_CUTS": Setting(
         "bool", True, "session_researcher_clips_sensor and researcher_tests_sensor start running (spare budget only)"
     ),
+    # The ML dataset (session_dataset)
+    "UT_DATASET": Setting("bool", False, "session_dataset_sensor starts running"),
+    "UT_DATASET_SHARD_MIB": _number(
+        int, 1024, 1, 65_536, "a WebDataset shard: 1 MiB (tests) to 64 GiB; loaders expect 0.5 to 2 GiB"
+    ),
     # Speech (session_asr)
     "UT_ASR_MODEL": Setting("text", None, "the speech-to-text model: a name in the local cache, or a folder"),
     # Alerts

@@ -53,6 +53,7 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
             "researcher_clip_catalog",
             "session_asr",
             "session_audio",
+            "session_dataset",
             "session_researcher_clips",
             "session_transcript",
             "session_video",
@@ -75,6 +76,7 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
             "failure_alerts_sensor",
             "partition_retention_sensor",
             "researcher_tests_sensor",
+            "session_dataset_sensor",
             "session_researcher_clips_sensor",
             "session_speech_sensor",
             "session_transcript_sensor",
@@ -83,6 +85,7 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
         "jobs": [
             "partition_retention_job",
             "researcher_clip_catalog_job",
+            "session_dataset_job",
             "session_researcher_clips_job",
             "session_speech_job",
             "session_transcript_job",
