@@ -1,0 +1,365 @@
+"""The deployed configuration on three hosts: one budget, one download cap, one writer per session, and a host killed
+mid-download loses nothing.
+
+Each host is a network namespace of its own with a veth pair to this one (`ut_video_assets_tests.netns`, all
+addresses in 127.0.0.0/8) and a host name of its own. PostgreSQL, the Results API sandbox, its download proxy and
+the store stay in the root namespace on 127.0.0.1; a host reaches them only over its veth, through relays on the
+root end's address (and, for the pre-signed video URLs, which name the proxy's 127.0.0.1 port, through a relay on
+that port inside the host). Every host has its own ``DAGSTER_HOME`` holding ``deploy/dagster.yaml`` as it is, its
+own spool disk, and runs ``dagster asset materialize`` run workers against the one Postgres instance, the request
+budget in the same database, and the one bucket (the sessions' leases included).
+
+What the test shows, on `test_across_processes`' deployment (the sandbox at 5 requests per 4 s, the download
+pool at 2):
+
+- the lease: while host 1 is storing a session (its download held mid-stream by the sandbox), host 2 asked for
+  the same session fails at once naming host 1's run and host name, and never asks for a URL;
+- a host killed mid-download (SIGKILL of every process on host 3 while its download is held, with an upload
+  part already sent) loses nothing: what run monitoring does for a dead run worker (the run failed, its pool slot
+  freed) is done here, and once its lease has expired another host takes the session over, aborts host 3's
+  orphaned upload and stores it; host 3, back, removes its orphaned spool file at its next download;
+- across all hosts: no 429, no window over the limit, never more than 2 downloads at once, every session stored
+  once and passing both checks, no lease, pending upload or spool file left.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import dagster as dg
+import pytest
+
+from ut_video_assets.sandbox.scenario import max_in_window
+from ut_video_assets.sandbox.store import StoreEndpoint
+from ut_video_assets.settings import DOWNLOAD_POOL
+from ut_video_assets_tests.conftest import IN_CI
+from ut_video_assets_tests.defs import test_across_processes
+from ut_video_assets_tests.defs.test_across_processes import (
+    CHECKS,
+    LIMIT,
+    POOL_LIMIT,
+    REPO,
+    WINDOW,
+    Deployment,
+    _discover_everything,
+    _download_intervals,
+    _latest_check_status,
+    _max_overlap,
+)
+from ut_video_assets_tests.netns import Host, Hosts, Relay, unavailable_reason
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+# test_across_processes' fixture: the deployed instance (deploy/dagster.yaml on Postgres) and its settings.
+deployment = test_across_processes.deployment
+
+HOSTS = 3
+LEASE_SECONDS = 20
+# Host 1's download of the contested session is held this long mid-stream: the time host 2 has to ask for it.
+HOLD_SECONDS = 30
+# Longer than the hold: a held download is waited for, not resumed.
+READ_TIMEOUT_SECONDS = 45
+MIB = 1024 * 1024
+KILLED_SIZE = 12 * MIB  # three 5 MiB parts: the first is on its way to the store before the hold at 6 MiB
+SERVICES = ("postgres", "api", "store")
+
+
+@dataclass
+class Rig:
+    """One host and how it is set up: its env (services at its relay ports), home, spool and work folders."""
+
+    host: Host
+    env: dict[str, str]
+    root: Path
+    ports: dict[str, int]
+
+    @property
+    def spool(self) -> Path:
+        return Path(self.env["UT_SPOOL_DIR"])
+
+
+@dataclass
+class Worker:
+    """One ``dagster asset materialize`` process of one session on one host."""
+
+    rig: Rig
+    session_id: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    def wait(self, timeout: float = 300) -> int:
+        code = self.process.wait(timeout)
+        self.log.close()
+        return code
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class Network:
+    rigs: list[Rig]
+    root_relay: Relay
+    workers: list[Worker] = field(default_factory=list)
+
+    def start(self, rig: Rig, session_id: str) -> Worker:
+        dagster = str(Path(sys.executable).parent / "dagster")
+        args = ["asset", "materialize", "-m", "ut_video_assets.definitions", "--select", "session_video"]
+        log_path = rig.root / f"{len(self.workers):02d}-{session_id}.log"
+        log = log_path.open("wb")
+        process = subprocess.Popen(
+            rig.host.argv([dagster, *args, "--partition", session_id]),
+            env=rig.env,
+            cwd=rig.root / "work",
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        worker = Worker(rig, session_id, process, log_path, log)
+        self.workers.append(worker)
+        return worker
+
+
+def _rehost(url: str, address: str, port: int) -> str:
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{address}:{port}" if userinfo else f"{address}:{port}"))
+
+
+@pytest.fixture
+def hosts() -> Iterator[list[Host]]:
+    """Three namespaces with their veths; afterwards every process left on them is killed by PID and they are
+    deleted, also when the test failed."""
+    reason = unavailable_reason()
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: the multi-host test must run)")
+        pytest.skip(reason)
+    made = Hosts(HOSTS)
+    try:
+        yield made.create()
+    finally:
+        try:
+            for host in made.hosts:
+                host.kill_all()
+        finally:
+            made.delete()
+
+
+@pytest.fixture
+def network(deployment: Deployment, hosts: list[Host], postgres_url: str, tmp_path: Path) -> Iterator[Network]:
+    sandbox = deployment.pipeline.sandbox
+    api = urlsplit(sandbox.base_url)
+    proxy = urlsplit(sandbox.proxy_url)
+    store_url = deployment.env["AWS_ENDPOINT_URL"]
+    store = urlsplit(store_url)
+    pg = urlsplit(postgres_url)
+    targets = {
+        "postgres": (str(pg.hostname), int(pg.port or 5432)),
+        "api": (str(api.hostname), int(api.port or 80)),
+        "store": (str(store.hostname), int(store.port or 80)),
+        "proxy": (str(proxy.hostname), int(proxy.port or 80)),
+    }
+    with Relay() as root_relay:
+        inner: list[Relay] = []
+        network = Network([], root_relay)
+        try:
+            for host in hosts:
+                ports = {name: root_relay.forward(host.root_address, target) for name, target in targets.items()}
+                relay = Relay(host.namespace).start()
+                inner.append(relay)
+                # The pre-signed URLs name the proxy at 127.0.0.1:<its port>: the same port on the host's own
+                # loopback leads back over the veth to the root end's relay of the proxy.
+                relay.forward("127.0.0.1", (host.root_address, ports["proxy"]), listen_port=targets["proxy"][1])
+                root = tmp_path / f"host{host.number}"
+                (root / "home").mkdir(parents=True)
+                (root / "work").mkdir()
+                shutil.copy(REPO / "deploy" / "dagster.yaml", root / "home" / "dagster.yaml")
+                address = host.root_address
+                api_url = f"http://{address}:{ports['api']}"
+                env = {
+                    **deployment.env,
+                    "DAGSTER_HOME": str(root / "home"),
+                    "DAGSTER_PG_URL": _rehost(deployment.env["DAGSTER_PG_URL"], address, ports["postgres"]),
+                    "UT_API_BASE_URL": api_url,
+                    "UT_TOKEN_URL": api_url + urlsplit(sandbox.token_url).path,
+                    "UT_VIDEO_URL_ALLOW_HOSTS": f"{address}:{ports['api']},{proxy.netloc}",
+                    "AWS_ENDPOINT_URL": f"http://{address}:{ports['store']}",
+                    "UT_SPOOL_DIR": str(root / "spool"),
+                    "UT_LEASE_SECONDS": str(LEASE_SECONDS),
+                    "UT_DOWNLOAD_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT_SECONDS),
+                }
+                network.rigs.append(Rig(host, env, root, ports))
+            yield network
+        finally:
+            for worker in network.workers:
+                if worker.process.poll() is None:
+                    worker.rig.host.kill_all()
+                    worker.process.wait(30)
+                worker.log.close()
+            for relay in inner:
+                relay.stop()
+
+
+def _held_by(lease: dict[str, Any] | None, rig: Rig) -> dict[str, Any] | None:
+    return lease if lease is not None and lease["host"] == rig.host.hostname else None
+
+
+def _wait_for(what: str, condition: Callable[[], Any], timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+def test_three_hosts_share_budget_cap_and_leases_and_survive_a_killed_host(
+    deployment: Deployment, network: Network, store: StoreEndpoint
+) -> None:
+    pipeline, instance = deployment.pipeline, deployment.pipeline.instance
+    sandbox, videos = pipeline.sandbox, pipeline.store
+    h1, h2, h3 = network.rigs
+    s3 = store.client()
+    bucket = deployment.env["UT_VIDEO_BUCKET"]
+    test_id = sandbox.test_ids[0]
+
+    killed_session = sandbox.complete_session(test_id, video_size=KILLED_SIZE).session_id
+    discovered = _discover_everything(pipeline)
+    with_video = {s.session_id: s.test_id for s in sandbox.sessions(test_id) if s.has_video}
+    assert set(with_video) <= set(discovered) and killed_session in with_video
+    contested = next(s for s in with_video if s != killed_session)
+    rest = [s for s in with_video if s not in (contested, killed_session)]
+    assert len(rest) >= HOSTS
+
+    def lease(session_id: str) -> dict[str, Any] | None:
+        try:
+            body = s3.get_object(Bucket=bucket, Key=f"ut/_leases/session_id={session_id}.json")["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            return None
+        return dict(json.loads(body))
+
+    # --- One writer per session across hosts -------------------------------------------------------------
+    sandbox.add_fault(kind="stall", endpoint="download", session_id=contested, after_bytes=1024,
+                      stall_seconds=HOLD_SECONDS)  # fmt: skip
+    first = network.start(h1, contested)
+    holder = _wait_for("host 1's lease", lambda: _held_by(lease(contested), h1))
+    second = network.start(h2, contested)
+    assert second.wait() != 0, second.output[-3000:]
+    assert first.process.poll() is None, "host 1 finished before host 2 asked: the lease was not contested"
+    assert f"being stored by {holder['owner']} on host {h1.host.hostname}" in second.output, second.output[-3000:]
+
+    # --- A host killed mid-download -----------------------------------------------------------------------
+    sandbox.add_fault(kind="stall", endpoint="download", session_id=killed_session, after_bytes=6 * MIB,
+                      stall_seconds=120)  # fmt: skip
+    doomed = network.start(h3, killed_session)
+    video_key = videos.video_key(with_video[killed_session], killed_session)
+
+    def killed_upload_started() -> bool:
+        uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=video_key).get("Uploads", [])
+        return bool(uploads) and _held_by(lease(killed_session), h3) is not None
+
+    _wait_for("host 3's first part of the large video", killed_upload_started)
+    orphans = list(h3.spool.glob("*.part"))
+    assert orphans, "host 3 has no spool file mid-download"
+    killed = h3.host.kill_all()
+    assert doomed.process.pid in killed
+    assert doomed.wait() < 0
+    # What run monitoring does for a run worker found dead (Kubernetes: the pod is gone): fail the run, and
+    # after free_slots_after_run_end_seconds free the pool slot its step still holds.
+    (dead_run,) = instance.get_runs(
+        dg.RunsFilter(tags={"dagster/partition": killed_session}, statuses=[dg.DagsterRunStatus.STARTED])
+    )
+    claimed = instance.event_log_storage.get_concurrency_info(DOWNLOAD_POOL).claimed_slots
+    assert any(slot.run_id == dead_run.run_id for slot in claimed), "the killed step held no download slot"
+    instance.report_run_failed(dead_run, f"run worker on host {h3.host.hostname} is gone (killed)")
+    instance.event_log_storage.free_concurrency_slots_for_run(dead_run.run_id)
+    freed_at = time.time()
+    dead_lease = lease(killed_session)
+    assert dead_lease is not None and dead_lease["host"] == h3.host.hostname
+
+    # --- The others (and host 3, back) store everything, three hosts at once --------------------------------
+    plan = {h1.host.number: [rest[0]], h2.host.number: [rest[1], killed_session], h3.host.number: rest[2:]}
+    results: dict[tuple[int, str], Worker] = {}
+
+    def run_host(rig: Rig) -> None:
+        if rig is h1:
+            first.wait()  # host 1 still stores the contested session
+        for session_id in plan[rig.host.number]:
+            if session_id == killed_session:
+                # Another host's lease is taken over once it has expired (hosts share a clock within NTP).
+                _wait_for("the killed host's lease to expire", lambda: time.time() > dead_lease["expires_at"] + 1)
+            worker = network.start(rig, session_id)
+            worker.wait()
+            results[(rig.host.number, session_id)] = worker
+
+    threads = [threading.Thread(target=run_host, args=(rig,), name=f"host-{rig.host.number}") for rig in network.rigs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert first.process.returncode == 0, first.output[-3000:]
+    for (number, session_id), worker in results.items():
+        assert worker.process.returncode == 0, f"host {number}, session {session_id}:\n{worker.output[-3000:]}"
+    taken_over = results[(h2.host.number, killed_session)].output
+    assert "aborted 1 unfinished upload(s) left by an earlier run" in taken_over, taken_over[-3000:]
+
+    # The budget: not one 429 and never more than LIMIT requests in any WINDOW, from three hosts.
+    stats = sandbox.stats()
+    assert stats["rateLimited"] == 0
+    assert max_in_window(stats["acceptedTimes"], WINDOW) <= LIMIT
+    assert len(stats["acceptedTimes"]) > LIMIT
+    # Host 2 never asked for the contested session's URL: one download of it, host 1's.
+    assert stats["downloadRequests"].get(contested) == 1
+
+    # The download cap: never more than POOL_LIMIT session_video steps at once across the hosts (the killed
+    # step counted until its slot was freed), and some step waited for a slot.
+    runs = [r for r in instance.get_runs() if r.tags.get("dagster/partition") in with_video]
+    finished = [r.run_id for r in runs if r.run_id != dead_run.run_id]
+    intervals = _download_intervals(instance, finished)
+    dead_start = min(
+        e.timestamp
+        for e in instance.all_logs(dead_run.run_id, of_type=dg.DagsterEventType.STEP_START)
+        if e.dagster_event is not None and e.dagster_event.step_key == "session_video"
+    )
+    assert _max_overlap([*intervals, (dead_start, freed_at)]) <= POOL_LIMIT
+    blocked = [
+        entry
+        for run_id in finished
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+        if f"blocked by limit for pool {DOWNLOAD_POOL}" in (entry.user_message or "")
+    ]
+    assert blocked, "no step ever waited for a download slot: the cap was not exercised"
+    assert not instance.event_log_storage.get_concurrency_info(DOWNLOAD_POOL).claimed_slots
+
+    # Every session stored once and checked; nothing left behind: no lease, no pending upload, no spool file.
+    for session_id, session_test in with_video.items():
+        stored = videos.head_video(session_test, session_id)
+        assert stored is not None and stored.sha256, session_id
+        for check in CHECKS:
+            assert _latest_check_status(instance, check, session_id) == "SUCCEEDED", (session_id, check)
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("session_video"), asset_partitions=[session_id]), limit=10
+        ).records
+        assert len(records) == 1, (session_id, len(records))
+    assert not s3.list_objects_v2(Bucket=bucket, Prefix="ut/_leases/").get("Contents")
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    for rig in network.rigs:
+        assert not list(rig.spool.glob("*.part")), f"spool files left on host {rig.host.number}"
+
+    # Every host reached every shared service over its own veth.
+    for rig in network.rigs:
+        for name in SERVICES:
+            assert network.root_relay.connections[(rig.host.root_address, rig.ports[name])] > 0, (rig.host, name)
