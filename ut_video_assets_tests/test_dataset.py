@@ -9,6 +9,7 @@ import io
 import json
 import os
 import tarfile
+import tracemalloc
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from ut_video_assets.dataset import (
     read_index,
     shard_key,
 )
+from ut_video_assets.sandbox.media import PaddedVideo, upload_video
 from ut_video_assets.storage import VideoStore
 
 MiB = 1024 * 1024
@@ -313,6 +315,35 @@ def test_bad_inputs_are_per_session_problems_and_leave_nothing_partial(video_sto
         **load_samples(store, [fixed.new_shards[0].name], tmp_path / "b"),
     }
     check_against_catalog(store, {k: v for k, v in samples.items() if k in rows}, frozenset([tampered.session_id]))
+
+
+def test_a_large_video_streams_through_without_being_held_in_memory(video_store: VideoStore, tmp_path: Path) -> None:
+    """A 48 MiB video (streamed up in parts, never built in memory) goes into a shard while this process holds a
+    few MiB at most: read chunk by chunk, cut into 5 MiB parts spooled to unlinked files, nothing left behind."""
+    store = video_store
+    small = store_session(store, tmp_path, video_size=100_000, audio=True, transcript="api")
+    video = PaddedVideo(os.urandom(4096), 48 * MiB)
+    digest = hashlib.sha256()
+    for chunk in video.iter_chunks(MiB):
+        digest.update(chunk)
+    test_id, session_id = small.test_id, str(uuid.uuid4())
+    key = store.video_key(test_id, session_id)
+    upload_video(store.client, store.bucket, key, video, part_size=8 * MiB)
+    record = {"session_id": session_id, "test_id": test_id, "has_video": True, "size_bytes": video.total_size}
+    store.put_record(test_id, session_id, record | {"checksum_sha256": digest.hexdigest()})
+    refresh_catalog(store)
+    spool = tmp_path / "spool"
+    tracemalloc.start()
+    try:
+        result = build_dataset(store, shard_bytes=64 * MiB, spool_dir=spool)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.problems == () and result.samples == 2 and len(result.shards) == 1
+    assert result.shards[0].size > 48 * MiB
+    assert peak < 12 * MiB, f"peak {peak / MiB:.1f} MiB"
+    assert list(spool.iterdir()) == []
+    check_against_catalog(store, load_samples(store, [result.shards[0].name], tmp_path / "load"))
 
 
 @pytest.mark.parametrize("cloud", ["gcs", "azure"])
