@@ -13,16 +13,38 @@ read it as is.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import io
+import itertools
 import logging
-from collections.abc import Iterable, Mapping
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ut_video_assets.asr import ASR_JSON_NAME, ASR_VTT_NAME
 from ut_video_assets.audio import AUDIO_NAME
-from ut_video_assets.storage import RECORD_NAME, TRANSCRIPT_NAME, VIDEO_NAME, BadRecord, StorageError, VideoStore
+from ut_video_assets.commit import Precondition, PreconditionFailedError
+from ut_video_assets.storage import (
+    RECORD_NAME,
+    TRANSCRIPT_NAME,
+    VIDEO_NAME,
+    BadRecord,
+    ListedFile,
+    StorageError,
+    VideoStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +55,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+_T = TypeVar("_T")
 _TIMESTAMP = "timestamp[us, tz=UTC]"
 # Column -> (Arrow type, as Arrow spells it, and its description).
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -115,65 +138,498 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["test_id", "start_time", "session_id"], kind="stable").reset_index(drop=True)
 
 
-def build_from_store(store: VideoStore) -> CatalogBuild:
-    """The catalog of every stored video that has a record: unchanged rows from the previous Parquet at
-    ``store.catalog_key``, the rest read from their records."""
-    import pandas as pd
+ROW_GROUP_ROWS = 10_000
+"""Rows per Parquet row group, and sessions per window of the build: about 5 MiB of Arrow per group (a row is
+~500 bytes), so a build holds a few groups at a time whatever the catalog's size."""
+READ_WORKERS = 16
+"""Record reads in flight at once; `ut_video_assets.defs.resources.S3ClientResource` keeps 16 connections."""
+PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+_KEY_ORDER = ("test_id", "session_id")
 
-    previous = previous_catalog(store)
-    known: dict[tuple[str, str], tuple[str, bool]] = {}
-    """The previous catalog's rows: (record ETag, has_video) by (test, session)."""
-    if previous is not None:
-        rows = zip(
-            previous["test_id"], previous["session_id"], previous["record_etag"], previous["has_video"], strict=True
-        )
-        known = {(t, s): (etag, bool(has)) for t, s, etag, has in rows if isinstance(etag, str)}
-    reuse: set[tuple[str, str]] = set()
-    wanted: list[tuple[str, str, str]] = []
-    without_record = 0
-    without_video: set[tuple[str, str]] = set()
-    listed: dict[tuple[str, str], frozenset[str]] = {}
-    for test_id, session_id, files in store.iter_session_prefixes():
-        listed[(test_id, session_id)] = frozenset(files)
-        video, record = files.get(VIDEO_NAME), files.get(RECORD_NAME)
-        if video is None:
-            if record is None:
-                continue
-            # A session UserTesting has no video for has a record of its own (no_video); any other record
-            # without its video (a deleted object) is left out, as before.
-            without_video.add((test_id, session_id))
-        seen = known.get((test_id, session_id))
-        if record is None:
-            without_record += 1
-        elif record.etag and seen is not None and seen[0] == record.etag:
-            # The same record as last time: its row stands while the video is where the row says (a stored
-            # video still there; a session without video still without); a stored video since deleted is left
-            # out without reading its record again.
-            if seen[1] == (video is not None):
-                reuse.add((test_id, session_id))
-        else:
-            wanted.append((test_id, session_id, record.etag))
-    fresh, bad, vanished = _read_records(store, wanted)
-    fresh = [r for r in fresh if _has_video(r) != ((r["test_id"], r["session_id"]) in without_video)]
-    without_record += vanished
+
+@dataclass(frozen=True)
+class CatalogFile:
+    """A catalog built into a local Parquet file (and, from `write_catalog`, committed at ``store.catalog_key``)."""
+
+    path: Path
+    summary: CatalogSummary
+    reused_rows: int
+    records_read: int
+    """Records read from the store (one GET each): new sessions, changed records, and every one from scratch."""
+    videos_without_record: int
+    row_groups: int
+    preview: pd.DataFrame
+    """The first 20 rows (the asset's metadata shows them)."""
+    bad_records: list[BadRecord] = field(default_factory=list)
+    previous_version: str | None = None
+    """The store's version of the previous catalog the build started from (None: there was none)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where `write_catalog`'s time went: ``previous`` (copying the stored catalog), ``build``, ``commit``."""
+
+
+@dataclass
+class _Totals:
+    rows: int = 0
+    videos: int = 0
+    total_bytes: int = 0
+    total_duration_seconds: float = 0.0
+    tests: set[str] = field(default_factory=set)
+    reused_rows: int = 0
+    records_read: int = 0
+    videos_without_record: int = 0
+    bad_records: list[BadRecord] = field(default_factory=list)
+
+    def add(self, frame: pd.DataFrame) -> None:
+        self.rows += len(frame)
+        self.videos += int(frame["has_video"].sum())
+        self.total_bytes += int(frame["size_bytes"].fillna(0).sum())
+        self.total_duration_seconds += float(frame["duration_seconds"].fillna(0).sum())
+        self.tests.update(str(t) for t in frame["test_id"].unique())
+
+    def summary(self) -> CatalogSummary:
+        return CatalogSummary(self.rows, self.videos, self.total_bytes, self.total_duration_seconds, len(self.tests))
+
+
+@dataclass
+class _Window:
+    """Consecutive sessions of the listing, in key order: the rows to carry over and the records being read."""
+
+    listed: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    reused: list[tuple[pa.RecordBatch, int]] = field(default_factory=list)
+    reads: list[tuple[str, str, str, Future[dict[str, Any] | BadRecord | None]]] = field(default_factory=list)
+    without_video: set[tuple[str, str]] = field(default_factory=set)
+
+
+class _PreviousRows:
+    """The previous catalog's rows in key order, one record batch (row group) at a time: ``find(key)`` moves
+    forward to ``key`` and returns (batch, row, record ETag, has_video) when the previous catalog has that row."""
+
+    def __init__(self, path: Path | None, batch_rows: int) -> None:
+        import pyarrow.parquet as pq
+
+        self._batches: Iterator[pa.RecordBatch] = iter(())
+        if path is not None:
+            self._file = pq.ParquetFile(path)
+            self._batches = self._file.iter_batches(batch_size=batch_rows)
+        self._batch: pa.RecordBatch | None = None
+        self._keys: list[tuple[str, str]] = []
+        self._etags: list[str | None] = []
+        self._has_video: list[bool | None] = []
+        self._row = 0
+
+    def find(self, key: tuple[str, str]) -> tuple[pa.RecordBatch, int, str | None, bool] | None:
+        while True:
+            while self._row < len(self._keys) and self._keys[self._row] < key:
+                self._row += 1
+            if self._row < len(self._keys):
+                if self._keys[self._row] != key or self._batch is None:
+                    return None
+                row = self._row
+                return self._batch, row, self._etags[row], bool(self._has_video[row])
+            batch = next(self._batches, None)
+            if batch is None:
+                return None
+            self._batch, self._row = batch, 0
+            columns = batch.to_pydict()
+            self._keys = list(zip(columns["test_id"], columns["session_id"], strict=True))
+            self._etags, self._has_video = columns["record_etag"], columns["has_video"]
+
+
+def build_catalog_file(
+    store: VideoStore,
+    path: Path,
+    *,
+    previous: Path | None = None,
+    row_group_rows: int = ROW_GROUP_ROWS,
+    read_workers: int = READ_WORKERS,
+    on_window: Callable[[int], None] | None = None,
+) -> CatalogFile:
+    """Build the catalog of ``store`` into the Parquet file at ``path``, streamed in row groups of
+    ``row_group_rows``; ``previous`` is the previous catalog as a local file (its unchanged rows are carried over).
+
+    One pass over the listing (read in a thread of its own, in key order): each session's row is the previous
+    catalog's when its record's ETag is unchanged (found by walking the previous file forward, row group by row
+    group, as it is in the same order), else its record is read (``read_workers`` at a time, while the listing
+    goes on). Rows are written in the bucket's key order (test, then session). ``on_window`` (tests, progress) is
+    called with the number of sessions listed after each window is written.
+    """
+    previous = previous if previous is not None and _usable_previous(previous) else None
+    previous_rows = _PreviousRows(previous, row_group_rows)
+    totals = _Totals()
+    out = _RowGroups(path, row_group_rows, totals)
+    listed_sessions = 0
+
+    def finish(window: _Window) -> None:
+        out.add(_window_frame(store, window, totals))
+        if on_window is not None:
+            on_window(listed_sessions)
+
+    windows: deque[_Window] = deque()
+    pool = ThreadPoolExecutor(max_workers=read_workers, thread_name_prefix="catalog-read")
+    listing = _prefetched(store.iter_session_prefixes(), 4 * row_group_rows)
+    try:
+        window = _Window()
+        for test_id, session_id, files in listing:
+            listed_sessions += 1
+            _place(store, pool, previous_rows, window, totals, test_id, session_id, files)
+            if len(window.listed) >= row_group_rows:
+                windows.append(window)
+                window = _Window()
+                if len(windows) > 1:  # one window's records are read while the next one is listed
+                    finish(windows.popleft())
+        windows.append(window)
+        while windows:
+            finish(windows.popleft())
+        out.flush(final=True)
+    finally:
+        listing.close()
+        pool.shutdown(wait=True, cancel_futures=True)  # a failed build leaves no reads running
+        out.close()
+    for problem in totals.bad_records:
+        log.warning("catalog: skipping %s: %s", store.uri(problem.key), problem.reason)
+    return CatalogFile(
+        path=path,
+        summary=totals.summary(),
+        reused_rows=totals.reused_rows,
+        records_read=totals.records_read,
+        videos_without_record=totals.videos_without_record,
+        row_groups=out.row_groups,
+        preview=out.preview if out.preview is not None else build_catalog([]),
+        bad_records=totals.bad_records,
+    )
+
+
+class _RowGroups:
+    """The Parquet file being written: rows arrive a window at a time and leave in row groups of ``rows``."""
+
+    def __init__(self, path: Path, rows: int, totals: _Totals) -> None:
+        import pyarrow.parquet as pq
+
+        self.rows = rows
+        self.totals = totals
+        self.row_groups = 0
+        self.preview: pd.DataFrame | None = None
+        self._pending: list[pa.Table] = []
+        self._writer = pq.ParquetWriter(path, arrow_schema(), compression="zstd")
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        self.totals.add(frame)
+        if self.preview is None or len(self.preview) < 20:
+            self.preview = frame.head(20) if self.preview is None else _concat([self.preview, frame]).head(20)
+        self._pending.append(_to_arrow(frame))
+        self.flush(final=False)
+
+    def flush(self, *, final: bool) -> None:
+        import pyarrow as pa
+
+        buffered = sum(t.num_rows for t in self._pending)
+        if not buffered or (buffered < self.rows and not final):
+            return
+        table = pa.concat_tables(self._pending)
+        start = 0
+        while table.num_rows - start >= self.rows or (final and start < table.num_rows):
+            self._writer.write_table(table.slice(start, self.rows), row_group_size=self.rows)
+            self.row_groups += 1
+            start += self.rows
+        self._pending = [table.slice(start)] if start < table.num_rows else []
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _place(
+    store: VideoStore,
+    pool: ThreadPoolExecutor,
+    previous: _PreviousRows,
+    window: _Window,
+    totals: _Totals,
+    test_id: str,
+    session_id: str,
+    files: Mapping[str, ListedFile],
+) -> None:
+    """Decide one listed session: its previous row stands, its record is read, or it has no row."""
+    video, record = files.get(VIDEO_NAME), files.get(RECORD_NAME)
+    if video is None and record is None:
+        return
+    key = (test_id, session_id)
+    window.listed[key] = frozenset(sys.intern(name) for name in files)
+    if video is None:
+        # A session UserTesting has no video for has a record of its own (no_video); any other record without
+        # its video (a deleted object) is left out.
+        window.without_video.add(key)
+    if record is None:
+        totals.videos_without_record += 1
+        return
+    seen = previous.find(key)
+    if record.etag and seen is not None and seen[2] == record.etag:
+        # The same record as last time: its row stands while the video is where the row says (a stored video
+        # still there; a session without video still without); a stored video since deleted is left out
+        # without reading its record again.
+        if seen[3] == (video is not None):
+            window.reused.append((seen[0], seen[1]))
+            totals.reused_rows += 1
+        return
+    totals.records_read += 1
+    future = pool.submit(store.get_json, store.record_key(test_id, session_id))
+    window.reads.append((test_id, session_id, record.etag, future))
+
+
+def _window_frame(store: VideoStore, window: _Window, totals: _Totals) -> pd.DataFrame:
+    """The window's rows, in key order, with the columns that come from the listing."""
+    import pyarrow as pa
+
+    fresh: list[dict[str, Any]] = []
+    for test_id, session_id, etag, future in window.reads:
+        body = future.result()
+        if body is None:  # vanished since the listing
+            totals.videos_without_record += 1
+            continue
+        # A record that is not JSON, or names another session, does not describe this video: reported, skipped
+        # (the session's next run stores it again), never allowed to fail the whole catalog.
+        if isinstance(body, BadRecord):
+            totals.bad_records.append(body)
+            continue
+        if (body.get("test_id"), body.get("session_id")) != (test_id, session_id):
+            key = store.record_key(test_id, session_id)
+            totals.bad_records.append(BadRecord(key, "the record describes another session"))
+            continue
+        if _has_video(body) == ((test_id, session_id) in window.without_video):
+            continue  # a record of a stored video whose video is gone, or a no-video record beside a video
+        fresh.append({**body, "record_etag": etag})
     try:
         fresh_frame = build_catalog(fresh)
     except (ValueError, TypeError, ArithmeticError):
         # Some record has values that do not convert to the schema (pyarrow's errors derive from these): find
         # which, one by one (only on this rare path), and leave them out.
         fresh, unusable = _convertible(fresh)
-        bad += [BadRecord(store.record_key(r["test_id"], r["session_id"]), reason) for r, reason in unusable]
+        totals.bad_records += [
+            BadRecord(store.record_key(r["test_id"], r["session_id"]), reason) for r, reason in unusable
+        ]
         fresh_frame = build_catalog(fresh)
-    for problem in bad:
-        log.warning("catalog: skipping %s: %s", store.uri(problem.key), problem.reason)
-    parts = [fresh_frame]
-    if previous is not None and reuse:
-        keys = pd.Series(list(zip(previous["test_id"], previous["session_id"], strict=True)), index=previous.index)
-        parts.append(previous[keys.isin(reuse)])
-    frame = _sorted(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else parts[0]
+    parts = [fresh_frame] if len(fresh_frame) else []
+    if window.reused:
+        by_batch: dict[int, tuple[pa.RecordBatch, list[int]]] = {}
+        for batch, row in window.reused:
+            by_batch.setdefault(id(batch), (batch, []))[1].append(row)
+        taken = [batch.take(pa.array(rows, pa.int64())) for batch, rows in by_batch.values()]
+        reused = pa.Table.from_batches(taken, schema=arrow_schema())
+        parts.append(reused.to_pandas(types_mapper=_pandas_type))
+    if not parts:
+        return build_catalog([])
+    frame = parts[0] if len(parts) == 1 else _concat(parts)
+    frame = frame.sort_values(list(_KEY_ORDER), kind="stable").reset_index(drop=True)
+    return _listing_columns(frame, store, window.listed)
+
+
+def _listing_columns(
+    frame: pd.DataFrame, store: VideoStore, listed: Mapping[tuple[str, str], frozenset[str]]
+) -> pd.DataFrame:
+    """The columns every row takes from the bucket listing (derived files added after the record)."""
     frame = with_derived_files(frame, listed)
-    frame = with_transcripts(frame, store, listed)
-    return CatalogBuild(frame, len(frame) - len(fresh), len(wanted), without_record, bad)
+    return with_transcripts(frame, store, listed)
+
+
+def _to_arrow(frame: pd.DataFrame) -> pa.Table:
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, schema=arrow_schema(), preserve_index=False).replace_schema_metadata(None)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
+def _usable_previous(path: Path) -> bool:
+    """Whether the previous catalog at ``path`` can be carried over: readable Parquet with today's columns, its
+    rows in key order (test, then session: what this module writes; older files were ordered by start time).
+    Reads the two key columns only, a row group at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        if not parquet.schema_arrow.remove_metadata().equals(arrow_schema()):
+            log.info("the previous catalog has other columns; building it from scratch")
+            return False
+        last: list[tuple[str, str]] = []
+        for batch in parquet.iter_batches(batch_size=65_536, columns=list(_KEY_ORDER)):
+            keys = last + list(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True))
+            if any(a > b for a, b in itertools.pairwise(keys)):
+                log.info("the previous catalog is not in key order (an older layout); building it from scratch")
+                return False
+            last = keys[-1:]
+    except (pa.ArrowException, OSError) as exc:
+        log.warning("the previous catalog is not readable Parquet (%s); building it from scratch", exc)
+        return False
+    return True
+
+
+def _prefetched(items: Iterator[_T], depth: int) -> Generator[_T, None, None]:
+    """``items`` produced by a thread of its own, up to ``depth`` ahead (the listing runs while records are
+    read); its exception is raised here, and it stops when the consumer does."""
+    buffer: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((False, exc))
+
+    thread = threading.Thread(target=produce, name="catalog-listing", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, value = buffer.get()
+            if not more:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.2)
+
+
+def fetch_previous(store: VideoStore, spool_dir: Path) -> tuple[Path | None, str | None]:
+    """The stored catalog copied to a spool file (streamed, never whole in memory) and its version; (None, None)
+    when there is none, (None, version) when it cannot be read (a build from scratch replaces it)."""
+    key = store.catalog_key
+    try:
+        info = store.backend.head(key)
+    except StorageError as exc:
+        log.warning("could not read the previous catalog (%s); building it from scratch", exc)
+        return None, None
+    if info is None:
+        return None, None
+    path = _spool_file(spool_dir)
+    try:
+        with path.open("wb") as out:
+            for chunk in store.backend.iter_chunks(key, 1024 * 1024):
+                out.write(chunk)
+    except (StorageError, OSError) as exc:
+        path.unlink(missing_ok=True)
+        log.warning("could not read the previous catalog (%s); building it from scratch", exc)
+        return None, info.version
+    return path, info.version
+
+
+def write_catalog(
+    store: VideoStore,
+    spool_dir: Path,
+    *,
+    row_group_rows: int = ROW_GROUP_ROWS,
+    read_workers: int = READ_WORKERS,
+    on_window: Callable[[int], None] | None = None,
+) -> CatalogFile:
+    """Build the catalog (`build_catalog_file`) into a spool file under ``spool_dir`` and commit it at
+    ``store.catalog_key`` in one step through the commit protocol (`ut_video_assets.commit`): verified by its
+    whole-object checksum, and only while the key still holds the previous catalog the build started from (or
+    nothing, when there was none). A build that fails, or that another writer beat to the key, changes nothing
+    there; the spool files are removed either way."""
+    from ut_video_assets.audio import upload_file
+    from ut_video_assets.checksums import WholeChecksums
+
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    previous, version = fetch_previous(store, spool_dir)
+    seconds = {"previous": time.perf_counter() - started}
+    out = _spool_file(spool_dir)
+    try:
+        started = time.perf_counter()
+        built = build_catalog_file(
+            store, out, previous=previous, row_group_rows=row_group_rows, read_workers=read_workers, on_window=on_window
+        )
+        seconds["build"] = time.perf_counter() - started
+        started = time.perf_counter()
+        sums = WholeChecksums([store.backend.checksum_algorithm])
+        with out.open("rb") as source:
+            while chunk := source.read(1024 * 1024):
+                sums.update(chunk)
+        precondition = Precondition.absent() if version is None else Precondition.version(version)
+        try:
+            upload_file(
+                store,
+                store.catalog_key,
+                out,
+                sums,
+                metadata={},
+                precondition=precondition,
+                content_type=PARQUET_CONTENT_TYPE,
+            )
+        except PreconditionFailedError:
+            raise StorageError(
+                f"{store.uri(store.catalog_key)} changed while this catalog was being built (another catalog run "
+                "committed first); it was left as that run wrote it"
+            ) from None
+    finally:
+        out.unlink(missing_ok=True)
+        if previous is not None:
+            previous.unlink(missing_ok=True)
+    seconds["commit"] = time.perf_counter() - started
+    return dataclasses.replace(built, previous_version=version, seconds=seconds)
+
+
+def build_from_store(store: VideoStore, *, row_group_rows: int = ROW_GROUP_ROWS) -> CatalogBuild:
+    """The catalog as a DataFrame, built as `write_catalog` builds it but not committed (small catalogs: tests,
+    tools). Carries over the rows of the previous catalog at ``store.catalog_key``."""
+    with tempfile.TemporaryDirectory(prefix="ut-catalog-") as tmp:
+        previous, _version = fetch_previous(store, Path(tmp))
+        built = build_catalog_file(
+            store, Path(tmp) / "catalog.parquet", previous=previous, row_group_rows=row_group_rows
+        )
+        frame = read_parquet_file(built.path)
+    return CatalogBuild(frame, built.reused_rows, built.records_read, built.videos_without_record, built.bad_records)
+
+
+def _spool_file(spool_dir: Path) -> Path:
+    # `ut_video_assets.spool` names: a file whose process died is removed by the next download on the host.
+    return spool_dir / f"catalog.{os.getpid()}.{uuid.uuid4().hex[:12]}.part"
+
+
+def read_parquet_file(path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    frame: pd.DataFrame = pq.read_table(path).to_pandas(types_mapper=_pandas_type)
+    return frame
+
+
+@contextlib.contextmanager
+def stored_catalog_batches(
+    store: VideoStore, columns: list[str], *, batch_rows: int = ROW_GROUP_ROWS
+) -> Iterator[Iterator[pa.RecordBatch]]:
+    """The stored catalog's ``columns``, a batch at a time (copied to a temporary file first, streamed): what its
+    checks read instead of the whole table. `StorageError` when there is no catalog."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="ut-catalog-") as tmp:
+        path = Path(tmp) / "catalog.parquet"
+        if store.backend.head(store.catalog_key) is None:
+            raise StorageError(f"no object at {store.uri(store.catalog_key)}")
+        with path.open("wb") as out:
+            for chunk in store.backend.iter_chunks(store.catalog_key, 1024 * 1024):
+                out.write(chunk)
+        yield pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
 
 
 def with_derived_files(frame: pd.DataFrame, listed: Mapping[tuple[str, str], frozenset[str]]) -> pd.DataFrame:
@@ -205,30 +661,6 @@ def with_transcripts(
     return frame
 
 
-def _read_records(
-    store: VideoStore, wanted: list[tuple[str, str, str]]
-) -> tuple[list[dict[str, Any]], list[BadRecord], int]:
-    """The usable records among ``wanted`` (with their ETags), the unusable ones, and how many vanished."""
-    bodies = store.get_json_many([store.record_key(t, s) for t, s, _etag in wanted])
-    fresh: list[dict[str, Any]] = []
-    bad: list[BadRecord] = []
-    vanished = 0
-    for (test_id, session_id, etag), body in zip(wanted, bodies, strict=True):
-        if body is None:  # vanished since the listing
-            vanished += 1
-            continue
-        # A record that is not JSON, or names another session, does not describe this video: reported, skipped
-        # (the session's next run stores it again), never allowed to fail the whole catalog.
-        if isinstance(body, BadRecord):
-            bad.append(body)
-            continue
-        if (body.get("test_id"), body.get("session_id")) != (test_id, session_id):
-            bad.append(BadRecord(store.record_key(test_id, session_id), "the record describes another session"))
-            continue
-        fresh.append({**body, "record_etag": etag})
-    return fresh, bad, vanished
-
-
 def _convertible(
     records: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
@@ -245,7 +677,8 @@ def _convertible(
 
 
 def previous_catalog(store: VideoStore) -> pd.DataFrame | None:
-    """The stored catalog, when there is one with today's columns; None means "build from scratch"."""
+    """The stored catalog as one DataFrame, when there is one with today's columns (None otherwise). Holds the
+    whole table: for tools and small catalogs; the build and the checks stream it instead."""
     import pyarrow as pa
 
     try:

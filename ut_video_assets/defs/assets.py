@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from ut_video_assets.catalog import COLUMN_DESCRIPTIONS, COLUMNS, build_from_store, summarize, to_parquet_bytes
+from ut_video_assets.catalog import COLUMN_DESCRIPTIONS, COLUMNS, write_catalog
 from ut_video_assets.defs.io_manager import (
     VideoBatch,
     commit_batch,
@@ -304,26 +304,27 @@ def _session(context: dg.AssetExecutionContext, key: str, known: dict[str, Sessi
         )
     },
 )
-def video_catalog(context: dg.AssetExecutionContext, storage: VideoStorageResource) -> dg.MaterializeResult:
+def video_catalog(
+    context: dg.AssetExecutionContext, storage: VideoStorageResource, downloads: DownloadSettingsResource
+) -> dg.MaterializeResult:
     """One row per completed session: where its stored video is, how big, its checksum and what the file is; or
     `has_video = false` when UserTesting has no video for it (then its IDs and times only).
 
     Written as Parquet to `{prefix}catalog/video_catalog.parquet` (DuckDB and Athena read it as is). Built
     from the small records stored next to each video, never from the videos. Refreshed by
     `video_catalog_refresh_sensor` shortly after new videos land, once for many partitions; each refresh
-    reuses the previous file's rows whose record is unchanged and reads only new or changed records.
+    reuses the previous file's rows whose record is unchanged and reads only new or changed records. Streamed in
+    row groups to a spool file and committed in one step: never a partial catalog, memory bounded at any size.
     """
     store = storage.store()
-    build = build_from_store(store)
-    frame = build.frame
-    store.put_bytes(store.catalog_key, to_parquet_bytes(frame), "application/vnd.apache.parquet")
-    summary = summarize(frame)
+    build = write_catalog(store, downloads.spool_path())
+    summary = build.summary
     context.log.info(
         f"catalog: {summary.rows} sessions, {summary.videos} with a video, "
         f"{summary.total_bytes / 1048576:,.1f} MiB at {store.uri(store.catalog_key)} "
         f"({build.reused_rows} rows reused from the previous catalog, {build.records_read} records read)"
     )
-    preview = frame.head(20)
+    preview = build.preview
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": summary.rows,
@@ -340,6 +341,7 @@ def video_catalog(context: dg.AssetExecutionContext, storage: VideoStorageResour
             "bad_record_count": len(build.bad_records),
             "rows_reused": build.reused_rows,
             "records_read": build.records_read,
+            "row_groups": build.row_groups,
             "preview": dg.MetadataValue.md(_markdown_table(preview)),
             "column_descriptions": dg.MetadataValue.json(COLUMN_DESCRIPTIONS),
             "dagster/column_lineage": _CATALOG_COLUMN_LINEAGE,

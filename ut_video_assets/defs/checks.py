@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from ut_video_assets.catalog import duplicate_session_ids, read_parquet_bytes
+from ut_video_assets.catalog import stored_catalog_batches
 from ut_video_assets.defs.assets import session_video, video_catalog
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.resources import VideoStorageResource
@@ -72,13 +72,20 @@ def session_video_playable(context: dg.AssetCheckExecutionContext, storage: Vide
 
 @dg.asset_check(asset=video_catalog, name="video_catalog_unique_sessions", blocking=True)
 def video_catalog_unique_sessions(storage: VideoStorageResource) -> dg.AssetCheckResult:
-    """Every session appears once in the stored Parquet file."""
+    """Every session appears once in the stored Parquet file (read a row group at a time, its session IDs only)."""
     store = storage.store()
-    frame = read_parquet_bytes(store.read_bytes(store.catalog_key))
-    duplicates = duplicate_session_ids(frame)
+    seen: set[str] = set()
+    found: set[str] = set()
+    rows = 0
+    with stored_catalog_batches(store, ["session_id"]) as batches:
+        for batch in batches:
+            for session_id in batch.column(0).to_pylist():
+                rows += 1
+                (found if session_id in seen else seen).add(session_id)
+    duplicates = sorted(found)
     return dg.AssetCheckResult(
         passed=not duplicates,
-        description=f"{len(duplicates)} duplicated session IDs" if duplicates else f"{len(frame)} unique sessions",
+        description=f"{len(duplicates)} duplicated session IDs" if duplicates else f"{rows} unique sessions",
         metadata={"duplicates": dg.MetadataValue.json(duplicates[:50])},
     )
 
@@ -88,21 +95,22 @@ def video_catalog_objects_present(storage: VideoStorageResource) -> dg.AssetChec
     """Every row with a video has its object in the bucket with the row's size (rows of sessions without a video
     have none to look for)."""
     store = storage.store()
-    frame = read_parquet_bytes(store.read_bytes(store.catalog_key))
     listed = {
         store.uri(store.video_key(test_id, session_id)): video.size
         for test_id, session_id, files in store.iter_session_prefixes()
         if (video := files.get(VIDEO_NAME)) is not None
     }
-    problems = [
-        f"{path}: " + ("missing" if listed.get(str(path)) is None else "size differs")
-        for path, size, has_video in zip(frame["storage_path"], frame["size_bytes"], frame["has_video"], strict=True)
-        if has_video and listed.get(str(path)) != size
-    ]
+    problems: list[str] = []
+    videos = 0
+    # The catalog a row group at a time, three columns of it (never the whole table in memory).
+    with stored_catalog_batches(store, ["storage_path", "size_bytes", "has_video"]) as batches:
+        for batch in batches:
+            for path, size, has_video in zip(*(column.to_pylist() for column in batch.columns), strict=True):
+                videos += bool(has_video)
+                if has_video and listed.get(str(path)) != size:
+                    problems.append(f"{path}: " + ("missing" if listed.get(str(path)) is None else "size differs"))
     return dg.AssetCheckResult(
         passed=not problems,
-        description=f"{len(problems)} rows without their object"
-        if problems
-        else f"all {int(frame['has_video'].sum())} objects present",
+        description=f"{len(problems)} rows without their object" if problems else f"all {videos} objects present",
         metadata={"problems": dg.MetadataValue.json(problems[:50])},
     )
