@@ -451,7 +451,7 @@ class _ShardUpload:
         self.sums = WholeChecksums([backend.checksum_algorithm])
         self.pending: PendingWrite = backend.begin(key, content_type=TAR_CONTENT_TYPE, metadata=metadata)
         self.pool = ThreadPoolExecutor(max_workers=store.max_concurrency, thread_name_prefix="dataset-part")
-        self.in_flight: deque[Future[None]] = deque()
+        self.in_flight: deque[tuple[Future[None], IO[bytes]]] = deque()
         self.number = 0
         self.part: IO[bytes] | None = None
         self.filled = 0
@@ -478,8 +478,8 @@ class _ShardUpload:
         self.part = None
         self.number += 1
         while len(self.in_flight) >= self.store.max_concurrency:
-            self.in_flight.popleft().result()
-        self.in_flight.append(self.pool.submit(self._send_part, self.number, part, length))
+            self.in_flight.popleft()[0].result()
+        self.in_flight.append((self.pool.submit(self._send_part, self.number, part, length), part))
 
     def _send_part(self, number: int, part: IO[bytes], length: int) -> None:
         with part:
@@ -491,16 +491,16 @@ class _ShardUpload:
         if self.part is not None:
             self._send()
         while self.in_flight:
-            self.in_flight.popleft().result()
+            self.in_flight.popleft()[0].result()
         self.pool.shutdown(wait=True)
         if self.sums.size != self.total:
             raise StorageError(f"the shard stream held {self.sums.size} bytes, {self.total} were planned")
         return self.pending.commit(size=self.total, checksums=self.sums.wire(), precondition=Precondition.absent())
 
     def abort(self) -> None:
-        for future in self.in_flight:
-            future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for _future, part in self.in_flight:
+            part.close()  # a part whose send was cancelled (a sent one is closed already)
         if self.part is not None:
             self.part.close()
         self.pending.abort()
