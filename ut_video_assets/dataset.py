@@ -81,6 +81,7 @@ __all__ = [
     "read_index",
     "shard_key",
     "shard_uris",
+    "verify_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -693,3 +694,35 @@ def _index_row(sample: _Sample, shard: str, offset: int) -> dict[str, Any]:
 def shard_uris(store: VideoStore, shards: tuple[ShardInfo, ...]) -> list[str]:
     """The URIs of ``shards``, for a loader (``pipe:aws s3 cp URI -`` each, for `webdataset.WebDataset`)."""
     return [store.uri(shard_key(store, shard.name)) for shard in shards]
+
+
+def verify_dataset(store: VideoStore) -> list[str]:
+    """What is wrong with the stored dataset, in words (empty: nothing): every shard the index lists must be in the
+    store with its recorded size and SHA-256 label, and every row must lie inside a listed shard. One HEAD and one
+    label read per shard; no shard is read."""
+    index = read_index(store)
+    if index is None:
+        return [f"no dataset index at {store.uri(index_key(store))}"]
+    table, shards = index
+    problems = []
+    sizes: dict[str, int] = {}
+    names = {shard.name for shard in shards}
+    for shard in shards:
+        key = shard_key(store, shard.name)
+        info = store.backend.head(key)
+        if info is None:
+            problems.append(f"{shard.name}: listed in the index, not in the store")
+            continue
+        sizes[shard.name] = info.size
+        if info.size != shard.size:
+            problems.append(f"{shard.name}: {info.size} bytes, the index says {shard.size}")
+        label = store.backend.get_labels(key).get(SHA256_LABEL)
+        if label != shard.sha256:
+            problems.append(f"{shard.name}: SHA-256 label {label or 'missing'}, the index says {shard.sha256}")
+    for row in table.select(["key", "shard", "offset", "sample_bytes"]).to_pylist():
+        size = sizes.get(row["shard"])
+        if row["shard"] not in names:
+            problems.append(f"session {row['key']}: its shard {row['shard']} is not listed in the index")
+        elif size is not None and row["offset"] + row["sample_bytes"] > size - 2 * BLOCK:
+            problems.append(f"session {row['key']}: its sample runs past the end of {row['shard']}")
+    return problems

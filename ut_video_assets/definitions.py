@@ -27,6 +27,7 @@ from ut_video_assets.defs.dataset import (
     session_dataset,
     session_dataset_job,
     session_dataset_sensor,
+    session_dataset_shards_present,
 )
 from ut_video_assets.defs.io_manager import SessionVideoIOManager
 from ut_video_assets.defs.researcher import (
@@ -92,6 +93,7 @@ def build_defs() -> dg.Definitions:
             session_video_playable,
             video_catalog_unique_sessions,
             video_catalog_objects_present,
+            session_dataset_shards_present,
             *RESEARCHER_CHECKS,
         ],
         jobs=[

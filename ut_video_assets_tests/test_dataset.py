@@ -30,6 +30,7 @@ from ut_video_assets.dataset import (
     index_key,
     read_index,
     shard_key,
+    verify_dataset,
 )
 from ut_video_assets.sandbox.media import PaddedVideo, upload_video
 from ut_video_assets.storage import VideoStore
@@ -221,6 +222,7 @@ def test_a_first_build_streams_every_session_into_shards_that_webdataset_loads(
             first = tarfile.TarInfo.frombuf(reader.read(512), "utf-8", "strict")
         assert first.name == f"{key}.json"
         assert row["checksum_sha256"] == hashlib.sha256(samples[key]["mp4"]).hexdigest()
+    assert verify_dataset(store) == []
     # pandas reads the index as is
     frame = pq.read_table(io.BytesIO(store.read_bytes(index_key(store)))).to_pandas()
     assert sorted(frame["key"]) == sorted(samples)
@@ -315,6 +317,11 @@ def test_bad_inputs_are_per_session_problems_and_leave_nothing_partial(video_sto
         **load_samples(store, [fixed.new_shards[0].name], tmp_path / "b"),
     }
     check_against_catalog(store, {k: v for k, v in samples.items() if k in rows}, frozenset([tampered.session_id]))
+
+    # a shard the index lists gone from the store: the verification names it
+    assert verify_dataset(store) == []
+    store.backend.delete(shard_key(store, result.shards[0].name))
+    assert verify_dataset(store) == [f"{result.shards[0].name}: listed in the index, not in the store"]
 
 
 def test_a_large_video_streams_through_without_being_held_in_memory(video_store: VideoStore, tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ def test_definitions_load_with_only_placeholder_settings() -> None:
         "checks": sorted(
             [
                 "researcher_clip_files_as_recorded",
+                "session_dataset_shards_present",
                 "session_video_checksum",
                 "session_video_playable",
                 "video_catalog_objects_present",

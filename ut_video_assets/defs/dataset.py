@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import dagster as dg
 
 from ut_video_assets.commit import PreconditionFailedError
-from ut_video_assets.dataset import DatasetBuild, DatasetError, build_dataset
+from ut_video_assets.dataset import DatasetBuild, DatasetError, build_dataset, verify_dataset
 from ut_video_assets.defs.assets import GROUP, video_catalog
 from ut_video_assets.defs.resources import DownloadSettingsResource, SpecifiedResource, VideoStorageResource
 from ut_video_assets.settings import Settings, SettingsError
@@ -122,6 +122,21 @@ def dataset_metadata(build: DatasetBuild) -> dict[str, Any]:
         "problems": dg.MetadataValue.json({p.session_id: p.reason for p in build.problems[:100]}),
         "orphan_shards": dg.MetadataValue.json(list(build.orphan_shards[:100])),
     }
+
+
+@dg.asset_check(asset=session_dataset, name="session_dataset_shards_present")
+def session_dataset_shards_present(storage: VideoStorageResource) -> dg.AssetCheckResult:
+    """Every shard the index lists is in the store with its recorded size and SHA-256 label, and every sample of
+    the index lies inside one of them (one HEAD and one label read per shard; no shard is read)."""
+    try:
+        problems = verify_dataset(storage.store())
+    except SettingsError as exc:
+        raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description=f"{len(problems)} problems: {problems[0]}" if problems else "every shard of the index is there",
+        metadata={"problems": dg.MetadataValue.json(problems[:50])},
+    )
 
 
 session_dataset_job = dg.define_asset_job(

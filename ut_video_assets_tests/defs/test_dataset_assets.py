@@ -71,6 +71,8 @@ def test_the_dataset_of_the_sandbox_sessions_and_its_incremental_rebuild(
     result = pipeline.run_job("session_dataset_job")
     assert result.success
     meta = metadata_of(result, "session_dataset")
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "session_dataset_shards_present" and check.passed
     with_video = [k for k in first if sessions[k].has_video]
     assert meta["samples"] == meta["new_samples"] == len(with_video)
     assert meta["problem_count"] == 0 and meta["sessions_without_video"] == len(first) - len(with_video)
