@@ -79,6 +79,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "has_asr": ("bool", "True when a local speech-to-text transcript is stored (asr.vtt and asr.json)"),
     "has_transcript": ("bool", "True when the Results API's own transcript is stored (transcript.vtt, WebVTT)"),
     "transcript_path": ("string", "URI of the stored transcript.vtt; empty without one"),
+    "has_clips": ("bool", "True when session_clips cut highlight clips of the session (clips/matches/*.mp4)"),
+    "clip_count": ("int64", "How many highlight clips the session has, per the clip catalog (session_clips.parquet)"),
 }
 COLUMN_DESCRIPTIONS = {name: doc for name, (_dtype, doc) in COLUMNS.items()}
 
@@ -428,7 +430,8 @@ def _listing_columns(
 ) -> pd.DataFrame:
     """The columns every row takes from the bucket listing (derived files added after the record)."""
     frame = with_derived_files(frame, listed)
-    return with_transcripts(frame, store, listed)
+    frame = with_transcripts(frame, store, listed)
+    return with_clips(frame, store)
 
 
 def _to_arrow(frame: pd.DataFrame) -> pa.Table:
@@ -658,6 +661,27 @@ def with_transcripts(
         store.uri(store.transcript_key(t, s)) if there else None for (t, s), there in zip(keys, present, strict=True)
     ]
     frame["transcript_path"] = pd.array(paths, dtype=pd.StringDtype())
+    return frame
+
+
+def with_clips(frame: pd.DataFrame, store: VideoStore) -> pd.DataFrame:
+    """``has_clips`` and ``clip_count`` for every row, from the clip catalog (`ut_video_assets.clips`: one read
+    of ``catalog/session_clips.parquet``, as of its last build); none when it was never built or is unreadable."""
+    import pandas as pd
+
+    from ut_video_assets.clips import CLIP_CATALOG_KEY, clip_counts
+
+    counts: dict[tuple[str, str], int] = {}
+    try:
+        got = store.backend.get_bytes(store.prefix + CLIP_CATALOG_KEY)
+        counts = clip_counts(got[0]) if got is not None else {}
+    except (StorageError, OSError, ValueError) as exc:  # pyarrow's errors derive from these
+        log.warning("could not read the clip catalog (%s); has_clips is false for every session", exc)
+    keys = zip(frame["test_id"], frame["session_id"], strict=True)
+    found = [counts.get((str(t), str(s)), 0) for t, s in keys]
+    frame = frame.copy()
+    frame["has_clips"] = [n > 0 for n in found]
+    frame["clip_count"] = pd.array(found, dtype=pd.Int64Dtype())
     return frame
 
 

@@ -22,6 +22,7 @@ from ut_video_assets.defs.checks import (
     video_catalog_objects_present,
     video_catalog_unique_sessions,
 )
+from ut_video_assets.defs.clips import CLIPS_ASSETS, CLIPS_JOBS, CLIPS_SENSORS, ClipSettingsResource
 from ut_video_assets.defs.dataset import (
     DatasetSettingsResource,
     session_dataset,
@@ -87,6 +88,7 @@ def build_defs() -> dg.Definitions:
             session_transcript,
             session_dataset,
             *RESEARCHER_ASSETS,
+            *CLIPS_ASSETS,
         ],
         asset_checks=[
             session_video_checksum,
@@ -104,6 +106,7 @@ def build_defs() -> dg.Definitions:
             session_dataset_job,
             partition_retention_job,
             *RESEARCHER_JOBS,
+            *CLIPS_JOBS,
         ],
         sensors=[
             completed_sessions_sensor,
@@ -114,6 +117,7 @@ def build_defs() -> dg.Definitions:
             session_dataset_sensor,
             partition_retention_sensor,
             *RESEARCHER_SENSORS,
+            *CLIPS_SENSORS,
         ],
         resources={
             "alerts": AlertsResource(**_from_env(AlertsResource)),
@@ -123,6 +127,7 @@ def build_defs() -> dg.Definitions:
             "video_io_manager": SessionVideoIOManager(storage=storage),
             "speech": SpeechSettingsResource(**_from_env(SpeechSettingsResource)),
             "speech_video_input": stored_video_or_none,
+            "clips": ClipSettingsResource(**_from_env(ClipSettingsResource)),
             "dataset": DatasetSettingsResource(**_from_env(DatasetSettingsResource)),
             "retention": RetentionSettingsResource(**_from_env(RetentionSettingsResource)),
         },

@@ -236,6 +236,10 @@ SETTINGS: dict[str, Setting] = {
     ),
     # Speech (session_asr)
     "UT_ASR_MODEL": Setting("text", None, "the speech-to-text model: a name in the local cache, or a folder"),
+    # Highlight clips cut from transcripts (session_clips)
+    "UT_CLIP_PATTERN": Setting("text", None, "a phrase (or re: and a regular expression) to cut clips at"),
+    "UT_CLIP_BEFORE_SECONDS": _number(float, 5.0, 0.1, 600, "seconds kept before a match: a tenth to 10 minutes"),
+    "UT_CLIP_AFTER_SECONDS": _number(float, 5.0, 0.1, 600, "seconds kept after a match: a tenth to 10 minutes"),
     # Alerts
     "UT_ALERT_WEBHOOK_URL": Setting("url", None, "where alerts go (none when unset)", secret=True),
     "UT_DAGSTER_UI_URL": Setting("url", None, "links to runs in alerts"),
