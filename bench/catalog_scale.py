@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -87,6 +88,29 @@ def build_in_child(env: dict[str, str], bucket: str, prefix: str, spool: Path) -
     return result
 
 
+def _store_cpu_seconds() -> float | None:
+    """CPU seconds (user + system) used so far by the SeaweedFS process serving ``AWS_ENDPOINT_URL`` (None when
+    it is not a local process): on a loaded shared machine wall time says little, CPU seconds do."""
+    port = os.environ.get("AWS_ENDPOINT_URL", "").rsplit(":", 1)[-1].strip("/")
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"weed") and f"-s3.port={port}".encode() in args:
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_kib() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -111,10 +135,14 @@ def main() -> None:
     store = VideoStore.s3(client, bucket, prefix)
     client.head_bucket(Bucket=bucket)
     baseline = _peak_rss_kib()
+    store_cpu, cpu = _store_cpu_seconds(), _cpu_seconds()
     started = time.perf_counter()
     built = write_catalog(store, spool)
     seconds = time.perf_counter() - started
     peak = _peak_rss_kib()
+    cpu = _cpu_seconds() - cpu
+    store_after = _store_cpu_seconds()
+    store_cpu = store_after - store_cpu if store_after is not None and store_cpu is not None else None
     info = store.backend.head(store.catalog_key)
     print(
         json.dumps(
@@ -130,6 +158,8 @@ def main() -> None:
                 "baseline_rss_mib": baseline / 1024,
                 "peak_rss_mib": peak / 1024,
                 "rss_growth_mib": (peak - baseline) / 1024,
+                "cpu_seconds": cpu,
+                "store_cpu_seconds": store_cpu,
             }
         )
     )
