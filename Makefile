@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 # Prefer python3.11 (the supported version) when it is on PATH.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 
-.PHONY: help venv test lint demo dev clean bench browser-deps azurite-deps netns-deps screenshots
+.PHONY: help venv test lint demo dev clean bench scale browser-deps azurite-deps netns-deps screenshots
 
 help:
 	@echo "make test    lint, format check, type check, then every test (what CI runs)"
@@ -96,3 +96,10 @@ screenshots: $(STAMP) browser-deps
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,sandbox,gcs,azure,bench]'
 	$(PY) -m bench.run
+
+# Issue #16: a Postgres-backed Dagster instance (deploy/dagster.yaml) at 100,000 sessions, and at 200,000 with
+# partition retention (UT_PARTITION_RETENTION_DAYS): discovery ticks, code location load, the UI pages in Chromium,
+# a 1,000-session backfill over GraphQL. Needs PostgreSQL on 127.0.0.1:5432 (trust) and /usr/bin/chromium; ~40 min.
+# Writes bench/results/instance_scale.{json,md} (docs/DEPLOYMENT.md, "Past 100,000 sessions").
+scale: $(STAMP) browser-deps
+	$(PY) -m bench.instance_scale

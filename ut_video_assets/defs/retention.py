@@ -7,7 +7,8 @@ so a pass cut short leaves a key in both (still known to discovery) and never in
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import ClassVar
 
 import dagster as dg
@@ -61,8 +62,21 @@ def verified_sessions(instance: dg.DagsterInstance, keys: Sequence[str]) -> set[
     return {key for key, count in passed.items() if count == len(check_keys)}
 
 
-def plan_for(instance: dg.DagsterInstance, store: VideoStore, days: float, now: float, most: int) -> RetentionPlan:
-    """Which partitions to retire now (`plan_retirement`), from the instance and the stored catalog."""
+def catalogued_sessions(store: VideoStore) -> AbstractSet[str]:
+    """The sessions with a row in the stored Parquet catalog (none when there is no readable catalog yet)."""
+    catalog = previous_catalog(store)
+    return set(catalog["session_id"]) if catalog is not None else set()
+
+
+def plan_for(
+    instance: dg.DagsterInstance,
+    catalogued: Callable[[], AbstractSet[str]],
+    days: float,
+    now: float,
+    most: int,
+) -> RetentionPlan:
+    """Which partitions to retire now (`plan_retirement`), from the instance and the catalog's sessions
+    (``catalogued``, read only when some partition is old enough)."""
     partitions = list(instance.get_dynamic_partitions(SESSIONS))
     settled = instance.event_log_storage.get_latest_storage_id_by_partition(
         SESSION_VIDEO_KEY, DagsterEventType.ASSET_MATERIALIZATION
@@ -73,9 +87,8 @@ def plan_for(instance: dg.DagsterInstance, store: VideoStore, days: float, now: 
     cutoff_id = older[0].storage_id if older else None
     candidates = [k for k in partitions if cutoff_id is not None and settled.get(k, cutoff_id + 1) <= cutoff_id]
     verified = verified_sessions(instance, candidates)
-    catalog = previous_catalog(store) if candidates else None
-    catalogued = set(catalog["session_id"]) if catalog is not None else set()
-    return plan_retirement(partitions, settled, cutoff_id, verified, catalogued, most=most)
+    in_catalog = catalogued() if candidates else set()
+    return plan_retirement(partitions, settled, cutoff_id, verified, in_catalog, most=most)
 
 
 def retire(instance: dg.DagsterInstance, keys: Sequence[str]) -> None:
@@ -110,7 +123,8 @@ def retire_settled_session_partitions(
         context.log.info("session_video runs are queued or running: nothing retired in this pass")
         return dg.Output(0, metadata={"retired": 0, "why_none": "downloads in flight"})
     started = time.perf_counter()
-    plan = plan_for(instance, storage.store(), days, time.time(), config.most)
+    store = storage.store()
+    plan = plan_for(instance, lambda: catalogued_sessions(store), days, time.time(), config.most)
     planned = time.perf_counter()
     retire(instance, plan.retire)
     finished = time.perf_counter()
@@ -165,6 +179,7 @@ def partition_retention_sensor(
 
 __all__ = [
     "RetentionSettingsResource",
+    "catalogued_sessions",
     "partition_retention_job",
     "partition_retention_sensor",
     "plan_for",
