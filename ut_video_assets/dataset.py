@@ -16,12 +16,15 @@ members: ``{session}.json`` (the session's `video_catalog` row plus ``transcript
 size is known from the bucket listing), then its bytes read from the store chunk by chunk, then padding. The tar
 stream is cut into parts of the store's part size, each spooled to an unlinked temporary file under the spool
 directory and sent to a pending write (`ut_video_assets.commit`) while the next part is filled: at most
-``max_concurrency + 1`` parts are ever on disk, one chunk in memory, never a whole video or shard. The shard is
+``max_concurrency + 1`` parts are ever on disk, one chunk in memory, never a whole video or shard (the only
+whole files held are the transcripts of the shard being written, read just before it). The shard is
 committed with the whole object's checksum (the store's algorithm, computed while streaming), create-only; its
 SHA-256 becomes a label afterwards. Every streamed member is checked while it passes: the video's SHA-256 against
 the catalog's ``checksum_sha256``, the FLAC's against the SHA-256 it was stored with, every length against the
-listing. A session that fails a check (or whose transcript is not WebVTT) is a `SampleProblem`: the shard's
-pending write is aborted (nothing is visible at its key) and written again without that session. So a shard
+listing. A session that fails a check is a `SampleProblem`: before its shard starts (a transcript that is not
+WebVTT, a video whose SHA-256 label is not the catalog's, a file changed since the listing) it is simply left
+out; while its shard streams, the shard's pending write is aborted (nothing is visible at its key) and written
+again without that session. So a shard
 holds only verified samples, and nothing partial is ever at a final key.
 
 **Incremental.** The index keeps, for each sample, the versions (ETags) of the files it was made from
@@ -341,18 +344,32 @@ def _plan(store: VideoStore, catalog: list[dict[str, Any]]) -> tuple[list[_Sampl
             )
             continue
         versions = {name: files[name].etag for name in wanted}
-        samples.append(_Sample(session_id, test_id, row, versions, transcript))
+        sample = _Sample(session_id, test_id, row, versions, transcript)
+        sample.members = _planned_members(sample, {name: files[name].size for name in wanted})
+        samples.append(sample)
     return samples, problems, without_video
 
 
-def _prepare(store: VideoStore, sample: _Sample) -> None:
-    """Fill in the sample's members (reads the small ones and the FLAC's recorded SHA-256); raises `SampleError`."""
-    prefix = store.session_prefix(sample.test_id, sample.session_id)
-    listed = sample.versions
-    members: list[_Member] = []
+def _planned_members(sample: _Sample, sizes: dict[str, int]) -> list[_Member]:
+    """The sample's members with their sizes from the listing (what packing needs); `_prepare` checks and fills
+    them in just before their shard is written."""
     document = {**{k: _json_value(v) for k, v in sample.row.items()}, "transcript_source": sample.transcript_source}
     body = json.dumps(document, sort_keys=True).encode()
-    members.append(_Member("json", len(body), body=body))
+    members = [_Member("json", len(body), body=body), _Member("mp4", sizes[VIDEO_NAME])]
+    if AUDIO_NAME in sizes:
+        members.append(_Member("flac", sizes[AUDIO_NAME]))
+    if sample.transcript_name is not None:
+        members.append(_Member("vtt", sizes[sample.transcript_name]))
+    return members
+
+
+def _prepare(store: VideoStore, sample: _Sample) -> None:
+    """Check the sample's files against the listing and the catalog (a HEAD of the video and the FLAC, the video's
+    SHA-256 label) and read its transcript; raises `SampleError`. Done for one shard's samples at a time: their
+    transcripts are the only bytes held in memory."""
+    prefix = store.session_prefix(sample.test_id, sample.session_id)
+    listed = sample.versions
+    json_member = sample.members[0]
     sha256 = str(sample.row.get("checksum_sha256") or "")
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise SampleError(sample.session_id, "the catalog has no valid SHA-256 for the video")
@@ -364,22 +381,24 @@ def _prepare(store: VideoStore, sample: _Sample) -> None:
     label = store.backend.get_labels(prefix + VIDEO_NAME).get(SHA256_LABEL)
     if label and label != sha256:
         raise SampleError(sample.session_id, f"the video's SHA-256 label is {label}, the catalog says {sha256}")
-    members.append(_Member("mp4", video.size, key=prefix + VIDEO_NAME, sha256=sha256))
+    members = [json_member, _Member("mp4", video.size, key=prefix + VIDEO_NAME, sha256=sha256)]
     if AUDIO_NAME in listed:
         audio = store.backend.head(prefix + AUDIO_NAME)
         if audio is None or audio.version != listed[AUDIO_NAME]:
             raise SampleError(sample.session_id, "audio.flac changed while the dataset was being built")
         members.append(_Member("flac", audio.size, key=prefix + AUDIO_NAME, sha256=audio.metadata.get("sha256", "")))
     if sample.transcript_name is not None:
+        if sample.members[-1].size > MAX_VTT_BYTES:
+            raise SampleError(sample.session_id, f"{sample.transcript_name} is too large to be a transcript")
         got = store.backend.get_bytes(prefix + sample.transcript_name)
         if got is None or got[1] != listed[sample.transcript_name]:
             raise SampleError(sample.session_id, f"{sample.transcript_name} changed while the dataset was being built")
         text = got[0]
-        if len(text) > MAX_VTT_BYTES:
-            raise SampleError(sample.session_id, f"{sample.transcript_name} is {len(text)} bytes: not a transcript")
         if not text.lstrip(b"\xef\xbb\xbf").startswith(b"WEBVTT"):
             raise SampleError(sample.session_id, f"{sample.transcript_name} is not WebVTT (no WEBVTT header)")
         members.append(_Member("vtt", len(text), body=text))
+    if [m.size for m in members] != [m.size for m in sample.members]:
+        raise SampleError(sample.session_id, "its files changed size while the dataset was being built")
     sample.members = members
 
 
@@ -575,22 +594,13 @@ def build_dataset(store: VideoStore, *, shard_bytes: int, spool_dir: Path) -> Da
     )
     wanted = {s.session_id for s in planned} | {p.session_id for p in problems}
     keep = {s.session_id for s in planned if old.get(s.session_id) == s.fingerprint}
-    ready: list[_Sample] = []
-    for sample in planned:
-        if sample.session_id in keep:
-            continue
-        try:
-            _prepare(store, sample)
-        except SampleError as exc:
-            problems.append(SampleProblem(exc.session_id, exc.reason))
-            continue
-        ready.append(sample)
+    fresh = [sample for sample in planned if sample.session_id not in keep]
 
     known_numbers = _existing_shard_numbers(store)
     indexed = {s.name for s in previous.shards}
     orphans = tuple(name for name in (_shard_name(n) for n in sorted(known_numbers)) if name not in indexed)
     next_number = max(known_numbers + [_number_of(s.name) for s in previous.shards] + [-1]) + 1
-    new_shards, new_rows = _write_shards(store, _pack(ready, shard_bytes), next_number, spool_dir, problems)
+    new_shards, new_rows = _write_shards(store, _pack(fresh, shard_bytes), next_number, spool_dir, problems)
     # A session with a problem keeps its earlier sample, if it had one.
     keep |= {p.session_id for p in problems if p.session_id in old}
     shards = previous.shards + tuple(new_shards)
@@ -617,13 +627,21 @@ def build_dataset(store: VideoStore, *, shard_bytes: int, spool_dir: Path) -> Da
 def _write_shards(
     store: VideoStore, groups: list[list[_Sample]], number: int, spool_dir: Path, problems: list[SampleProblem]
 ) -> tuple[list[ShardInfo], list[dict[str, Any]]]:
-    """One new shard per group, numbered from ``number``; a sample that fails a check while streaming is added to
-    ``problems`` and its shard written again without it (under the same name: nothing was committed there)."""
+    """One new shard per group, numbered from ``number``. A sample that fails a check before its shard starts or
+    while it streams is added to ``problems`` and left out; in the second case the shard is written again without
+    it (under the same name: nothing was committed there)."""
     mtime = int(time.time())
     new_shards: list[ShardInfo] = []
     new_rows: list[dict[str, Any]] = []
     for group in groups:
-        pending = list(group)
+        pending = []
+        for sample in group:
+            try:
+                _prepare(store, sample)
+            except SampleError as exc:
+                problems.append(SampleProblem(exc.session_id, exc.reason))
+                continue
+            pending.append(sample)
         while pending:
             name = _shard_name(number)
             try:
@@ -637,6 +655,8 @@ def _write_shards(
             new_shards.append(shard)
             new_rows += [_index_row(s, name, o) for s, o in zip(pending, offsets, strict=True)]
             break
+        for sample in group:
+            sample.members = sample.members[:1]  # the transcripts read for this shard are not needed any more
     return new_shards, new_rows
 
 
