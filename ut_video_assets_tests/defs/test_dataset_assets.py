@@ -3,6 +3,7 @@ session_video runs, audio by session_audio, catalogued by video_catalog; loaded 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -36,6 +37,13 @@ def evaluate_sensor(pipeline: Pipeline, cursor: str | None) -> tuple[dg.RunReque
     with dg.build_sensor_context(instance=pipeline.instance, cursor=cursor, definitions=pipeline.defs) as context:
         result = session_dataset_sensor(context)
         return result, context.cursor
+
+
+def test_the_sensor_starts_stopped_unless_turned_on() -> None:
+    """The first build reads every stored video once: off until UT_DATASET=true (read when the code location
+    loads) or started in the UI."""
+    assert "UT_DATASET" not in os.environ  # the test environment leaves it unset, as a fresh deployment does
+    assert session_dataset_sensor.default_status == dg.DefaultSensorStatus.STOPPED
 
 
 def test_the_dataset_of_the_sandbox_sessions_and_its_incremental_rebuild(
