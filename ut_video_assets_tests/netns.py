@@ -51,7 +51,7 @@ def unavailable_reason() -> str | None:
     """Why namespaces cannot be made here (not root, no ``ip`` or ``unshare``, no permission), or None."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool in ("ip", "unshare"):
+    for tool in ("ip", "unshare", "hostname"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed (make netns-deps installs iproute2)"
     probe = f"utv-probe-{secrets.token_hex(3)}"
@@ -204,7 +204,7 @@ def _join_namespace(namespace: str) -> None:
 class Relay:
     """TCP forwarders on one asyncio loop in a thread of their own, in the root namespace or inside ``namespace``
     (every socket, listening or outgoing, is opened by that thread, so in that namespace). Counts the
-    connections each forwarder carried. Use as a context manager."""
+    connections each forwarder carried, and can cut the live ones (`drop`). Use as a context manager."""
 
     def __init__(self, namespace: str | None = None) -> None:
         self.namespace = namespace
@@ -213,6 +213,7 @@ class Relay:
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._live: dict[tuple[str, int], set[tuple[asyncio.WriteTransport, asyncio.WriteTransport]]] = {}
 
     def start(self) -> Relay:
         ready = threading.Event()
@@ -275,6 +276,8 @@ class Relay:
             return
         key = (str(local[0]), int(local[1]))
         self.connections[key] = self.connections.get(key, 0) + 1
+        pair = (writer.transport, up_writer.transport)
+        self._live.setdefault(key, set()).add(pair)
 
         async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -289,8 +292,23 @@ class Relay:
         try:
             await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
         finally:
+            self._live[key].discard(pair)
             for w in (writer, up_writer):
                 w.transport.abort()
+
+    def drop(self, listen_host: str, listen_port: int) -> int:
+        """Cut every live connection of the forwarder on ``listen_host:listen_port`` (both sides reset, as a
+        network fault would); returns how many were cut."""
+        assert self._loop is not None, "the relay is not running"
+
+        async def cut() -> int:
+            live = list(self._live.get((listen_host, listen_port), ()))
+            for pair in live:
+                for transport in pair:
+                    transport.abort()
+            return len(live)
+
+        return asyncio.run_coroutine_threadsafe(cut(), self._loop).result(timeout=10)
 
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
