@@ -1,7 +1,7 @@
 """The stored sessions as a dataset ML teams load directly: WebDataset tar shards and a Parquet index.
 
-Layout under the destination's prefix (what `webdataset.WebDataset(urls)` and
-``datasets.load_dataset("webdataset", data_files="…/dataset/shards/*.tar")`` read; see docs/USING.md)::
+Layout under the destination's prefix (tar shards as `webdataset.WebDataset(urls)` and Hugging Face's
+``webdataset`` builder read them, a ``metadata.parquet`` next to them; docs/USING.md shows how to load it)::
 
     {prefix}dataset/shards/shard-000000.tar   samples, each the members {session}.json, .mp4, .flac, .vtt
     {prefix}dataset/metadata.parquet          the index: one row per sample (written last)
@@ -24,8 +24,7 @@ the catalog's ``checksum_sha256``, the FLAC's against the SHA-256 it was stored 
 listing. A session that fails a check is a `SampleProblem`: before its shard starts (a transcript that is not
 WebVTT, a video whose SHA-256 label is not the catalog's, a file changed since the listing) it is simply left
 out; while its shard streams, the shard's pending write is aborted (nothing is visible at its key) and written
-again without that session. So a shard
-holds only verified samples, and nothing partial is ever at a final key.
+again without that session. So a shard holds only verified samples, and nothing partial is ever at a final key.
 
 **Incremental.** The index keeps, for each sample, the versions (ETags) of the files it was made from
 (``source_versions``). A rebuild lists the bucket and reads the catalog and the index: samples whose sources are
@@ -83,7 +82,6 @@ __all__ = [
     "index_key",
     "read_index",
     "shard_key",
-    "shard_uris",
     "verify_dataset",
 ]
 
@@ -709,11 +707,6 @@ def _index_row(sample: _Sample, shard: str, offset: int) -> dict[str, Any]:
         "source_versions": sample.fingerprint,
         **{name: sample.row[name] for name in COLUMNS},
     }
-
-
-def shard_uris(store: VideoStore, shards: tuple[ShardInfo, ...]) -> list[str]:
-    """The URIs of ``shards``, for a loader (``pipe:aws s3 cp URI -`` each, for `webdataset.WebDataset`)."""
-    return [store.uri(shard_key(store, shard.name)) for shard in shards]
 
 
 def verify_dataset(store: VideoStore) -> list[str]:
