@@ -324,6 +324,24 @@ def test_bad_inputs_are_per_session_problems_and_leave_nothing_partial(video_sto
     assert verify_dataset(store) == [f"{result.shards[0].name}: listed in the index, not in the store"]
 
 
+def test_shards_whose_index_write_was_lost_are_orphans_never_reused(video_store: VideoStore, tmp_path: Path) -> None:
+    """A build that committed its shard but not its index (killed between the two, or beaten by another build):
+    the next build names the shard as an orphan, leaves it alone and writes its samples into a new shard."""
+    store = video_store
+    sessions = [store_session(store, tmp_path, video_size=50_000) for _ in range(2)]
+    refresh_catalog(store)
+    lost = build(store, tmp_path)
+    store.backend.delete(index_key(store))  # as if the index write never happened
+
+    result = build(store, tmp_path)
+
+    assert result.orphan_shards == (lost.shards[0].name,)
+    assert [s.name for s in result.shards] == ["shards/shard-000001.tar"] and result.new_samples == 2
+    assert store.backend.head(shard_key(store, lost.shards[0].name)) is not None  # left alone
+    assert set(index_rows(store)) == {s.session_id for s in sessions}
+    assert verify_dataset(store) == []
+
+
 def test_a_large_video_streams_through_without_being_held_in_memory(video_store: VideoStore, tmp_path: Path) -> None:
     """A 48 MiB video (streamed up in parts, never built in memory) goes into a shard while this process holds a
     few MiB at most: read chunk by chunk, cut into 5 MiB parts spooled to unlinked files, nothing left behind."""
