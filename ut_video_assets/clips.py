@@ -369,6 +369,59 @@ class _StreamCopy:
         self.copied += 1
 
 
+class BlockCache(io.RawIOBase):
+    """A seekable reader that keeps the last ``blocks`` blocks of ``block_size`` bytes it read from ``source``.
+
+    An MP4 whose tracks were written one after the other (all video, then all audio) has a copy jump between two
+    places of the file for every packet; the store's reader keeps one block, so each jump would be a new ranged
+    GET. A few blocks hold both places: memory stays at most ``blocks * block_size``."""
+
+    def __init__(self, source: IO[bytes], size: int, *, block_size: int = 4 * 1024 * 1024, blocks: int = 8) -> None:
+        super().__init__()
+        self.size = size
+        self.position = 0
+        self.reads = 0
+        """Blocks read from ``source`` (each a ranged GET or so on a store)."""
+        self._source = source
+        self._block_size = block_size
+        self._blocks = blocks
+        self._cache: dict[int, bytes] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        if self.position >= self.size:
+            return 0
+        index, offset = divmod(self.position, self._block_size)
+        block = self._cache.pop(index, None)
+        if block is None:
+            self._source.seek(index * self._block_size)
+            block = self._source.read(min(self._block_size, self.size - index * self._block_size))
+            self.reads += 1
+            if len(self._cache) >= self._blocks:
+                del self._cache[next(iter(self._cache))]  # the least recently used
+        self._cache[index] = block  # most recently used last
+        view = memoryview(buffer).cast("B")
+        count = min(len(view), len(block) - offset)
+        if count <= 0:
+            return 0
+        view[:count] = block[offset : offset + count]
+        self.position += count
+        return count
+
+
 def _reason(exc: BaseException) -> str:
     return str(getattr(exc, "strerror", None) or exc).split(": '")[0][:200]
 
@@ -560,7 +613,10 @@ def _cut_and_store(
     created: list[str] = []
     spool_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with open_stored_video(store, video) as reader, open_media(reader) as container:
+        with (
+            open_stored_video(store, video) as reader,
+            open_media(io.BufferedReader(BlockCache(reader, video.size), buffer_size=64 * 1024)) as container,
+        ):
             windows, outside = clip_windows(matches, before=before, after=after, duration=media_duration(container))
             with tempfile.TemporaryDirectory(prefix="ut-clips-", dir=spool_dir) as folder:
                 for index, window in enumerate(windows):
@@ -758,6 +814,7 @@ __all__ = [
     "CLIPS_FOLDER",
     "CLIP_CATALOG_KEY",
     "MANIFEST_NAME",
+    "BlockCache",
     "ClipError",
     "ClipPattern",
     "ClipPatternError",

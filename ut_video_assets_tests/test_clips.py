@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from ut_video_assets.clips import (
+    BlockCache,
     ClipError,
     ClipPattern,
     ClipPatternError,
@@ -222,6 +223,24 @@ def test_a_window_is_copied_from_the_keyframe_before_it_without_re_encoding(vide
     assert last.actual_start == 8.0
     _times, last_levels, _ = probe(last.path.read_bytes())
     assert close_to([source_index(level) for level in last_levels], list(range(80, 100)))  # to the video's end
+
+
+def test_reads_that_jump_between_two_places_reuse_the_blocks_read() -> None:
+    """A file whose tracks were written one after the other (the sandbox's, and this module's videos): a copy jumps
+    between the video's and the audio's places for every packet; each place is read from the source once."""
+    data = bytes(range(256)) * (40 * 1024)  # 10 MiB
+    cache = BlockCache(io.BytesIO(data), len(data), block_size=1024 * 1024, blocks=2)
+    for _ in range(50):
+        for place in (100, 9 * 1024 * 1024 + 7):
+            cache.seek(place)
+            assert cache.read(1000) == data[place : place + 1000]
+    assert cache.reads == 2
+    cache.seek(5 * 1024 * 1024)  # a third place evicts the least recently used block, not both
+    assert cache.read(10) == data[5 * 1024 * 1024 : 5 * 1024 * 1024 + 10] and cache.reads == 3
+    cache.seek(9 * 1024 * 1024 + 7)
+    assert cache.read(10) == data[9 * 1024 * 1024 + 7 : 9 * 1024 * 1024 + 17] and cache.reads == 3
+    cache.seek(len(data) - 3)
+    assert cache.read(10) == data[-3:] and cache.read(10) == b""
 
 
 def test_a_file_that_is_not_media_is_a_clip_error(tmp_path: Path) -> None:
