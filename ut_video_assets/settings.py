@@ -234,7 +234,8 @@ SETTINGS: dict[str, Setting] = {
     "UT_DATASET_SHARD_MIB": _number(
         int, 1024, 1, 65_536, "a WebDataset shard: 1 MiB (tests) to 64 GiB; loaders expect 0.5 to 2 GiB"
     ),
-    # Speech (session_asr)
+    # Speech (session_audio, session_asr)
+    "UT_SPEECH": Setting("bool", False, "session_speech_sensor starts running (audio and local ASR cost CPU)"),
     "UT_ASR_MODEL": Setting("text", None, "the speech-to-text model: a name in the local cache, or a folder"),
     # Highlight clips cut from transcripts (session_clips)
     "UT_CLIP_PATTERN": Setting("text", None, "a phrase (or re: and a regular expression) to cut clips at"),

@@ -30,6 +30,17 @@ ACTIVE = [
 ]
 
 
+# Below background runs: work that spends no Results API budget (audio, local speech-to-text, transcript clips,
+# the dataset). It can run whenever a worker is free, while background runs can only use the budget the videos
+# leave in the moment; one run per session of it must not keep the queue's slots from them.
+DOWNSTREAM_PRIORITY = "-20"
+
+
+def downstream_tags() -> dict[str, str]:
+    """The tags of a job that works only on stored files (no API call): queued below video and background runs."""
+    return {"dagster/priority": DOWNSTREAM_PRIORITY}
+
+
 def background_tags(kind: str) -> dict[str, str]:
     """The tags of a background job of ``kind`` (e.g. ``transcripts``): how its runs are found and queued."""
     return {BACKGROUND_TAG: kind, "dagster/priority": BACKGROUND_PRIORITY}

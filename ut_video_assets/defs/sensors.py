@@ -19,6 +19,14 @@ TICK_TIME_LIMIT_SECONDS = 40.0
 PARTITIONS_NAME = "session_ids"
 TICK_BUDGET_WAIT_SECONDS = 5.0
 TRANSCRIPT_KEY = dg.AssetKey("session_transcript")  # by key: defs.transcripts imports this layer's assets
+# Files stored next to a video after it, which the catalog has columns for (has_transcript, has_audio, has_asr,
+# has_clips): a new one refreshes the catalog, and the dataset (which follows the catalog) with it.
+CATALOGED_FILES = (
+    TRANSCRIPT_KEY,
+    dg.AssetKey("session_audio"),
+    dg.AssetKey("session_asr"),
+    dg.AssetKey("session_clips"),
+)
 
 session_video_job = dg.define_asset_job(
     "session_video_job",
@@ -223,9 +231,10 @@ def video_catalog_refresh_sensor(context: dg.SensorEvaluationContext) -> dg.RunR
     latest = instance.fetch_materializations(session_video.key, limit=1).records
     if not latest:
         return dg.SkipReason("no session video stored yet")
-    # A transcript stored later changes the catalog too (has_transcript, transcript_path), not the video's record.
-    transcript = instance.fetch_materializations(TRANSCRIPT_KEY, limit=1).records
-    latest_id = max([latest[0].storage_id] + [record.storage_id for record in transcript])
+    # A transcript, audio, local transcript or clips stored later change the catalog too (has_transcript, ...),
+    # not the video's record.
+    later = [r for key in CATALOGED_FILES for r in instance.fetch_materializations(key, limit=1).records]
+    latest_id = max([latest[0].storage_id] + [record.storage_id for record in later])
     # Cursor: the last storage ID the catalog covers, when it was refreshed, and since when a newer one waits.
     state = (context.cursor or "0:0:0").split(":")
     handled_id = int(state[0])

@@ -6,6 +6,7 @@ library and says what became of the session in its metadata. One session per run
 """
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,10 +28,11 @@ from ut_video_assets.asr import (
 )
 from ut_video_assets.audio import AudioError, NoAudioTrack, audio_key, extract_session_audio
 from ut_video_assets.checksums import WholeChecksums
+from ut_video_assets.defs.background import downstream_tags
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, SpecifiedResource, VideoStorageResource
-from ut_video_assets.settings import SettingsError
+from ut_video_assets.settings import Settings, SettingsError
 from ut_video_assets.storage import StoredVideo, VideoStore
 
 GROUP = "usertesting"
@@ -38,6 +40,18 @@ AUDIO_ASSET_KEY = dg.AssetKey("session_audio")
 TRANSCRIPT_NAME = "transcript.vtt"
 """The Results API's own transcript next to the video (``session_transcript``), when it exists."""
 RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL)
+log = logging.getLogger(__name__)
+
+
+def _running_by_default() -> bool:
+    """``UT_SPEECH`` when the code location loads (off unless set: audio and local speech-to-text cost CPU on every
+    worker, and session_asr needs the asr extra and a model there); a malformed value is logged and the default
+    used (the UI must stay up; ``check-config`` reports it as an error)."""
+    try:
+        return Settings().flag("UT_SPEECH")
+    except SettingsError as exc:
+        log.error("%s; speech stays off until it is fixed", exc)
+        return False
 
 
 class SpeechSettingsResource(SpecifiedResource):
@@ -295,6 +309,7 @@ session_speech_job = dg.define_asset_job(
     "session_speech_job",
     selection=dg.AssetSelection.assets(session_audio, session_asr),
     description="A session's audio as FLAC and its local transcript (one session per run).",
+    tags=downstream_tags(),  # CPU work, no API call: queued below video and transcript runs
 )
 
 
@@ -304,9 +319,9 @@ SPEECH_SENSOR_BATCH = 200
 @dg.sensor(
     job=session_speech_job,
     minimum_interval_seconds=60,
-    # Off until turned on (in the UI: Automation): audio and local transcripts cost CPU on every worker, and
-    # session_asr needs the asr extra and a model there.
-    default_status=dg.DefaultSensorStatus.STOPPED,
+    # Off until turned on (UT_SPEECH, or in the UI: Automation): audio and local transcripts cost CPU on every
+    # worker, and session_asr needs the asr extra and a model there.
+    default_status=dg.DefaultSensorStatus.RUNNING if _running_by_default() else dg.DefaultSensorStatus.STOPPED,
     description="Requests session_speech_job (audio, then a local transcript) for each session whose video has "
     "been stored since its last look; sessions without a video are left out.",
 )
