@@ -480,6 +480,7 @@ class CutFetcher:
         gone = []
         for obj in self.store.backend.list_objects(prefix):
             name = obj.key[len(prefix) :]
+            # Subfolders are not the researchers' cuts: `clips/matches/` holds session_clips' transcript matches.
             if "/" in name or not name.endswith(".mp4") or name in names:
                 continue
             labels = self.store.backend.get_labels(obj.key)
