@@ -3,10 +3,12 @@ over the real embedded store (SeaweedFS) with videos made here by PyAV."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
 import tempfile
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from ut_video_assets.clips import (
     open_media,
     words_from_asr,
 )
+from ut_video_assets.commit import ObjectBackend
 from ut_video_assets.researcher import CutFetcher, CutSettings, clip_key
 from ut_video_assets.storage import StoredVideo, VideoStore
 from ut_video_assets.transcripts import Cue
@@ -425,3 +428,40 @@ def test_a_video_that_cannot_be_cut_leaves_the_clips_as_they_were(
     manifest = video_store.get_json(manifest_key(video_store, TEST_ID, SESSION_ID))
     assert isinstance(manifest, dict) and manifest["clips"][0]["sha256"] == earlier.clips[0].sha256
     assert not list((tmp_path / "spool").iterdir())  # no spool file left either
+
+
+@pytest.mark.parametrize("cloud", ["gcs", "azure"])
+def test_a_session_pass_on_the_other_destinations(
+    cloud: str, request: pytest.FixtureRequest, video_bytes: bytes, tmp_path: Path
+) -> None:
+    """The same pass on Google Cloud Storage (fake-gcs-server) and Azure Blob (Azurite): the video read through
+    the backend's ranged reads, each clip committed with that store's whole-object checksum, its metadata read
+    back (not cut again), and an earlier pattern's clip deleted (only the version seen)."""
+    bucket = f"dest-{uuid.uuid4().hex[:12]}"
+    backend: ObjectBackend
+    if cloud == "gcs":
+        from ut_video_assets.gcsstore import GcsBackend
+
+        gcs = request.getfixturevalue("gcs_server")
+        gcs.create_bucket(bucket)
+        backend = GcsBackend(gcs.client(), bucket)
+    else:
+        from ut_video_assets.azstore import azure_backend
+
+        azurite = request.getfixturevalue("azurite_server")
+        azurite.create_container(bucket)
+        backend = azure_backend(bucket, service=azurite.service())
+    store = VideoStore(backend, "videos/", part_size=2 * 1024 * 1024)
+    video = store_session(store, video_bytes, VTT)
+    first = run(store, video, "pricing", tmp_path)
+    (clip,) = first.clips
+    assert clip.uri.startswith(("gs://", "az://")) and (clip.requested_start, clip.actual_start) == (3.0, 3.0)
+    body = store.read_bytes(clip.key)
+    assert hashlib.sha256(body).hexdigest() == clip.sha256
+    assert len(probe(body)[0]) >= 30
+    head = backend.head(clip.key)
+    assert head is not None and head.checksum is not None
+    assert [c.status for c in run(store, video, "pricing", tmp_path).clips] == ["unchanged"]
+    other = run(store, video, "easier", tmp_path)
+    assert [c.status for c in other.clips] == ["cut"] and other.removed == (clip.uri,)
+    assert clip_keys(store) == ["000-7500-10000.mp4"]
