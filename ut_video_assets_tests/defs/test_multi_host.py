@@ -12,8 +12,10 @@ budget in the same database, and the one bucket (the sessions' leases included).
 What the test shows, on `test_across_processes`' deployment (the sandbox at 5 requests per 4 s, the download
 pool at 2):
 
-- the lease: while host 1 is storing a session (its download held mid-stream by the sandbox), host 2 asked for
-  the same session fails at once naming host 1's run and host name, and never asks for a URL;
+- the cap: while host 1 and host 3 download (both held mid-stream by the sandbox), host 2's step waits for a
+  download slot;
+- the lease: host 2, asked for the session host 1 is storing, fails at once naming host 1's run and host name
+  and never downloads it; host 1, its connection then cut, resumes from its last good byte and stores it;
 - a host killed mid-download (SIGKILL of every process on host 3 while its download is held, with an upload
   part already sent) loses nothing: what run monitoring does for a dead run worker (the run failed, its pool slot
   freed) is done here, and once its lease has expired another host takes the session over, aborts host 3's
@@ -233,12 +235,28 @@ def _pool_waits(instance: dg.DagsterInstance, run_id: str) -> bool:
     )
 
 
+def _loopback_answers(rig: Rig, ports: list[int]) -> list[int]:
+    """Which of ``ports`` answer on 127.0.0.1 inside the host (none should: its loopback is its own)."""
+    code = (
+        "import socket, sys\n"
+        "for port in map(int, sys.argv[1:]):\n"
+        "    try:\n"
+        "        socket.create_connection(('127.0.0.1', port), timeout=3).close()\n"
+        "        print(port)\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    argv = rig.host.argv([sys.executable, "-c", code, *map(str, ports)])
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    return [int(line) for line in result.stdout.split()]
+
+
 def _runs_of(instance: dg.DagsterInstance, session_id: str) -> list[dg.DagsterRun]:
     return list(instance.get_runs(dg.RunsFilter(tags={"dagster/partition": session_id})))
 
 
 def test_three_hosts_share_budget_cap_and_leases_and_survive_a_killed_host(
-    deployment: Deployment, network: Network, store: StoreEndpoint
+    deployment: Deployment, network: Network, store: StoreEndpoint, postgres_url: str
 ) -> None:
     pipeline, instance = deployment.pipeline, deployment.pipeline.instance
     sandbox, videos = pipeline.sandbox, pipeline.store
@@ -247,6 +265,13 @@ def test_three_hosts_share_budget_cap_and_leases_and_survive_a_killed_host(
     bucket = deployment.env["UT_VIDEO_BUCKET"]
     test_id = sandbox.test_ids[0]
     started = time.monotonic()
+
+    # A host cannot reach the shared services at their own address: only through its veth.
+    shared = [
+        int(urlsplit(url).port or 0) for url in (postgres_url, sandbox.base_url, deployment.env["AWS_ENDPOINT_URL"])
+    ]
+    for rig in network.rigs:
+        assert _loopback_answers(rig, shared) == [], rig.host
 
     killed_session = sandbox.complete_session(test_id, video_size=KILLED_SIZE).session_id
     discovered = _discover_everything(pipeline)
