@@ -13,6 +13,7 @@ import dagster as dg
 from ut_video_assets.commit import PreconditionFailedError
 from ut_video_assets.dataset import DatasetBuild, DatasetError, build_dataset, verify_dataset
 from ut_video_assets.defs.assets import GROUP, video_catalog
+from ut_video_assets.defs.background import downstream_tags
 from ut_video_assets.defs.resources import DownloadSettingsResource, SpecifiedResource, VideoStorageResource
 from ut_video_assets.settings import Settings, SettingsError
 from ut_video_assets.storage import StorageError
@@ -143,6 +144,7 @@ session_dataset_job = dg.define_asset_job(
     "session_dataset_job",
     selection=dg.AssetSelection.assets(session_dataset),
     description="Bring the WebDataset shards and their index up to date with the catalog.",
+    tags=downstream_tags(),  # reads stored files only, no API call: queued below video and background runs
 )
 
 
