@@ -14,7 +14,7 @@ import dagster as dg
 
 from ut_video_assets.defs.resources import UserTestingApiResource
 from ut_video_assets.priority import SpareBudget
-from ut_video_assets.settings import DOWNLOAD_TAG
+from ut_video_assets.settings import DOWNLOAD_TAG, load_time_int
 from ut_video_assets.usertesting.client import ResultsApiClient
 
 BACKGROUND_TAG = "ut_video_assets/background"
@@ -34,6 +34,13 @@ ACTIVE = [
 # the dataset). It can run whenever a worker is free, while background runs can only use the budget the videos
 # leave in the moment; one run per session of it must not keep the queue's slots from them.
 DOWNSTREAM_PRIORITY = "-20"
+
+
+def sensor_interval(default: int) -> int:
+    """The interval of a sensor downstream of the videos: ``default``, or ``UT_SENSOR_INTERVAL_SECONDS`` when that
+    is shorter (read when the code location loads), so a deployment (or the demo) that polls faster for new
+    sessions does not wait a minute between each step after them."""
+    return min(default, load_time_int("UT_SENSOR_INTERVAL_SECONDS"))
 
 
 def downstream_tags() -> dict[str, str]:

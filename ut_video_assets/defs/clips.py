@@ -22,7 +22,7 @@ from ut_video_assets.clips import (
     catalog_rows,
     clip_session,
 )
-from ut_video_assets.defs.background import ACTIVE
+from ut_video_assets.defs.background import ACTIVE, downstream_tags, sensor_interval
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, SpecifiedResource, VideoStorageResource
@@ -207,11 +207,13 @@ session_clips_job = dg.define_asset_job(
     "session_clips_job",
     selection=dg.AssetSelection.assets(session_clips),
     description="A session's highlight clips, cut where its transcript matches UT_CLIP_PATTERN (one per run).",
+    tags=downstream_tags(),  # stored files only, no API call: queued below video and background runs
 )
 session_clip_catalog_job = dg.define_asset_job(
     "session_clip_catalog_job",
     selection=dg.AssetSelection.assets(session_clip_catalog),
     description="The Parquet table of every session's highlight clips.",
+    tags=downstream_tags(),
 )
 
 CLIPS_SENSOR_BATCH = 200
@@ -238,7 +240,7 @@ def _cursor(text: str | None) -> dict[str, Any]:
 
 @dg.sensor(
     jobs=[session_clips_job, session_clip_catalog_job],
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=sensor_interval(60),
     # Running only when the code location loads with UT_CLIP_PATTERN set: without a pattern there is nothing to
     # cut (the UI can still start it).
     default_status=dg.DefaultSensorStatus.RUNNING if _pattern_at_load() else dg.DefaultSensorStatus.STOPPED,

@@ -13,7 +13,7 @@ import dagster as dg
 from ut_video_assets.commit import PreconditionFailedError
 from ut_video_assets.dataset import DatasetBuild, DatasetError, build_dataset, verify_dataset
 from ut_video_assets.defs.assets import GROUP, video_catalog
-from ut_video_assets.defs.background import downstream_tags
+from ut_video_assets.defs.background import downstream_tags, sensor_interval
 from ut_video_assets.defs.resources import DownloadSettingsResource, SpecifiedResource, VideoStorageResource
 from ut_video_assets.settings import Settings, SettingsError
 from ut_video_assets.storage import StorageError
@@ -21,7 +21,7 @@ from ut_video_assets.storage import StorageError
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-SENSOR_INTERVAL_SECONDS = 60
+SENSOR_INTERVAL_SECONDS = sensor_interval(60)
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,

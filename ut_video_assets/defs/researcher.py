@@ -29,6 +29,7 @@ from ut_video_assets.defs.background import (
     ACTIVE,
     background_tags,
     busy_reason,
+    sensor_interval,
     spare_budget_reason,
     spare_client,
     video_runs_active,
@@ -431,7 +432,7 @@ def clips_due(instance: dg.DagsterInstance, most: int) -> list[str]:
 @dg.sensor(
     name="session_researcher_clips_sensor",
     job=session_researcher_clips_job,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=sensor_interval(60),
     default_status=dg.DefaultSensorStatus.RUNNING if _running_by_default() else dg.DefaultSensorStatus.STOPPED,
     description="Requests session_researcher_clips runs for sessions whose video is settled, one run at a time, "
     "only while no session_video run is queued or running and the API budget has slots to spare.",
@@ -461,7 +462,7 @@ def session_researcher_clips_sensor(
 @dg.sensor(
     name="researcher_tests_sensor",
     jobs=[test_researcher_job, researcher_clip_catalog_job],
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=sensor_interval(60),
     default_status=dg.DefaultSensorStatus.RUNNING if _running_by_default() else dg.DefaultSensorStatus.STOPPED,
     description="Adds the watched tests as partitions and requests their QX scores and highlight reels when new "
     "sessions have landed, only while no session_video run is queued or running; rebuilds the clip catalog when "

@@ -28,7 +28,7 @@ from ut_video_assets.asr import (
 )
 from ut_video_assets.audio import AudioError, NoAudioTrack, audio_key, extract_session_audio
 from ut_video_assets.checksums import WholeChecksums
-from ut_video_assets.defs.background import downstream_tags
+from ut_video_assets.defs.background import downstream_tags, sensor_interval
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, SpecifiedResource, VideoStorageResource
@@ -318,7 +318,7 @@ SPEECH_SENSOR_BATCH = 200
 
 @dg.sensor(
     job=session_speech_job,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=sensor_interval(60),
     # Off until turned on (UT_SPEECH, or in the UI: Automation): audio and local transcripts cost CPU on every
     # worker, and session_asr needs the asr extra and a model there.
     default_status=dg.DefaultSensorStatus.RUNNING if _running_by_default() else dg.DefaultSensorStatus.STOPPED,

@@ -23,6 +23,7 @@ from ut_video_assets.defs.assets import GROUP, SESSIONS_PER_RUN, session_video
 from ut_video_assets.defs.background import (
     background_tags,
     busy_reason,
+    sensor_interval,
     spare_budget_reason,
     spare_client,
     video_runs_active,
@@ -50,7 +51,7 @@ KIND = "transcripts"
 PARTITIONS_NAME = "session_ids"
 # How long one transcript request may wait for a spare slot before the run stops and leaves the rest for later.
 SPARE_SLOT_WAIT_SECONDS = 30.0
-SENSOR_INTERVAL_SECONDS = 30
+SENSOR_INTERVAL_SECONDS = sensor_interval(30)
 
 
 def _running_by_default() -> bool:
