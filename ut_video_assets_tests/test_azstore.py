@@ -42,7 +42,7 @@ from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets.sandbox.server import Sandbox
 from ut_video_assets.sandbox.store import StoreEndpoint, free_port
 from ut_video_assets.storage import VideoStore, open_stored_video
-from ut_video_assets.transfer import TransferPolicy, download_video
+from ut_video_assets.transfer import TransferPolicy
 from ut_video_assets.upload import StreamingUpload
 from ut_video_assets.usertesting import ResultsApiClient, make_http_client
 
@@ -381,46 +381,6 @@ def test_a_missing_azurite_install_says_what_to_run(monkeypatch: pytest.MonkeyPa
 
 
 # --- a real download, and the ingest engine, on Azure ------------------------------------------------------
-
-
-def test_a_resumed_download_streams_into_azure_and_verifies_with_its_own_md5(
-    sandbox: Sandbox, api_client: ResultsApiClient, backend: AzureBackend, tmp_path: Path
-) -> None:
-    """The real download (through the sandbox's fault proxy, dropped mid-way and resumed) computes the MD5 that
-    becomes the blob's Content-MD5; parts go out four at a time while it downloads, and `verify_stored` passes
-    with the download's MD5 without reading a byte."""
-    store = VideoStore(backend, "videos/", part_size=2 * MiB)
-    session: Session = sandbox.complete_session(sandbox.test_ids[0], video_size=11 * MiB + 777)
-    sandbox.add_fault(kind="drop", session_id=session.session_id, after_bytes=9 * MiB)
-    key = store.video_key(TEST_ID, session.session_id)
-    upload = StreamingUpload(
-        lambda: backend.begin(key, content_type="video/mp4", metadata={"session-id": session.session_id}),
-        tmp_path / "d.part",
-        part_size=store.part_size,
-        min_part_size=backend.min_part_size,
-        max_parts=backend.max_parts,
-        max_concurrency=store.max_concurrency,
-    )
-    with make_http_client() as http:
-        result = download_video(
-            http,
-            session.session_id,
-            lambda: api_client.get_video_url(session.session_id),
-            tmp_path / "d.part",
-            policy=TransferPolicy(backoff_initial=0.01, backoff_max=0.05),
-            sink=upload,
-            checksums=(backend.checksum_algorithm,),
-        )
-    assert result.resumes == 1 and upload.parts_started == 5  # every full part left before the last byte
-    upload.send_rest(result.size).commit(
-        size=result.size, checksums=result.checksums, precondition=Precondition.absent()
-    )
-    store.label_video(key, result.sha256)
-    stored = store.head_video(TEST_ID, session.session_id)
-    assert stored is not None and stored.checksum == result.checksums["md5"]
-    verified = store.verify_stored(stored, sha256=result.sha256, checksum=result.checksums["md5"], size=result.size)
-    assert verified.ok and verified.bytes_read == 0, verified.reason
-    assert store.deep_verify(TEST_ID, session.session_id, result.sha256).ok
 
 
 @pytest.fixture

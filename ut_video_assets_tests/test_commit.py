@@ -1,9 +1,9 @@
 """The commit protocol and the write lease against a real store: what every backend must guarantee.
 
-Parametrised over the backends (S3 on the embedded SeaweedFS today); a new backend joins by adding a fixture
-parameter. Each test would fail if its guarantee were removed: the store must refuse a wrong whole-object
-checksum, a create over an existing key and a replace of a version that changed, and show nothing before the
-commit.
+Parametrised over the backends (S3 on the embedded SeaweedFS, GCS on fake-gcs-server, Azure on Azurite); a new
+backend joins by adding a fixture parameter. Each test would fail if its guarantee were removed: the store must
+refuse a wrong whole-object checksum, a create over an existing key and a replace of a version that changed, and
+show nothing before the commit; a real download streams into each of them and verifies with its own checksum.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import os
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -30,8 +31,13 @@ from ut_video_assets.gcsstore import GcsBackend
 from ut_video_assets.lease import Holder, LeaseHeldError, LeaseKeeper
 from ut_video_assets.sandbox.azurite import AzuriteEndpoint
 from ut_video_assets.sandbox.gcs import GcsEndpoint
+from ut_video_assets.sandbox.scenario import Session
+from ut_video_assets.sandbox.server import Sandbox
 from ut_video_assets.sandbox.store import StoreEndpoint, free_port
 from ut_video_assets.storage import VideoStore
+from ut_video_assets.transfer import TransferPolicy, download_video
+from ut_video_assets.upload import StreamingUpload
+from ut_video_assets.usertesting import ResultsApiClient, make_http_client
 
 MiB = 1024 * 1024
 
@@ -272,3 +278,46 @@ def test_a_live_lease_is_renewed_past_its_ttl(backend: ObjectBackend) -> None:
     finally:
         holder.close()
         other.close()
+
+
+def test_a_resumed_download_streams_into_the_store_and_verifies_with_its_own_checksum(
+    backend: ObjectBackend, sandbox: Sandbox, api_client: ResultsApiClient, tmp_path: Path
+) -> None:
+    """The real download (through the sandbox's fault proxy, dropped mid-way and resumed) computes the
+    whole-object checksum the store keeps (S3 CRC-32, GCS CRC-32C, Azure MD5) while full parts go out; the parts
+    sent before the drop stay valid, and `verify_stored` passes without reading a byte."""
+    store = VideoStore(backend, "videos/", part_size=max(backend.min_part_size, 2 * MiB))
+    session: Session = sandbox.complete_session(sandbox.test_ids[0], video_size=11 * MiB + 777)
+    sandbox.add_fault(kind="drop", session_id=session.session_id, after_bytes=9 * MiB)
+    test_id = session.test_id
+    key = store.video_key(test_id, session.session_id)
+    upload = StreamingUpload(
+        lambda: backend.begin(key, content_type="video/mp4", metadata={"session-id": session.session_id}),
+        tmp_path / "d.part",
+        part_size=store.part_size,
+        min_part_size=backend.min_part_size,
+        max_parts=backend.max_parts,
+        max_concurrency=store.max_concurrency,
+    )
+    with make_http_client() as http:
+        result = download_video(
+            http,
+            session.session_id,
+            lambda: api_client.get_video_url(session.session_id),
+            tmp_path / "d.part",
+            policy=TransferPolicy(backoff_initial=0.01, backoff_max=0.05),
+            sink=upload,
+            checksums=(backend.checksum_algorithm,),
+        )
+    assert result.resumes == 1
+    assert upload.parts_started == result.size // store.part_size  # every full part left before the last byte
+    upload.send_rest(result.size).commit(
+        size=result.size, checksums=result.checksums, precondition=Precondition.absent()
+    )
+    store.label_video(key, result.sha256)
+    stored = store.head_video(test_id, session.session_id)
+    checksum = result.checksums[backend.checksum_algorithm]
+    assert stored is not None and stored.checksum == checksum
+    verified = store.verify_stored(stored, sha256=result.sha256, checksum=checksum, size=result.size)
+    assert verified.ok and verified.bytes_read == 0, verified.reason
+    assert store.deep_verify(test_id, session.session_id, result.sha256).ok

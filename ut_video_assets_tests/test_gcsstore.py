@@ -26,7 +26,7 @@ from ut_video_assets.sandbox.scenario import Session
 from ut_video_assets.sandbox.server import Sandbox
 from ut_video_assets.sandbox.store import StoreEndpoint, free_port
 from ut_video_assets.storage import VideoStore, open_stored_video
-from ut_video_assets.transfer import TransferPolicy, download_video
+from ut_video_assets.transfer import TransferPolicy
 from ut_video_assets.upload import StreamingUpload
 from ut_video_assets.usertesting import ResultsApiClient, make_http_client
 
@@ -206,45 +206,6 @@ def test_the_embedded_emulator_listens_on_loopback_only_and_stops_by_pid(tmp_pat
     assert server.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-
-
-def test_a_resumed_download_streams_into_gcs_and_verifies_with_its_own_crc32c(
-    sandbox: Sandbox, api_client: ResultsApiClient, gcs: GcsBackend, tmp_path: Path
-) -> None:
-    """The real download (through the sandbox's fault proxy, dropped mid-way and resumed) computes the CRC-32C
-    GCS keeps; the parts sent before the drop stay valid, and `verify_stored` passes without reading a byte."""
-    store = VideoStore(gcs, "videos/", part_size=4 * MiB)
-    session: Session = sandbox.complete_session(sandbox.test_ids[0], video_size=11 * MiB + 777)
-    sandbox.add_fault(kind="drop", session_id=session.session_id, after_bytes=9 * MiB)
-    key = store.video_key(TEST_ID, session.session_id)
-    upload = StreamingUpload(
-        lambda: gcs.begin(key, content_type="video/mp4", metadata={"session-id": session.session_id}),
-        tmp_path / "d.part",
-        part_size=store.part_size,
-        min_part_size=gcs.min_part_size,
-        max_parts=gcs.max_parts,
-        max_concurrency=store.max_concurrency,
-    )
-    with make_http_client() as http:
-        result = download_video(
-            http,
-            session.session_id,
-            lambda: api_client.get_video_url(session.session_id),
-            tmp_path / "d.part",
-            policy=TransferPolicy(backoff_initial=0.01, backoff_max=0.05),
-            sink=upload,
-            checksums=(gcs.checksum_algorithm,),
-        )
-    assert result.resumes == 1 and upload.parts_started == 2  # two full parts left before the last byte
-    upload.send_rest(result.size).commit(
-        size=result.size, checksums=result.checksums, precondition=Precondition.absent()
-    )
-    store.label_video(key, result.sha256)
-    stored = store.head_video(TEST_ID, session.session_id)
-    assert stored is not None and stored.checksum == result.checksums["crc32c"]
-    verified = store.verify_stored(stored, sha256=result.sha256, checksum=result.checksums["crc32c"], size=result.size)
-    assert verified.ok and verified.bytes_read == 0, verified.reason
-    assert store.deep_verify(TEST_ID, session.session_id, result.sha256).ok
 
 
 # --- the ingest engine on GCS ------------------------------------------------------------------------------------
