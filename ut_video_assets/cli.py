@@ -242,6 +242,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             echo=_echo,
             keep_running=args.keep_running,
+            downstream=not args.videos_only,
         )
     except StackError as exc:
         print(f"DEMO FAILED: {exc}", file=sys.stderr)
@@ -283,7 +284,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 # --------------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - a statement per option
     parser = argparse.ArgumentParser(
         prog="ut-video-assets", description="UserTesting session videos into S3, with Dagster."
     )
@@ -360,7 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = add("demo", cmd_demo, "ingest a small scenario end to end with dagster-daemon, then exit")
     state_option(demo)
     store_option(demo)
-    demo.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    demo.add_argument("--timeout", type=float, default=1200.0, help="give up after this many seconds (default 1200)")
+    demo.add_argument(
+        "--videos-only",
+        action="store_true",
+        help="only the videos and the catalog: no transcripts, audio, speech-to-text, cuts, clips or dataset",
+    )
     demo.add_argument("--sensor-interval", type=int, default=5, help="discovery interval in seconds (default 5)")
     demo.add_argument("--rate-limit", type=int, default=10, help="sandbox requests per window (default 10)")
     demo.add_argument("--rate-window", type=float, default=60.0, help="sandbox window in seconds (default 60)")

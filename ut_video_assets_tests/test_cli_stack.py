@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -221,3 +222,48 @@ def test_the_demo_stores_into_gcs_and_azure_too(tmp_path: Path, store: str, sche
     assert code == 0, output
     assert f"Catalog:      {scheme}://{options.bucket}/{options.prefix}catalog/video_catalog.parquet" in output
     assert lister in output and "duckdb" in output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1000)
+def test_the_demo_goes_beyond_the_videos_and_verifies_every_result(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """`make demo` as it runs (downstream on), at a budget of 10 per 3 s: transcripts, audio, local
+    speech-to-text that hears the sandbox's words, the researchers' clips and reels byte-identical to the
+    sandbox's (one GENERATING for a while, one ERROR once, one whose link expires mid-download), QX scores, clips
+    where the transcript matches, and the dataset with one sample per stored video."""
+    scenario = SandboxConfig(
+        seed=2024, tests=1, sessions_per_test=3, incomplete_per_test=0, rate_limit=10, rate_window_seconds=3
+    )
+    options = StackOptions(state_dir=tmp_path / "demo", sensor_interval_seconds=2, max_concurrent_downloads=2)
+    lines: list[str] = []
+    seen: dict[str, object] = {}
+    log = tmp_path / "demo-output.txt"
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        with log.open("a") as out:
+            print(time.strftime("%H:%M:%S"), line, file=out)
+
+    def inspect(stack: LocalStack, outcome: DemoOutcome) -> None:
+        instance = stack.instance()
+        runs = instance.get_runs()
+        seen["failed"] = [r.job_name for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
+        seen["rate_limited"] = stack.sandbox.stats()["rateLimited"]
+
+    code = run_demo(
+        options=options,
+        scenario=scenario,
+        sessions_without_video=0,
+        timeout=900,
+        echo=echo,
+        on_success=inspect,
+        downstream=True,
+    )
+    output = "\n".join(lines)
+    assert code == 0, output[:2500] + "\n...\n" + output[-5000:]
+    assert "all byte-identical to the sandbox's" in output
+    assert "heard what was said" in output and "Done beyond the videos" in output
+    assert "highlight clips: cut for each of the" in output
+    assert seen == {"failed": [], "rate_limited": 0}, output[-3000:]

@@ -65,13 +65,18 @@ class ClipSpec:
 class SpokenClip:
     text: str
     seconds: float
+    key_words: frozenset[str] = frozenset()
+    """Words a small speech-to-text model must hear: content words it gets right on this espeak voice (tiny.en
+    drops fillers, and hears "home page" as "foam page")."""
 
 
 SPEECH_DIR = Path(__file__).with_name("speech")
 SPEECH: dict[str, SpokenClip] = {
-    "home_page": SpokenClip("Okay, I am looking at the home page now.", 3.17),
-    "menu_pricing": SpokenClip("I would click on the menu to find pricing.", 2.93),
-    "easier": SpokenClip("That was easier than I thought.", 1.90),
+    "home_page": SpokenClip("Okay, I am looking at the home page now.", 3.17, frozenset({"looking", "page"})),
+    "menu_pricing": SpokenClip(
+        "I would click on the menu to find pricing.", 2.93, frozenset({"click", "menu", "pricing"})
+    ),
+    "easier": SpokenClip("That was easier than I thought.", 1.90, frozenset({"easier"})),
 }
 """Real speech for the sandbox's videos: ``speech/{name}.flac``, made once with Debian's espeak-ng 1.51
 (``espeak-ng -v en-us -s 150 -w {name}.wav TEXT``, then FLAC, 22,050 Hz mono) and committed, so no test needs

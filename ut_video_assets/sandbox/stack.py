@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ut_video_assets.sandbox import demo_extras
 from ut_video_assets.sandbox.scenario import SandboxConfig
 from ut_video_assets.sandbox.server import Sandbox
 from ut_video_assets.sandbox.store import LOOPBACK, EmbeddedStore, StoreEndpoint, ensure_bucket, free_port
@@ -908,11 +909,18 @@ def run_demo(
     echo: Printer = print,
     on_success: Callable[[LocalStack, DemoOutcome], None] | None = None,
     keep_running: bool = False,
+    downstream: bool = False,
 ) -> int:
-    """The demo: start the stack with ``dagster-daemon``, follow the ingestion, print the result. Exit code."""
+    """The demo: start the stack with ``dagster-daemon``, follow the ingestion, print the result. Exit code.
+    With ``downstream`` (what ``make demo`` runs), every asset beyond the video runs too and is waited for and
+    verified (`ut_video_assets.sandbox.demo_extras`)."""
     scenario = scenario or demo_scenario()
     if options.video_ready_wait_hours is None and not os.environ.get("UT_VIDEO_READY_WAIT_HOURS"):
         options = dataclasses.replace(options, video_ready_wait_hours=DEMO_VIDEO_READY_WAIT_HOURS)
+    if downstream:  # the user's own environment still wins
+        extra = {k: v for k, v in demo_extras.DEMO_ENV.items() if not os.environ.get(k)}
+        options = dataclasses.replace(options, extra_env={**extra, **options.extra_env})
+    started = time.monotonic()
     with sigterm_as_interrupt(), LocalStack(options, scenario, sessions_without_video=sessions_without_video) as stack:
         total = len(stack.sandbox.sessions())
         echo(
@@ -920,6 +928,7 @@ def run_demo(
             f"({sessions_without_video} without video); API limit {scenario.rate_limit} requests per "
             f"{scenario.rate_window_seconds:g} s"
         )
+        demo_cuts = demo_extras.prepare_sandbox(stack) if downstream else None
         print_credentials(stack, echo)
         daemon = stack.start_daemon()
         echo(f"dagster-daemon started (pid {daemon.pid}, log {daemon.log_path}); progress every 5 s:")
@@ -935,6 +944,11 @@ def run_demo(
         echo("")
         echo(f"Catalog ({len(frame)} rows, {stack.catalog_uri()}):")
         echo(format_catalog(frame))
+        if demo_cuts is not None:
+            remaining = timeout - (time.monotonic() - started)
+            if not watch_downstream(stack, demo_cuts, outcome, timeout=remaining, echo=echo):
+                echo(f"Logs: {stack.log_dir}, Dagster home: {stack.dagster_home}")
+                return 1
         print_where(stack, echo)
         if on_success is not None:
             on_success(stack, outcome)
@@ -942,6 +956,56 @@ def run_demo(
             echo("The stack keeps running; press Ctrl-C to stop it.")
             _wait_forever(stack)
         return 0
+
+
+def watch_downstream(
+    stack: LocalStack,
+    demo_cuts: demo_extras.DemoCuts,
+    videos: DemoOutcome,
+    *,
+    timeout: float,
+    interval: float = 5.0,
+    echo: Printer = print,
+) -> bool:
+    """After the videos: wait until every asset beyond them has settled, verify, print. True when all is well."""
+    echo("")
+    echo("Beyond the videos: transcripts, audio, local speech-to-text, the researchers' clips, reels and QX scores,")
+    echo("highlight clips and the ML dataset (each only with the budget the videos leave):")
+    instance = stack.instance()
+    sessions = stack.sandbox.sessions()
+    test_ids = stack.sandbox.test_ids
+    started = time.monotonic()
+    last_line = 0.0
+    while True:
+        elapsed = time.monotonic() - started
+        stack.check_processes()
+        seen = demo_extras.read_downstream(instance, _failure_message)
+        videos_id = read_progress(instance).latest_video_storage_id
+        waiting = demo_extras.waiting_for(seen, sessions, test_ids, videos_id)
+        if seen.failures or waiting is None or elapsed > timeout or time.monotonic() - last_line >= interval:
+            stats = stack.sandbox.stats()
+            line = demo_extras.progress_line(seen, sessions, test_ids)
+            budget = _requests_line(stats, stack.scenario.rate_window_seconds)
+            echo(f"[{videos.seconds + elapsed:5.0f}s] {line} | {budget} | waiting for {waiting or 'nothing'}")
+            last_line = time.monotonic()
+        if seen.failures:
+            job, message = next(iter(seen.failures.items()))
+            echo(f"DEMO FAILED: a {job} run failed: {message}")
+            return False
+        if waiting is None:
+            break
+        if elapsed > timeout:
+            echo(f"DEMO FAILED: timed out waiting for {waiting}")
+            return False
+        time.sleep(1.0)
+    problems, lines = demo_extras.verify(stack, demo_cuts)
+    for line in lines + demo_extras.summary_lines(seen):
+        echo(line)
+    if problems:
+        echo(f"DEMO FAILED: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        return False
+    echo(f"Done beyond the videos in {time.monotonic() - started:.0f} s.")
+    return True
 
 
 def _wait_forever(stack: LocalStack) -> None:
