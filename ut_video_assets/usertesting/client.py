@@ -246,16 +246,10 @@ class ResultsApiClient:
         """The clips researchers cut from the session's video; None when the API answers 404 ("Session video or
         clips not found": no video, no clips, no such session or no permission; it does not say which)."""
         session_id = normalize_uuid(session_id, "session ID")
-        try:
-            body = self._get_json(
-                f"/api/v2/sessionResults/{session_id}/clips",
-                resource=f"session {session_id}",
-                max_wait=max_wait,
-                deadline=deadline,
-            )
-        except NotFoundError:
-            return None
-        return ClipList.from_api(body, session_id)
+        body = self._get_json_or_none(
+            f"/api/v2/sessionResults/{session_id}/clips", f"session {session_id}", max_wait, deadline
+        )
+        return None if body is None else ClipList.from_api(body, session_id)
 
     def get_clip(
         self, session_id: str, clip_id: str, *, max_wait: float | None = None, deadline: float | None = None
@@ -278,16 +272,10 @@ class ResultsApiClient:
     ) -> ReelList | None:
         """The test's highlight reels; None when the API answers 404 ("Test or highlight reels not found")."""
         test_id = normalize_uuid(test_id, "test ID")
-        try:
-            body = self._get_json(
-                f"/api/v2/testResults/{test_id}/highlightreels",
-                resource=f"test {test_id}",
-                max_wait=max_wait,
-                deadline=deadline,
-            )
-        except NotFoundError:
-            return None
-        return ReelList.from_api(body, test_id)
+        body = self._get_json_or_none(
+            f"/api/v2/testResults/{test_id}/highlightreels", f"test {test_id}", max_wait, deadline
+        )
+        return None if body is None else ReelList.from_api(body, test_id)
 
     def get_highlight_reel(
         self, test_id: str, reel_id: str, *, max_wait: float | None = None, deadline: float | None = None
@@ -309,18 +297,17 @@ class ResultsApiClient:
         """The test's QX scores; None when the API answers 404, which is its only answer for a test without
         them (QX scores exist for interaction tests only) as for an unknown one."""
         test_id = normalize_uuid(test_id, "test ID")
-        try:
-            body = self._get_json(
-                f"/api/v2/testResults/{test_id}/qxScores",
-                resource=f"test {test_id}",
-                max_wait=max_wait,
-                deadline=deadline,
-            )
-        except NotFoundError:
-            return None
-        return QxScores.from_api(body, test_id)
+        body = self._get_json_or_none(f"/api/v2/testResults/{test_id}/qxScores", f"test {test_id}", max_wait, deadline)
+        return None if body is None else QxScores.from_api(body, test_id)
 
     # --- plumbing --------------------------------------------------------------------------------------
+
+    def _get_json_or_none(self, path: str, resource: str, max_wait: float | None, deadline: float | None) -> Any:
+        """`_get_json`, or None when the API answers 404 (for the listings whose 404 means "none here")."""
+        try:
+            return self._get_json(path, resource=resource, max_wait=max_wait, deadline=deadline)
+        except NotFoundError:
+            return None
 
     def _get_json(
         self,
