@@ -197,6 +197,8 @@ class _Totals:
     records_read: int = 0
     videos_without_record: int = 0
     bad_records: list[BadRecord] = field(default_factory=list)
+    clip_counts: dict[tuple[str, str], int] | None = None
+    """The clip catalog's counts, read once per build (not once per window)."""
 
     def add(self, frame: pd.DataFrame) -> None:
         self.rows += len(frame)
@@ -439,16 +441,21 @@ def _window_frame(store: VideoStore, window: _Window, totals: _Totals) -> pd.Dat
         return build_catalog([])
     frame = parts[0] if len(parts) == 1 else _concat(parts)
     frame = frame.sort_values(list(_KEY_ORDER), kind="stable").reset_index(drop=True)
-    return _listing_columns(frame, store, window.listed)
+    if totals.clip_counts is None:
+        totals.clip_counts = read_clip_counts(store)
+    return _listing_columns(frame, store, window.listed, totals.clip_counts)
 
 
 def _listing_columns(
-    frame: pd.DataFrame, store: VideoStore, listed: Mapping[tuple[str, str], frozenset[str]]
+    frame: pd.DataFrame,
+    store: VideoStore,
+    listed: Mapping[tuple[str, str], frozenset[str]],
+    clip_counts: Mapping[tuple[str, str], int],
 ) -> pd.DataFrame:
     """The columns every row takes from the bucket listing (derived files added after the record)."""
     frame = with_derived_files(frame, listed)
     frame = with_transcripts(frame, store, listed)
-    return with_clips(frame, store)
+    return with_clips(frame, clip_counts)
 
 
 def _to_arrow(frame: pd.DataFrame) -> pa.Table:
@@ -681,19 +688,23 @@ def with_transcripts(
     return frame
 
 
-def with_clips(frame: pd.DataFrame, store: VideoStore) -> pd.DataFrame:
-    """``has_clips`` and ``clip_count`` for every row, from the clip catalog (`ut_video_assets.clips`: one read
-    of ``catalog/session_clips.parquet``, as of its last build); none when it was never built or is unreadable."""
-    import pandas as pd
-
+def read_clip_counts(store: VideoStore) -> dict[tuple[str, str], int]:
+    """(test, session) -> clips, from the clip catalog (`ut_video_assets.clips`: ``catalog/session_clips.parquet``,
+    as of its last build); empty when it was never built or is unreadable."""
     from ut_video_assets.clips import CLIP_CATALOG_KEY, clip_counts
 
-    counts: dict[tuple[str, str], int] = {}
     try:
         got = store.backend.get_bytes(store.prefix + CLIP_CATALOG_KEY)
-        counts = clip_counts(got[0]) if got is not None else {}
+        return clip_counts(got[0]) if got is not None else {}
     except (StorageError, OSError, ValueError) as exc:  # pyarrow's errors derive from these
         log.warning("could not read the clip catalog (%s); has_clips is false for every session", exc)
+        return {}
+
+
+def with_clips(frame: pd.DataFrame, counts: Mapping[tuple[str, str], int]) -> pd.DataFrame:
+    """``has_clips`` and ``clip_count`` for every row, from `read_clip_counts`."""
+    import pandas as pd
+
     keys = zip(frame["test_id"], frame["session_id"], strict=True)
     found = [counts.get((str(t), str(s)), 0) for t, s in keys]
     frame = frame.copy()
