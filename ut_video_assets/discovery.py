@@ -241,7 +241,8 @@ class _Scan:
 
     def scan_test(self, test_id: str) -> bool:
         """Read ``test_id``'s new sessions; False when the tick had to stop (the cursor says where)."""
-        pending = self.result.cursor.pending_offsets.pop(test_id, None)
+        # 0 is no older scan to finish (the head is where every scan starts); older cursors may hold it.
+        pending = self.result.cursor.pending_offsets.pop(test_id, None) or None
         offset, head_new, scanning_head = 0, 0, True
         while offset <= MAX_OFFSET:
             try:
@@ -257,8 +258,12 @@ class _Scan:
                 return isinstance(exc, (NotFoundError, BadRequestError, MalformedResponseError))
             if isinstance(page, str):
                 self.result.unfinished.append(page)
-                # Resume here next time: re-reading a page costs a request but never loses a session.
-                self.result.cursor.pending_offsets[test_id] = offset if (offset or pending is None) else pending
+                # Resume here next time: re-reading a page costs a request but never loses a session. Stopped
+                # before the first page, the next tick starts at the head anyway (a resume point of 0 made it
+                # page through every known session of the test as an "older scan").
+                resume = offset or pending
+                if resume:
+                    self.result.cursor.pending_offsets[test_id] = resume
                 return False
             added, hit_known = self.take(page)
             if scanning_head:
