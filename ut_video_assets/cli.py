@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - a statement pe
     demo = add("demo", cmd_demo, "ingest a small scenario end to end with dagster-daemon, then exit")
     state_option(demo)
     store_option(demo)
-    demo.add_argument("--timeout", type=float, default=1200.0, help="give up after this many seconds (default 1200)")
+    demo.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds (default 1800)")
     demo.add_argument(
         "--videos-only",
         action="store_true",

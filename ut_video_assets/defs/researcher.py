@@ -309,10 +309,11 @@ def test_highlight_reels(
     group_name=GROUP,
     kinds={"s3", "parquet"},
     owners=["team:research-ops"],
+    output_required=False,  # no spare budget now: the test is left for a later run
 )
 def test_qx_scores(
     context: dg.AssetExecutionContext, api: UserTestingApiResource, storage: VideoStorageResource
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """The test's QXscores (interaction tests): one row per QX task group, computed by UserTesting over all its
     completed sessions, as Parquet at `{prefix}catalog/qx_scores/test_id={test}.parquet` (read every test's at
     once with `…/qx_scores/*.parquet`). Refreshed when new sessions land (`researcher_tests_sensor`). A test
@@ -323,6 +324,10 @@ def test_qx_scores(
         store = storage.store()
         scores = spare_client(api).get_qx_scores(test_id, max_wait=60.0)
         stored = store_qx_scores(store, test_id, scores, utc_now())
+    except BudgetExhaustedError as exc:
+        # Videos first: no spare slot within the wait is not a failure; researcher_tests_sensor asks again later.
+        context.log.info(f"test {test_id}: {exc}; its QX scores are asked for by a later run")
+        return
     except SettingsError as exc:
         raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
     except (ApiError, StorageError) as exc:
@@ -340,7 +345,7 @@ def test_qx_scores(
         f"test {test_id}: "
         + (f"{stored.rows} QX task groups stored" if stored.has_scores else "no QX scores (not an interaction test)")
     )
-    return dg.MaterializeResult(metadata=metadata)
+    yield dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset(

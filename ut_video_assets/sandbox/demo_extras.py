@@ -38,6 +38,9 @@ DEMO_ENV = {
     "UT_CLIP_PATTERN": DEMO_CLIP_PATTERN,
     # The clip whose link expires mid-download stalls longer than this, so the download resumes with a fresh link.
     "UT_DOWNLOAD_READ_TIMEOUT_SECONDS": "5",
+    # The demo polls for new sessions every 5 s; with the default half of the budget, listing the two tests again
+    # and again took about half of the 10 requests a minute the transcripts and cuts are waiting for.
+    "UT_DISCOVERY_BUDGET_SHARE": "0.2",
 }
 EXPIRING_LINK_SECONDS = 2
 STALL_SECONDS = 8.0

@@ -205,24 +205,25 @@ def test_an_undelivered_alert_is_sent_again_next_tick(
 def test_a_stale_backlog_is_alerted_once_per_new_stale_session(
     alerting: Alerting, pipeline: Pipeline, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("UT_BACKLOG_MAX_AGE_SECONDS", "2")
+    # Long enough that the first tick after discovery comes before it, even on a loaded machine.
+    monkeypatch.setenv("UT_BACKLOG_MAX_AGE_SECONDS", "8")
     alerting.defs = build_defs()
     pipeline.tick()
     discovered = list(pipeline.instance.get_dynamic_partitions("session_ids"))
     alerting.tick()
     assert receiver.bodies == [], "not stale yet"
-    time.sleep(2.1)  # the backlog's age, not a backoff
+    time.sleep(8.1)  # the backlog's age, not a backoff
     alerting.tick()
     (body,) = receiver.bodies
     assert body["ut_video_assets"]["kind"] == "backlog"
     assert sorted(body["ut_video_assets"]["sessions"]) == sorted(discovered)
     assert "discovered but not stored for more than" in body["text"]
-    time.sleep(0.6)  # past the backlog's check interval (a quarter of its threshold), so this tick looks again
+    time.sleep(2.1)  # past the backlog's check interval (a quarter of its threshold), so this tick looks again
     alerting.tick()
     assert len(receiver.bodies) == 1, "the same stale sessions are reported once"
     new = pipeline.sandbox.complete_session(pipeline.sandbox.test_ids[0])
     pipeline.tick()
-    time.sleep(2.1)
+    time.sleep(8.1)
     alerting.tick()
     assert len(receiver.bodies) == 2
     assert new.session_id in receiver.bodies[1]["ut_video_assets"]["sessions"]

@@ -293,7 +293,9 @@ def test_a_late_video_waits_and_is_stored_when_the_sensor_asks_again(
     monkeypatch.setenv("UT_RATE_LIMIT_PER_MINUTE", "600")  # discovery's share of the budget never runs out here
     pipeline.defs = build_defs()
     pipeline.tick()
-    late = pipeline.sandbox.complete_session(pipeline.sandbox.test_ids[0], video_delay_seconds=4)
+    delay = 15  # the first run must come before the video: seconds, even on a loaded machine
+    completed = time.time()
+    late = pipeline.sandbox.complete_session(pipeline.sandbox.test_ids[0], video_delay_seconds=delay)
     assert [r.partition_key for r in pipeline.tick().run_requests] == [late.session_id]
 
     first = pipeline.materialize(late.session_id)
@@ -319,8 +321,7 @@ def test_a_late_video_waits_and_is_stored_when_the_sensor_asks_again(
     due = pipeline.tick()
     assert isinstance(due, dg.SensorResult)
     assert [r.partition_key for r in due.run_requests or []] == [late.session_id]
-    if time.time() < next_ask + 4:
-        time.sleep(4)  # the sandbox's video appears 4 s after completion
+    time.sleep(max(completed + delay + 0.5 - time.time(), 0))  # the sandbox's video appears `delay` s after completion
     second = pipeline.materialize(late.session_id)
     assert second.success
     (stored,) = second.asset_materializations_for_node("session_video")
