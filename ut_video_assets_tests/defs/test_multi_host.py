@@ -384,7 +384,12 @@ def test_three_hosts_share_budget_cap_and_leases_and_survive_a_killed_host(
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("session_video"), asset_partitions=[session_id]), limit=10
         ).records
-        assert len(records) == 1, (session_id, len(records))
+        # Stored once: one materialization that downloaded; a later run of the same partition (a retry on a
+        # loaded machine) finds it stored and says so ("already_stored") without downloading again.
+        outcomes = [
+            str(r.asset_materialization.metadata["outcome"].value) if r.asset_materialization else "?" for r in records
+        ]
+        assert len([o for o in outcomes if o != "already_stored"]) == 1, (session_id, outcomes)
     assert not s3.list_objects_v2(Bucket=bucket, Prefix="ut/_leases/").get("Contents")
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
     for rig in network.rigs:
