@@ -5,6 +5,7 @@ Everything runs for real on loopback: the SeaweedFS process, the sandbox HTTP se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -115,9 +116,9 @@ def service_unavailable(service: str, exc: BaseException) -> NoReturn:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the local PostgreSQL server for this test session, dropped afterwards."""
+@contextlib.contextmanager
+def _fresh_database() -> Iterator[str]:
+    """A database of its own on the local PostgreSQL server, dropped afterwards."""
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
@@ -129,6 +130,22 @@ def postgres_url() -> Iterator[str]:
             yield urlunsplit(urlsplit(POSTGRES_ADMIN_URL)._replace(path=f"/{name}"))
         finally:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for this test session (tests in it use names of their own, e.g. budget tables)."""
+    with _fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def instance_db_url() -> Iterator[str]:
+    """A fresh database for this test alone: what a Dagster instance on Postgres needs. The sandbox's session IDs
+    are the same in every test of a worker, so a shared instance database would mix one test's runs,
+    materializations, pools and budget rows into the next's."""
+    with _fresh_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -203,12 +203,12 @@ def test_the_key_check_catches_a_misspelt_key() -> None:
 
 @pytest.mark.postgres
 def test_deploy_dagster_yaml_loads_as_a_postgres_instance(
-    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    instance_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_PG_URL", postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    monkeypatch.setenv("DAGSTER_PG_URL", instance_db_url.replace("postgresql://", "postgresql+psycopg2://", 1))
     instance = dg.DagsterInstance.from_config(str(home))
     try:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"

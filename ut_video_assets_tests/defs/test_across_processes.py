@@ -51,11 +51,13 @@ class Deployment:
     env: dict[str, str]
     workdir: Path
     home: Path
+    db_url: str
+    """The instance's own database (the budget's too): fresh for each test."""
 
 
 @pytest.fixture
 def deployment(
-    sandbox: Sandbox, store: StoreEndpoint, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sandbox: Sandbox, store: StoreEndpoint, instance_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Deployment]:
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -70,7 +72,7 @@ def deployment(
         **store.env(),
         "DAGSTER_HOME": str(home),
         # SQLAlchemy's form with the driver named, as deploy/dagster.yaml requires; the budget takes it too.
-        "DAGSTER_PG_URL": postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1),
+        "DAGSTER_PG_URL": instance_db_url.replace("postgresql://", "postgresql+psycopg2://", 1),
         "UT_BUDGET_BACKEND": "postgres",  # no UT_BUDGET_URL: the instance's database holds the budget too
         "UT_RATE_LIMIT_PER_MINUTE": str(LIMIT),
         "UT_RATE_LIMIT_WINDOW_SECONDS": str(WINDOW),
@@ -88,7 +90,7 @@ def deployment(
     instance = dg.DagsterInstance.from_config(str(home))
     try:
         pipeline = Pipeline(build_defs(), instance, VideoStore.s3(client, bucket, "ut/"), sandbox, tmp_path / "spool")
-        yield Deployment(pipeline, {**inherited, **settings}, workdir, home)
+        yield Deployment(pipeline, {**inherited, **settings}, workdir, home, instance_db_url)
     finally:
         instance.dispose()
 
@@ -172,7 +174,7 @@ def _latest_check_status(instance: dg.DagsterInstance, check: str, partition: st
 
 
 def test_independent_run_workers_share_the_budget_and_the_download_cap(
-    deployment: Deployment, postgres_url: str
+    deployment: Deployment,
 ) -> None:
     pipeline, instance = deployment.pipeline, deployment.pipeline.instance
     started = time.monotonic()
@@ -222,7 +224,7 @@ def test_independent_run_workers_share_the_budget_and_the_download_cap(
         for check in CHECKS:
             assert _latest_check_status(instance, check, session_id) == "SUCCEEDED", (session_id, check)
     assert not default_budget_path({"DAGSTER_HOME": str(deployment.home)}).exists()
-    with psycopg.connect(postgres_url) as conn:
+    with psycopg.connect(deployment.db_url) as conn:
         # The window's rows leak away once they are older than the window; the table itself stays.
         row = conn.execute("SELECT to_regclass(%s)", (f"ratelimit___{SHARED_BUDGET_NAME}",)).fetchone()
     assert row is not None and row[0] is not None

@@ -159,13 +159,13 @@ def hosts() -> Iterator[list[Host]]:
 
 
 @pytest.fixture
-def network(deployment: Deployment, hosts: list[Host], postgres_url: str, tmp_path: Path) -> Iterator[Network]:
+def network(deployment: Deployment, hosts: list[Host], tmp_path: Path) -> Iterator[Network]:
     sandbox = deployment.pipeline.sandbox
     api = urlsplit(sandbox.base_url)
     proxy = urlsplit(sandbox.proxy_url)
     store_url = deployment.env["AWS_ENDPOINT_URL"]
     store = urlsplit(store_url)
-    pg = urlsplit(postgres_url)
+    pg = urlsplit(deployment.db_url)
     targets = {
         "postgres": (str(pg.hostname), int(pg.port or 5432)),
         "api": (str(api.hostname), int(api.port or 80)),
@@ -251,12 +251,30 @@ def _loopback_answers(rig: Rig, ports: list[int]) -> list[int]:
     return [int(line) for line in result.stdout.split()]
 
 
+def _history(instance: dg.DagsterInstance, network: Network, session_id: str, records: list[Any]) -> str:
+    """What became of a session: each materialization's outcome and run, each run's step events and host log."""
+    lines = [f"session {session_id}:"]
+    for record in records:
+        event = record.event_log_entry
+        outcome = record.asset_materialization.metadata.get("outcome") if record.asset_materialization else None
+        lines.append(f"  materialized by run {event.run_id} at {event.timestamp:.1f}: {outcome}")
+    for run in _runs_of(instance, session_id):
+        lines.append(f"  run {run.run_id}: {run.status.value}")
+        for entry in instance.all_logs(run.run_id):
+            kind = entry.dagster_event.event_type_value if entry.dagster_event else "log"
+            lines.append(f"    {entry.timestamp:.1f} {kind} {(entry.user_message or '')[:300]}")
+    for worker in network.workers:
+        if worker.session_id == session_id:
+            lines.append(f"  host {worker.rig.host.number} ({worker.log_path.name}):\n{worker.output[-4000:]}")
+    return "\n".join(lines)
+
+
 def _runs_of(instance: dg.DagsterInstance, session_id: str) -> list[dg.DagsterRun]:
     return list(instance.get_runs(dg.RunsFilter(tags={"dagster/partition": session_id})))
 
 
 def test_three_hosts_share_budget_cap_and_leases_and_survive_a_killed_host(
-    deployment: Deployment, network: Network, store: StoreEndpoint, postgres_url: str
+    deployment: Deployment, network: Network, store: StoreEndpoint
 ) -> None:
     pipeline, instance = deployment.pipeline, deployment.pipeline.instance
     sandbox, videos = pipeline.sandbox, pipeline.store
@@ -268,7 +286,8 @@ def test_three_hosts_share_budget_cap_and_leases_and_survive_a_killed_host(
 
     # A host cannot reach the shared services at their own address: only through its veth.
     shared = [
-        int(urlsplit(url).port or 0) for url in (postgres_url, sandbox.base_url, deployment.env["AWS_ENDPOINT_URL"])
+        int(urlsplit(url).port or 0)
+        for url in (deployment.db_url, sandbox.base_url, deployment.env["AWS_ENDPOINT_URL"])
     ]
     for rig in network.rigs:
         assert _loopback_answers(rig, shared) == [], rig.host
@@ -389,7 +408,8 @@ def test_three_hosts_share_budget_cap_and_leases_and_survive_a_killed_host(
         outcomes = [
             str(r.asset_materialization.metadata["outcome"].value) if r.asset_materialization else "?" for r in records
         ]
-        assert len([o for o in outcomes if o != "already_stored"]) == 1, (session_id, outcomes)
+        downloaded = [o for o in outcomes if o != "already_stored"]
+        assert len(downloaded) == 1, _history(instance, network, session_id, list(records))
     assert not s3.list_objects_v2(Bucket=bucket, Prefix="ut/_leases/").get("Contents")
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
     for rig in network.rigs:
