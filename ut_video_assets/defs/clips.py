@@ -23,6 +23,7 @@ from ut_video_assets.clips import (
     clip_session,
 )
 from ut_video_assets.defs.background import ACTIVE, downstream_tags, sensor_interval
+from ut_video_assets.defs.failures import step_failure
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, SpecifiedResource, VideoStorageResource
@@ -171,7 +172,8 @@ def session_clips(
             metadata={"clips_status": "failed", "reason": str(exc)},
         ) from None
     except StorageError as exc:
-        raise dg.Failure(f"session {session_id}: the store failed while storing clips: {exc}") from None
+        why = f"session {session_id}: the store failed while storing clips: {exc}"
+        raise step_failure(why, reasons=["store"]) from None
     context.log.info(outcome.summary())
     return dg.MaterializeResult(metadata=clips_metadata(outcome))
 
@@ -190,7 +192,7 @@ def session_clip_catalog(context: dg.AssetExecutionContext, storage: VideoStorag
     except SettingsError as exc:
         raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
     except StorageError as exc:
-        raise dg.Failure(f"the clip catalog could not be written: {exc}") from None
+        raise step_failure(f"the clip catalog could not be written: {exc}", reasons=["store"]) from None
     sessions = len({(r["test_id"], r["session_id"]) for r in rows})
     context.log.info(f"clip catalog: {len(rows)} clips of {sessions} sessions at {store.uri(key)}")
     return dg.MaterializeResult(

@@ -14,6 +14,7 @@ from ut_video_assets.commit import PreconditionFailedError
 from ut_video_assets.dataset import DatasetBuild, DatasetError, build_dataset, verify_dataset
 from ut_video_assets.defs.assets import GROUP, video_catalog
 from ut_video_assets.defs.background import downstream_tags, sensor_interval
+from ut_video_assets.defs.failures import step_failure
 from ut_video_assets.defs.resources import DownloadSettingsResource, SpecifiedResource, VideoStorageResource
 from ut_video_assets.settings import Settings, SettingsError
 from ut_video_assets.storage import StorageError
@@ -91,7 +92,7 @@ def session_dataset(
             allow_retries=True,
         ) from None
     except StorageError as exc:
-        raise dg.Failure(f"the dataset could not be written: {exc}", allow_retries=True) from None
+        raise step_failure(f"the dataset could not be written: {exc}", reasons=["store"]) from None
     for problem in build.problems:
         context.log.warning(f"session {problem.session_id} left out of the dataset: {problem.reason}")
     context.log.info(

@@ -23,7 +23,6 @@ from typing import Any
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from ut_video_assets.alerts import REASON_CODES_KEY
 from ut_video_assets.defs.assets import GROUP, SESSIONS_PER_RUN, session_video, usertesting_session
 from ut_video_assets.defs.background import (
     ACTIVE,
@@ -34,6 +33,7 @@ from ut_video_assets.defs.background import (
     spare_client,
     video_runs_active,
 )
+from ut_video_assets.defs.failures import reason_of, step_failure
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
@@ -168,13 +168,11 @@ def cuts_metadata(result: CutsResult, kind: str) -> dict[str, Any]:
 def _failure(failed: dict[str, str], retryable: bool, what: str, reasons: set[str]) -> dg.Failure:
     """The step's failure; ``reason_codes`` (the engine's reasons, e.g. ``store``) lets the failure alerts count it
     in an outage already alerted (a dead store fails the videos and the cuts alike: one alert, not one per job)."""
-    return dg.Failure(
-        description=f"{len(failed)} {what} failed: " + " | ".join(f"{k}: {why}" for k, why in failed.items()),
-        metadata={
-            "failed": dg.MetadataValue.json(failed),
-            REASON_CODES_KEY: dg.MetadataValue.text(",".join(sorted(reasons))),
-        },
+    return step_failure(
+        f"{len(failed)} {what} failed: " + " | ".join(f"{k}: {why}" for k, why in failed.items()),
+        reasons=reasons,
         allow_retries=retryable,
+        metadata={"failed": dg.MetadataValue.json(failed)},
     )
 
 
@@ -292,7 +290,9 @@ def test_highlight_reels(
         return
     except (ApiError, StorageError) as exc:
         retryable = isinstance(exc, (*RETRYABLE, StorageError))
-        raise dg.Failure(f"test {test_id}: highlight reels failed: {exc}", allow_retries=retryable) from None
+        raise step_failure(
+            f"test {test_id}: highlight reels failed: {exc}", reasons=[reason_of(exc)], allow_retries=retryable
+        ) from None
     if result.stopped_early:
         context.log.info(f"test {test_id}: {result.stopped_early}; the rest of its reels wait for a later run")
         return
@@ -331,7 +331,7 @@ def test_qx_scores(
     except SettingsError as exc:
         raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
     except (ApiError, StorageError) as exc:
-        raise dg.Failure(f"test {test_id}: QX scores failed: {exc}", allow_retries=True) from None
+        raise step_failure(f"test {test_id}: QX scores failed: {exc}", reasons=[reason_of(exc)]) from None
     metadata: dict[str, Any] = {
         "has_qx_scores": stored.has_scores,
         "task_groups": stored.rows,
@@ -372,7 +372,7 @@ def researcher_clip_catalog(context: dg.AssetExecutionContext, storage: VideoSto
     except SettingsError as exc:
         raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
     except StorageError as exc:
-        raise dg.Failure(f"the clip catalog could not be written: {exc}", allow_retries=True) from None
+        raise step_failure(f"the clip catalog could not be written: {exc}", reasons=["store"]) from None
     counts: dict[str, int] = {}
     for row in rows:
         counts[f"{row['kind']}s_{row['status']}"] = counts.get(f"{row['kind']}s_{row['status']}", 0) + 1

@@ -28,6 +28,7 @@ from ut_video_assets.defs.background import (
     spare_client,
     video_runs_active,
 )
+from ut_video_assets.defs.failures import reason_of, step_failure
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import lookup_session
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource, VideoStorageResource
@@ -96,6 +97,7 @@ def session_transcript(
         raise dg.Failure(f"configuration error: {exc}", allow_retries=False) from None
     failures: dict[str, str] = {}
     retryable = False
+    reasons: set[str] = set()
     keys = context.partition_keys
     for number, key in enumerate(keys, start=1):
         if video_runs_active(context.instance):
@@ -119,16 +121,18 @@ def session_transcript(
         except (ApiError, StorageError) as exc:
             context.log.error(f"session {key}: transcript failed: {exc}")
             failures[key] = str(exc)
+            reasons.add(reason_of(exc))
             retryable = retryable or isinstance(exc, (*RETRYABLE, StorageError))
             continue
         context.log.info(outcome.summary())
         yield dg.AssetMaterialization(asset_key=context.asset_key, partition=key, metadata=transcript_metadata(outcome))
     if failures:
-        raise dg.Failure(
-            description=f"{len(failures)} of {len(keys)} transcripts failed: "
+        raise step_failure(
+            f"{len(failures)} of {len(keys)} transcripts failed: "
             + " | ".join(f"session {k}: {why}" for k, why in failures.items()),
-            metadata={"failed_sessions": dg.MetadataValue.json(failures)},
+            reasons=reasons,
             allow_retries=retryable,
+            metadata={"failed_sessions": dg.MetadataValue.json(failures)},
         )
 
 

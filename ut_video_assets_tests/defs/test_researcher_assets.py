@@ -2,6 +2,7 @@
 sandbox (asynchronous generation, expiring links, download faults) and the embedded store."""
 
 import io
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from ut_video_assets.definitions import build_defs
 from ut_video_assets.defs import researcher
+from ut_video_assets.defs.alerting import run_reason_codes
 from ut_video_assets.defs.researcher import researcher_tests_sensor, session_researcher_clips_sensor
 from ut_video_assets.qxscores import qx_key
 from ut_video_assets.researcher import clip_key, reel_key
@@ -218,6 +220,27 @@ def test_a_reel_that_keeps_failing_is_recorded_and_fails_the_run(pipeline: Pipel
     assert shown["reels_failed"] == 1 and shown["reels"][0]["reason"] == "generation_error"
     assert pipeline.store.backend.head(reel_key(pipeline.store, test_id, reel.cut_id)) is None
     assert materialization(result, "test_qx_scores")["has_qx_scores"] is False  # the other asset is unaffected
+
+
+def test_a_dead_store_fails_the_reels_and_scores_for_the_store_outage(
+    pipeline: Pipeline, cuts: Cuts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store unreachable: the reels and the QX scores fail naming the reason ``store``, which the failure
+    alerts count in the store outage already alerted (one alert, not one more per job)."""
+    pipeline.tick()
+    test_id = pipeline.sandbox.test_ids[0]
+    pipeline.instance.add_dynamic_partitions("test_ids", [test_id])
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    pipeline.defs = build_defs()
+    result = run(pipeline, "test_researcher_job", test_id, "test_highlight_reels")
+    assert not result.success
+    failed = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE}
+    assert failed == {"test_highlight_reels", "test_qx_scores"}
+    assert run_reason_codes(pipeline.instance, result.run_id) == {"store"}
 
 
 def test_a_range_run_stores_the_clips_of_every_session_it_covers(pipeline: Pipeline, cuts: Cuts) -> None:
