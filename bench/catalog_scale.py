@@ -1,7 +1,8 @@
 """The catalog at scale: seeding a bucket with N sessions fast, and one catalog build in a child process.
 
-``python -m bench.catalog_scale BUCKET PREFIX SPOOL_DIR`` (store endpoint and credentials in the ``AWS_*``
-variables) builds and commits the catalog exactly as the ``video_catalog`` asset does (`catalog.write_catalog`) and
+``python -m bench.catalog_scale BUCKET PREFIX SPOOL_DIR [CHANGES.json]`` (store endpoint and credentials in the
+``AWS_*`` variables; the changed sessions as a JSON list of [test, session] pairs for a refresh from a change set)
+builds and commits the catalog exactly as the ``video_catalog`` asset does (`catalog.write_catalog`) and
 prints one JSON line: the seconds, the build's counters and the process's peak RSS (``VmHWM``) before and after the
 build, so the growth is the build's own (the interpreter, pandas, pyarrow and boto3 are imported before the
 baseline is read). A child per build keeps one build's peak from hiding the next one's.
@@ -50,15 +51,26 @@ def record(test_id: str, session_id: str, uri: str, index: int) -> dict[str, Any
     }
 
 
-def seed(client: Any, bucket: str, prefix: str, tests: list[str], start: int, count: int) -> float:
+def seed(
+    client: Any,
+    bucket: str,
+    prefix: str,
+    tests: list[str],
+    start: int,
+    count: int,
+    made: list[tuple[str, str]] | None = None,
+) -> float:
     """Sessions ``start`` .. ``start + count - 1``: a tiny video and its record each, written directly with boto3
-    (set-up, not the measured path), ``SEED_WORKERS`` at a time; returns the seconds it took."""
+    (set-up, not the measured path), ``SEED_WORKERS`` at a time; returns the seconds it took. ``made`` receives
+    their (test, session) pairs."""
     from ut_video_assets.storage import VideoStore
 
     store = VideoStore.s3(client, bucket, prefix)
 
     def put(index: int) -> None:
         test_id, session_id = tests[index % len(tests)], str(uuid.uuid4())
+        if made is not None:
+            made.append((test_id, session_id))
         key = store.video_key(test_id, session_id)
         client.put_object(Bucket=bucket, Key=key, Body=VIDEO_BYTES)
         store.put_record(test_id, session_id, record(test_id, session_id, store.uri(key), index))
@@ -69,11 +81,19 @@ def seed(client: Any, bucket: str, prefix: str, tests: list[str], start: int, co
     return time.perf_counter() - started
 
 
-def build_in_child(env: dict[str, str], bucket: str, prefix: str, spool: Path) -> dict[str, Any]:
-    """One `write_catalog` in a fresh interpreter; its JSON line, plus the load average around it."""
+def build_in_child(
+    env: dict[str, str], bucket: str, prefix: str, spool: Path, changed: list[tuple[str, str]] | None = None
+) -> dict[str, Any]:
+    """One `write_catalog` in a fresh interpreter; its JSON line, plus the load average around it. ``changed``:
+    a refresh from that change set (what the asset reads from the event log) instead of a full listing."""
     load_before = [round(x, 2) for x in os.getloadavg()]
+    extra: list[str] = []
+    if changed is not None:
+        changes = spool.parent / f"changes-{uuid.uuid4().hex[:8]}.json"
+        changes.write_text(json.dumps(changed))
+        extra = [str(changes)]
     done = subprocess.run(  # noqa: S603 - our own module
-        [sys.executable, "-m", "bench.catalog_scale", bucket, prefix, str(spool)],
+        [sys.executable, "-m", "bench.catalog_scale", bucket, prefix, str(spool), *extra],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -128,6 +148,7 @@ def main() -> None:
     from ut_video_assets.storage import VideoStore
 
     bucket, prefix, spool = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    changed = [tuple(pair) for pair in json.loads(Path(sys.argv[4]).read_text())] if len(sys.argv) > 4 else None
     # As the pipeline makes it (S3ClientResource: a pool the record reads share), path-style for SeaweedFS.
     client = boto3.session.Session().client(
         "s3", config=Config(max_pool_connections=READ_WORKERS, s3={"addressing_style": "path"})
@@ -137,7 +158,8 @@ def main() -> None:
     baseline = _peak_rss_kib()
     store_cpu, cpu = _store_cpu_seconds(), _cpu_seconds()
     started = time.perf_counter()
-    built = write_catalog(store, spool)
+    since = store.backend.head(store.catalog_key) if changed is not None else None
+    built = write_catalog(store, spool, changed=changed, changed_since=since.version if since is not None else None)
     seconds = time.perf_counter() - started
     peak = _peak_rss_kib()
     cpu = _cpu_seconds() - cpu
@@ -153,6 +175,8 @@ def main() -> None:
                 "rows": built.summary.rows,
                 "records_read": built.records_read,
                 "rows_reused": built.reused_rows,
+                "scan": built.scan,
+                "sessions_listed": built.sessions_listed,
                 "row_groups": built.row_groups,
                 "catalog_bytes": info.size if info is not None else 0,
                 "baseline_rss_mib": baseline / 1024,

@@ -152,8 +152,8 @@ def catalog_leg(store: StoreEndpoint, scratch: Path, sizes: Sizes, echo: Any = p
     env = store.env()
     spool = scratch / "catalog-spool"
 
-    def build() -> dict[str, Any]:
-        return catalog_scale.build_in_child(env, bucket, prefix, spool)
+    def build(changed: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+        return catalog_scale.build_in_child(env, bucket, prefix, spool, changed)
 
     fill_seconds = catalog_scale.seed(client, bucket, prefix, tests, 0, sizes.catalog_objects)
     echo(f"  catalog: {sizes.catalog_objects} sessions stored in {fill_seconds:.0f} s (load {load_average()})")
@@ -203,6 +203,15 @@ def large_catalog(
         f"(+{cold['rss_growth_mib']:.0f} MiB RSS); {refresh['rows']:.0f} rows after {added} new in "
         f"{refresh['total']:.1f} s (+{refresh['rss_growth_mib']:.0f} MiB RSS; load {load_average()})"
     )
+    # What the asset does between full listings: the change set from the event log, only those folders listed.
+    made: list[tuple[str, str]] = []
+    catalog_scale.seed(client, bucket, prefix, tests, sessions + added, added, made)
+    from_changes = build(made)
+    echo(
+        f"  catalog refresh from a change set: {from_changes['rows']:.0f} rows after {added} new in "
+        f"{from_changes['total']:.1f} s ({from_changes['scan']} scan, +{from_changes['rss_growth_mib']:.0f} MiB RSS; "
+        f"load {load_average()})"
+    )
     return {
         "sessions": sessions,
         "seeded_sessions": sessions - present,
@@ -211,6 +220,7 @@ def large_catalog(
         "added": added,
         "cold": cold,
         "refresh": refresh,
+        "refresh_from_changes": from_changes,
         "targets": {"cold_seconds": 60.0, "refresh_seconds": 10.0, "peak_rss_mib": 512.0},
     }
 
@@ -221,3 +231,30 @@ def scale_legs(sizes: Sizes, echo: Any = print) -> dict[str, Any]:
             "discovery": discovery_leg(store, Path(tmp), sizes, echo),
             "catalog": catalog_leg(store, Path(tmp), sizes, echo),
         }
+
+
+def large_catalog_leg(sessions: int, tests: int = 20, echo: Any = print) -> dict[str, Any]:
+    """`large_catalog` alone, on a bucket of its own in a fresh embedded store: ``python -m bench.scale N`` (the
+    100,000-session catalog without the 10,000-session repetitions before it)."""
+    with tempfile.TemporaryDirectory(prefix="ut-bench-catalog-") as tmp, EmbeddedStore(Path(tmp) / "store") as store:
+        client = store.client(max_pool_connections=catalog_scale.SEED_WORKERS)
+        bucket = f"bench-catalog-{uuid.uuid4().hex[:6]}"
+        ensure_bucket(client, bucket)
+        prefix = "usertesting/"
+        spool = Path(tmp) / "catalog-spool"
+
+        def build(changed: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+            return catalog_scale.build_in_child(store.env(), bucket, prefix, spool, changed)
+
+        names = [str(uuid.uuid4()) for _ in range(tests)]
+        return large_catalog(client, bucket, prefix, names, 0, sessions, build, echo)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    result = large_catalog_leg(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
+    out = Path(__file__).parent / "results" / "catalog_changes.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {out}")

@@ -24,8 +24,16 @@ streamed (`write_catalog`, what the ``video_catalog`` asset runs), so that memor
 Rows are in the bucket's key order (test, then session ID; older catalogs were ordered by start time and are
 rebuilt once from scratch). A refresh costs the listing plus the new or changed records; a build from scratch
 reads every record, one GET each, which is what bounds it (docs/DEPLOYMENT.md, "The catalog at 100,000
-sessions"). The Parquet file has an explicit schema (UTC timestamps, nullable integers) so DuckDB, Athena or
-pandas read it as is.
+sessions").
+
+A refresh can skip the bucket listing too when the caller knows which sessions changed since the previous
+catalog (``changed``: the ``video_catalog`` asset reads them from the Dagster event log): the previous file's
+rows then stand in for the listing of every other session, and only the changed sessions' folders are listed
+(one request each). That is the listing a full scan would give as long as nothing changed the bucket behind the
+pipeline's back (a deleted object, a hand-edited record), which a full scan, run periodically, catches.
+
+The Parquet file has an explicit schema (UTC timestamps, nullable integers) so DuckDB, Athena or pandas read it
+as is.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +60,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ut_video_assets.asr import ASR_JSON_NAME, ASR_VTT_NAME
 from ut_video_assets.audio import AUDIO_NAME
-from ut_video_assets.commit import Precondition, PreconditionFailedError
+from ut_video_assets.commit import ObjectInfo, Precondition, PreconditionFailedError
 from ut_video_assets.storage import (
     RECORD_NAME,
     TRANSCRIPT_NAME,
@@ -161,6 +169,8 @@ ROW_GROUP_ROWS = 10_000
 """Rows per Parquet row group, and sessions per window of the build: about 5 MiB of Arrow per group (a row is
 ~500 bytes), so a build holds a few groups at a time whatever the catalog's size."""
 READ_WORKERS = 16
+# Folders of changed sessions listed at once in a change-set refresh (one request each, I/O-bound).
+LIST_WORKERS = 8
 """Record reads in flight at once; `ut_video_assets.defs.resources.S3ClientResource` keeps 16 connections."""
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _KEY_ORDER = ("test_id", "session_id")
@@ -184,6 +194,12 @@ class CatalogFile:
     """The store's version of the previous catalog the build started from (None: there was none)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Where `write_catalog`'s time went: ``previous`` (copying the stored catalog), ``build``, ``commit``."""
+    scan: str = "full"
+    """``full`` (the whole bucket listed) or ``changes`` (the previous rows and the changed sessions' folders)."""
+    sessions_listed: int = 0
+    """Session folders the build went through (listed, or standing in from the previous catalog)."""
+    version: str | None = None
+    """The store's version of the catalog `write_catalog` committed."""
 
 
 @dataclass
@@ -264,9 +280,13 @@ def build_catalog_file(
     row_group_rows: int = ROW_GROUP_ROWS,
     read_workers: int = READ_WORKERS,
     on_window: Callable[[int], None] | None = None,
+    changed: Collection[tuple[str, str]] | None = None,
 ) -> CatalogFile:
     """Build the catalog of ``store`` into the Parquet file at ``path``, streamed in row groups of
     ``row_group_rows``; ``previous`` is the previous catalog as a local file (its unchanged rows are carried over).
+    ``changed`` (test, session) pairs: every session that may differ from its row in ``previous``; then only
+    their folders are listed and the previous rows stand for the rest (`_changes_listing`). Without a usable
+    previous catalog the whole bucket is listed anyway.
 
     One pass over the listing (read in a thread of its own, in key order): each session's row is the previous
     catalog's when its record's ETag is unchanged (found by walking the previous file forward, row group by row
@@ -287,7 +307,13 @@ def build_catalog_file(
 
     windows: deque[_Window] = deque()
     pool = ThreadPoolExecutor(max_workers=read_workers, thread_name_prefix="catalog-read")
-    listing = _prefetched(store.iter_session_prefixes(), 4 * row_group_rows)
+    scan = "full"
+    sessions: Iterator[tuple[str, str, Mapping[str, ListedFile]]] = store.iter_session_prefixes()
+    if changed is not None and previous is not None:
+        scan, sessions = "changes", _changes_listing(store, previous, changed, row_group_rows)
+    elif changed is not None:
+        log.info("no usable previous catalog to refresh: listing the whole bucket")
+    listing = _prefetched(sessions, 4 * row_group_rows)
     try:
         window = _Window()
         for test_id, session_id, files in listing:
@@ -317,7 +343,60 @@ def build_catalog_file(
         row_groups=out.row_groups,
         preview=out.preview if out.preview is not None else build_catalog([]),
         bad_records=totals.bad_records,
+        scan=scan,
+        sessions_listed=listed_sessions,
     )
+
+
+def _changes_listing(
+    store: VideoStore, previous: Path, changed: Collection[tuple[str, str]], batch_rows: int
+) -> Iterator[tuple[str, str, Mapping[str, ListedFile]]]:
+    """What the bucket listing would say, in key order, when only ``changed`` sessions differ from the previous
+    catalog: each changed session's folder as listed now (``LIST_WORKERS`` requests at a time; an empty folder
+    drops its row), every other session as its previous row describes it (`_previous_listing`)."""
+    wanted = sorted(set(changed))
+    pool = ThreadPoolExecutor(max_workers=LIST_WORKERS, thread_name_prefix="catalog-list")
+    try:
+        listed = zip(wanted, pool.map(lambda key: store.list_session(*key), wanted), strict=True)
+        fresh = next(listed, None)
+        for key, before in _previous_listing(previous, batch_rows):
+            while fresh is not None and fresh[0] < key:
+                yield (*fresh[0], fresh[1])
+                fresh = next(listed, None)
+            if fresh is not None and fresh[0] == key:
+                yield (*key, fresh[1])
+                fresh = next(listed, None)
+            else:
+                yield (*key, before)
+        while fresh is not None:
+            yield (*fresh[0], fresh[1])
+            fresh = next(listed, None)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _previous_listing(path: Path, batch_rows: int) -> Iterator[tuple[tuple[str, str], dict[str, ListedFile]]]:
+    """The previous catalog's sessions as the listing showed them when their rows were written: the record (its
+    ETag, so the row is carried over), the video when it had one, and the derived files its columns name."""
+    import pyarrow.parquet as pq
+
+    columns = ["test_id", "session_id", "has_video", "size_bytes", "record_etag", "has_audio", "has_asr"]
+    columns += ["has_transcript"]
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+        data = batch.to_pydict()
+        for test_id, session_id, video, size, etag, audio, asr, transcript in zip(
+            *(data[name] for name in columns), strict=True
+        ):
+            files = {RECORD_NAME: ListedFile(0, etag or "")}
+            if video:
+                files[VIDEO_NAME] = ListedFile(size or 0, "")
+            if audio:
+                files[AUDIO_NAME] = ListedFile(0, "")
+            if asr:
+                files[ASR_VTT_NAME] = files[ASR_JSON_NAME] = ListedFile(0, "")
+            if transcript:
+                files[TRANSCRIPT_NAME] = ListedFile(0, "")
+            yield (test_id, session_id), files
 
 
 class _RowGroups:
@@ -568,12 +647,18 @@ def write_catalog(
     row_group_rows: int = ROW_GROUP_ROWS,
     read_workers: int = READ_WORKERS,
     on_window: Callable[[int], None] | None = None,
+    changed: Collection[tuple[str, str]] | None = None,
+    changed_since: str | None = None,
 ) -> CatalogFile:
     """Build the catalog (`build_catalog_file`) into a spool file under ``spool_dir`` and commit it at
     ``store.catalog_key`` in one step through the commit protocol (`ut_video_assets.commit`): verified by its
     whole-object checksum, and only while the key still holds the previous catalog the build started from (or
     nothing, when there was none). A build that fails, or that another writer beat to the key, changes nothing
-    there; the spool files are removed either way."""
+    there; the spool files are removed either way.
+
+    ``changed``: the sessions changed since the catalog whose store version is ``changed_since``; used only
+    while the stored catalog is still that version (any other writer's catalog is refreshed from a full
+    listing)."""
     from ut_video_assets.audio import upload_file
     from ut_video_assets.checksums import WholeChecksums
 
@@ -581,11 +666,20 @@ def write_catalog(
     started = time.perf_counter()
     previous, version = fetch_previous(store, spool_dir)
     seconds = {"previous": time.perf_counter() - started}
+    if changed is not None and (version is None or version != changed_since):
+        log.info("the stored catalog is not the one the changes are counted from: listing the whole bucket")
+        changed = None
     out = _spool_file(spool_dir)
     try:
         started = time.perf_counter()
         built = build_catalog_file(
-            store, out, previous=previous, row_group_rows=row_group_rows, read_workers=read_workers, on_window=on_window
+            store,
+            out,
+            previous=previous,
+            row_group_rows=row_group_rows,
+            read_workers=read_workers,
+            on_window=on_window,
+            changed=changed,
         )
         seconds["build"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -595,7 +689,7 @@ def write_catalog(
                 sums.update(chunk)
         precondition = Precondition.absent() if version is None else Precondition.version(version)
         try:
-            upload_file(
+            committed: ObjectInfo = upload_file(
                 store,
                 store.catalog_key,
                 out,
@@ -614,7 +708,7 @@ def write_catalog(
         if previous is not None:
             previous.unlink(missing_ok=True)
     seconds["commit"] = time.perf_counter() - started
-    return dataclasses.replace(built, previous_version=version, seconds=seconds)
+    return dataclasses.replace(built, previous_version=version, seconds=seconds, version=committed.version)
 
 
 def build_from_store(store: VideoStore, *, row_group_rows: int = ROW_GROUP_ROWS) -> CatalogBuild:

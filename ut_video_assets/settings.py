@@ -247,6 +247,9 @@ SETTINGS: dict[str, Setting] = {
     "UT_BACKLOG_MAX_AGE_SECONDS": _number(
         float, DEFAULT_BACKLOG_MAX_AGE_SECONDS, 1, 30 * 86_400, "from a second (tests) to 30 days"
     ),
+    "UT_CATALOG_FULL_SCAN_SECONDS": _number(
+        float, 86_400.0, 1, 30 * 86_400, "from a second (tests) to 30 days between full listings of the bucket"
+    ),
     "UT_CATALOG_MAX_LAG_SECONDS": _number(
         float, DEFAULT_CATALOG_MAX_LAG_SECONDS, 1, 30 * 86_400, "from a second (tests) to 30 days"
     ),

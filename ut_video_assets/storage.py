@@ -354,6 +354,15 @@ class VideoStore:
         if current is not None:
             yield (*current, files)
 
+    def list_session(self, test_id: str, session_id: str) -> dict[str, ListedFile]:
+        """{file name: its size and ETag} of one session's folder (files directly in it), one listing request."""
+        folder = f"{self.prefix}test_id={test_id}/session_id={session_id}/"
+        return {
+            obj.key[len(folder) :]: ListedFile(obj.size, obj.version)
+            for obj in self.backend.list_objects(folder)
+            if "/" not in obj.key[len(folder) :]
+        }
+
     def object_exists(self, key: str) -> bool:
         return self.backend.head(key) is not None
 

@@ -169,6 +169,66 @@ def test_refresh_reads_only_new_and_changed_records(counting: VideoStore, tmp_pa
     assert bool(rows.loc[late["session_id"], "has_transcript"])
 
 
+def test_a_refresh_from_a_change_set_lists_only_the_changed_sessions(counting: VideoStore, tmp_path: Path) -> None:
+    """Told which sessions changed (the asset reads them from the Dagster event log), a refresh lists their folders
+    only and carries the other rows over: the same table a full listing gives."""
+    store = counting
+    records = [add_session(store, index, video=index % 9 != 4, transcript=index % 6 == 0) for index in range(150)]
+    first = write_catalog(store, tmp_path / "spool", row_group_rows=25)
+    assert first.scan == "full" and first.version is not None
+
+    reads(store).clear()
+    new = [add_session(store, 2000 + index) for index in range(5)]
+    rewritten, gone, late = records[11], records[23], records[37]
+    store.put_record(rewritten["test_id"], rewritten["session_id"], {**rewritten, "duration_seconds": 42.0})
+    store.backend.delete(store.record_key(gone["test_id"], gone["session_id"]))
+    store.backend.delete(store.video_key(gone["test_id"], gone["session_id"]))
+    store.backend.put_bytes(store.transcript_key(late["test_id"], late["session_id"]), b"WEBVTT\n\n", "text/vtt")
+    changed = [(r["test_id"], r["session_id"]) for r in [*new, rewritten, gone, late]]
+    # Behind the pipeline's back (not in the change set): a record edited by hand.
+    edited = records[50]
+    store.put_record(edited["test_id"], edited["session_id"], {**edited, "duration_seconds": 7.0})
+
+    second = write_catalog(store, tmp_path / "spool", row_group_rows=25, changed=changed, changed_since=first.version)
+    assert second.scan == "changes"
+    expected = sorted(store.record_key(r["test_id"], r["session_id"]) for r in [*new, rewritten])
+    assert sorted(reads(store)) == expected
+    assert (second.records_read, second.reused_rows, second.summary.rows) == (6, 148, 154)
+    frame, _ = stored_table(store, tmp_path)
+    rows = frame.set_index("session_id")
+    assert rows.loc[rewritten["session_id"], "duration_seconds"] == 42.0
+    assert gone["session_id"] not in rows.index
+    assert bool(rows.loc[late["session_id"], "has_transcript"])
+    assert rows.loc[edited["session_id"], "duration_seconds"] == records[50].get("duration_seconds")
+    # Everything but the hand edit is what a full listing finds; the next full scan finds that too.
+    full = comparable(whole_table(store)).set_index("session_id")
+    assert (
+        comparable(frame)
+        .set_index("session_id")
+        .drop(index=edited["session_id"])
+        .equals(full.drop(index=edited["session_id"]))
+    )
+    third = write_catalog(store, tmp_path / "spool", row_group_rows=25)
+    assert third.scan == "full"
+    assert comparable(stored_table(store, tmp_path)[0]).equals(comparable(whole_table(store)))
+
+
+def test_a_change_set_counted_from_another_catalog_means_a_full_listing(counting: VideoStore, tmp_path: Path) -> None:
+    """Changes counted since a catalog that is no longer the stored one (another writer's, or none) do not
+    describe the stored one: the whole bucket is listed."""
+    store = counting
+    records = [add_session(store, index) for index in range(20)]
+    first = write_catalog(store, tmp_path / "spool")
+    extra = add_session(store, 500)
+    one = [(records[0]["test_id"], records[0]["session_id"])]
+    again = write_catalog(store, tmp_path / "spool", changed=one, changed_since="not-" + str(first.version))
+    assert again.scan == "full" and again.summary.rows == 21
+    assert extra["session_id"] in set(stored_table(store, tmp_path)[0]["session_id"])
+    store.backend.delete(store.catalog_key)
+    scratch = write_catalog(store, tmp_path / "spool", changed=one, changed_since=again.version)
+    assert scratch.scan == "full" and scratch.summary.rows == 21
+
+
 def test_a_previous_catalog_in_another_order_means_a_build_from_scratch(counting: VideoStore, tmp_path: Path) -> None:
     """Catalogs written before were sorted by start time: not carried over row by row, rebuilt once, right."""
     store = counting

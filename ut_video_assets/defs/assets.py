@@ -1,5 +1,6 @@
 """Assets: the session as UserTesting knows it, its video in your bucket, and the catalog of all videos."""
 
+import time
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -7,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from ut_video_assets.catalog import COLUMN_DESCRIPTIONS, COLUMNS, write_catalog
+from ut_video_assets.defs.catalog_scan import CATALOG_VERSION, EVENT_CURSOR, FULL_SCAN_AT, plan_scan
 from ut_video_assets.defs.io_manager import (
     VideoBatch,
     commit_batch,
@@ -293,6 +295,12 @@ def _session(context: dg.AssetExecutionContext, key: str, known: dict[str, Sessi
     return SessionRef(session_id, session.test_id, session.start_time, session.finish_time)
 
 
+class CatalogConfig(dg.Config):
+    full_scan: bool = False
+    """List the whole bucket instead of the sessions the event log says changed (e.g. after editing objects by
+    hand); a full listing also runs every UT_CATALOG_FULL_SCAN_SECONDS."""
+
+
 @dg.asset(
     deps=[session_video],
     group_name=GROUP,
@@ -305,7 +313,10 @@ def _session(context: dg.AssetExecutionContext, key: str, known: dict[str, Sessi
     },
 )
 def video_catalog(
-    context: dg.AssetExecutionContext, storage: VideoStorageResource, downloads: DownloadSettingsResource
+    context: dg.AssetExecutionContext,
+    config: CatalogConfig,
+    storage: VideoStorageResource,
+    downloads: DownloadSettingsResource,
 ) -> dg.MaterializeResult:
     """One row per completed session: where its stored video is, how big, its checksum and what the file is; or
     `has_video = false` when UserTesting has no video for it (then its IDs and times only).
@@ -315,15 +326,27 @@ def video_catalog(
     `video_catalog_refresh_sensor` shortly after new videos land, once for many partitions; each refresh
     reuses the previous file's rows whose record is unchanged and reads only new or changed records. Streamed in
     row groups to a spool file and committed in one step: never a partial catalog, memory bounded at any size.
+
+    A refresh lists only the sessions the event log says changed since the previous build, and the whole bucket
+    every `UT_CATALOG_FULL_SCAN_SECONDS` (a day) or when run with `full_scan: true` (what catches objects
+    changed behind the pipeline's back); the metadata says which it did and why.
     """
     store = storage.store()
-    build = write_catalog(store, downloads.spool_path())
+    started = time.time()
+    plan = plan_scan(
+        context.instance, full=config.full_scan, full_scan_every=storage.catalog_full_scan_every(), now=started
+    )
+    context.log.info(f"catalog: {'a refresh from the event log' if plan.changed is not None else 'a full listing'}: "
+                     f"{plan.why}")  # fmt: skip
+    build = write_catalog(store, downloads.spool_path(), changed=plan.changed, changed_since=plan.since_version)
     summary = build.summary
     context.log.info(
         f"catalog: {summary.rows} sessions, {summary.videos} with a video, "
         f"{summary.total_bytes / 1048576:,.1f} MiB at {store.uri(store.catalog_key)} "
-        f"({build.reused_rows} rows reused from the previous catalog, {build.records_read} records read)"
+        f"({build.reused_rows} rows reused from the previous catalog, {build.records_read} records read, "
+        f"{build.sessions_listed} session folders gone through: {build.scan} scan)"
     )
+    full_scan_at = plan.full_scan_at if build.scan == "changes" and plan.full_scan_at is not None else started
     preview = build.preview
     return dg.MaterializeResult(
         metadata={
@@ -341,6 +364,14 @@ def video_catalog(
             "bad_record_count": len(build.bad_records),
             "rows_reused": build.reused_rows,
             "records_read": build.records_read,
+            # How the bucket was read: "full" (listed whole) or "changes" (the sessions the event log named).
+            "scan": build.scan,
+            "scan_reason": plan.why,
+            "sessions_listed": build.sessions_listed,
+            # Where the next build's changes start: the event log's cursor, the catalog it wrote, the last listing.
+            EVENT_CURSOR: plan.cursor,
+            CATALOG_VERSION: build.version or "",
+            FULL_SCAN_AT: dg.MetadataValue.float(full_scan_at),
             "row_groups": build.row_groups,
             "preview": dg.MetadataValue.md(_markdown_table(preview)),
             "column_descriptions": dg.MetadataValue.json(COLUMN_DESCRIPTIONS),

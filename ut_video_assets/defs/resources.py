@@ -185,6 +185,7 @@ class VideoStorageResource(SpecifiedResource):
     upload_concurrency: str | None = None
     lease_seconds: str | None = None
     deep_verify: str | None = None
+    catalog_full_scan_seconds: str | None = None
 
     SETTINGS_FIELDS: ClassVar[dict[str, str]] = {
         "store_url": "UT_VIDEO_STORE_URL",
@@ -196,6 +197,7 @@ class VideoStorageResource(SpecifiedResource):
         "upload_concurrency": "UT_S3_UPLOAD_CONCURRENCY",
         "lease_seconds": "UT_LEASE_SECONDS",
         "deep_verify": "UT_DEEP_VERIFY",
+        "catalog_full_scan_seconds": "UT_CATALOG_FULL_SCAN_SECONDS",
     }
 
     def lease_ttl(self) -> float:
@@ -207,6 +209,11 @@ class VideoStorageResource(SpecifiedResource):
         """``UT_DEEP_VERIFY``: the checksum check also reads every stored video back in full (off by default:
         the store's own whole-object checksum, verified at commit, is compared without reading the bytes)."""
         return self.settings().flag("UT_DEEP_VERIFY")
+
+    def catalog_full_scan_every(self) -> float:
+        """``UT_CATALOG_FULL_SCAN_SECONDS``: how often ``video_catalog`` lists the whole bucket; its other builds
+        list only the sessions the event log says changed since the previous catalog."""
+        return self.settings().number("UT_CATALOG_FULL_SCAN_SECONDS")
 
     def store(self) -> VideoStore:
         """The destination (`ut_video_assets.destination`): S3 through `S3ClientResource`'s boto3 client, GCS and

@@ -6,6 +6,7 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from ut_video_assets.defs.assets import session_video, video_catalog
+from ut_video_assets.defs.catalog_scan import CATALOGED_FILES
 from ut_video_assets.defs.partitions import session_partitions
 from ut_video_assets.defs.registry import session_observation
 from ut_video_assets.defs.resources import DownloadSettingsResource, UserTestingApiResource
@@ -18,15 +19,7 @@ DISCOVERY_INTERVAL_SECONDS = load_time_int("UT_SENSOR_INTERVAL_SECONDS")
 TICK_TIME_LIMIT_SECONDS = 40.0
 PARTITIONS_NAME = "session_ids"
 TICK_BUDGET_WAIT_SECONDS = 5.0
-TRANSCRIPT_KEY = dg.AssetKey("session_transcript")  # by key: defs.transcripts imports this layer's assets
-# Files stored next to a video after it, which the catalog has columns for (has_transcript, has_audio, has_asr,
-# has_clips): a new one refreshes the catalog, and the dataset (which follows the catalog) with it.
-CATALOGED_FILES = (
-    TRANSCRIPT_KEY,
-    dg.AssetKey("session_audio"),
-    dg.AssetKey("session_asr"),
-    dg.AssetKey("session_clips"),
-)
+TRANSCRIPT_KEY = CATALOGED_FILES[0]  # by key: defs.transcripts imports this layer's assets
 
 session_video_job = dg.define_asset_job(
     "session_video_job",

@@ -6,6 +6,7 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -454,6 +455,59 @@ def test_catalog_counts_sessions_without_video(pipeline: Pipeline) -> None:
     again = pipeline.run_job("video_catalog_job")
     assert again.success
     assert again.asset_materializations_for_node("video_catalog")[0].metadata["dagster/row_count"].value == 2
+
+
+def test_catalog_refreshes_from_the_event_log_and_lists_the_bucket_when_asked(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh lists only the sessions materialized since the previous build (read from the event log); what
+    changed behind the pipeline's back shows at the next full listing (asked for, or every
+    UT_CATALOG_FULL_SCAN_SECONDS)."""
+    pipeline.tick()
+    sessions = [s for s in pipeline.sandbox.sessions(pipeline.sandbox.test_ids[0]) if s.has_video][:3]
+    for session in sessions[:2]:
+        assert pipeline.materialize(session.session_id).success
+
+    def build(**kwargs: Any) -> dict[str, Any]:
+        result = pipeline.run_job("video_catalog_job", **kwargs)
+        assert result.success
+        metadata = result.asset_materializations_for_node("video_catalog")[0].metadata
+        return {name: value.value for name, value in metadata.items()}
+
+    first = build()
+    assert (first["scan"], first["dagster/row_count"], first["records_read"]) == ("full", 2, 2)
+    assert "no previous catalog build" in first["scan_reason"]
+
+    assert pipeline.materialize(sessions[2].session_id).success
+    second = build()
+    assert (second["scan"], second["dagster/row_count"], second["records_read"]) == ("changes", 3, 1)
+    assert second["sessions_listed"] == 3 and second["rows_reused"] == 2
+    assert "1 session(s) changed" in second["scan_reason"]
+    assert second["event_cursor"] > first["event_cursor"]
+    assert second["full_scan_at"] == first["full_scan_at"]
+
+    # Behind the pipeline's back: a stored video and its record deleted. The event log cannot know ...
+    gone = sessions[0]
+    for key in (pipeline.store.video_key(gone.test_id, gone.session_id),
+                pipeline.store.record_key(gone.test_id, gone.session_id)):  # fmt: skip
+        pipeline.store.client.delete_object(Bucket=pipeline.store.bucket, Key=key)
+    third = build()
+    assert (third["scan"], third["dagster/row_count"], third["records_read"]) == ("changes", 3, 0)
+    # ... the catalog's presence check, run on its own, lists the bucket and finds the row's object gone ...
+    checks = pipeline.run_checks(dg.AssetKey("video_catalog"))
+    assert check_results(checks) == {"video_catalog_unique_sessions": True, "video_catalog_objects_present": False}
+    # ... a full listing drops the row, asked for from the launchpad ...
+    fourth = build(run_config={"ops": {"video_catalog": {"config": {"full_scan": True}}}})
+    assert (fourth["scan"], fourth["dagster/row_count"]) == ("full", 2)
+    assert "asked for" in fourth["scan_reason"] and fourth["full_scan_at"] > first["full_scan_at"]
+    # ... and so does the periodic one.
+    assert pipeline.materialize(gone.session_id).success
+    monkeypatch.setenv("UT_CATALOG_FULL_SCAN_SECONDS", "1")
+    pipeline.defs = build_defs()
+    time.sleep(1.1)
+    fifth = build()
+    assert (fifth["scan"], fifth["dagster/row_count"]) == ("full", 3)
+    assert "UT_CATALOG_FULL_SCAN_SECONDS" in fifth["scan_reason"]
 
 
 def test_downstream_assets_load_a_record_not_bytes(pipeline: Pipeline) -> None:
