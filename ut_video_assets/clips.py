@@ -51,6 +51,8 @@ from ut_video_assets.asr import ASR_JSON_NAME, ASR_VTT_NAME
 from ut_video_assets.audio import upload_file
 from ut_video_assets.checksums import WholeChecksums
 from ut_video_assets.commit import Precondition, StorageError
+from ut_video_assets.manifests import manifest_entries, manifest_parquet
+from ut_video_assets.rawio import BlockCache
 from ut_video_assets.storage import StoredVideo, VideoStore, ascii_metadata, open_stored_video
 from ut_video_assets.transcripts import Cue, TranscriptFormatError, parse_webvtt
 
@@ -367,59 +369,6 @@ class _StreamCopy:
         packet.stream = target
         self.sink.mux(packet)
         self.copied += 1
-
-
-class BlockCache(io.RawIOBase):
-    """A seekable reader that keeps the last ``blocks`` blocks of ``block_size`` bytes it read from ``source``.
-
-    An MP4 whose tracks were written one after the other (all video, then all audio) has a copy jump between two
-    places of the file for every packet; the store's reader keeps one block, so each jump would be a new ranged
-    GET. A few blocks hold both places: memory stays at most ``blocks * block_size``."""
-
-    def __init__(self, source: IO[bytes], size: int, *, block_size: int = 4 * 1024 * 1024, blocks: int = 8) -> None:
-        super().__init__()
-        self.size = size
-        self.position = 0
-        self.reads = 0
-        """Blocks read from ``source`` (each a ranged GET or so on a store)."""
-        self._source = source
-        self._block_size = block_size
-        self._blocks = blocks
-        self._cache: dict[int, bytes] = {}
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
-        self.position = max(0, base + offset)
-        return self.position
-
-    def readinto(self, buffer: Any) -> int:
-        if self.position >= self.size:
-            return 0
-        index, offset = divmod(self.position, self._block_size)
-        block = self._cache.pop(index, None)
-        if block is None:
-            self._source.seek(index * self._block_size)
-            block = self._source.read(min(self._block_size, self.size - index * self._block_size))
-            self.reads += 1
-            if len(self._cache) >= self._blocks:
-                del self._cache[next(iter(self._cache))]  # the least recently used
-        self._cache[index] = block  # most recently used last
-        view = memoryview(buffer).cast("B")
-        count = min(len(view), len(block) - offset)
-        if count <= 0:
-            return 0
-        view[:count] = block[offset : offset + count]
-        self.position += count
-        return count
 
 
 def _reason(exc: BaseException) -> str:
@@ -740,44 +689,32 @@ CATALOG_COLUMNS: dict[str, str] = {
 
 
 def catalog_rows(store: VideoStore) -> list[dict[str, Any]]:
-    """One row per clip of every session, from the ``clip_matches.json`` manifests (no read of a video). A
-    manifest that is not JSON is skipped with a warning (the next pass over its session rewrites it)."""
-    rows: list[dict[str, Any]] = []
-    for obj in store.backend.list_objects(store.prefix + "test_id="):
-        if not obj.key.endswith("/" + MANIFEST_NAME):
-            continue
-        manifest = store.get_json(obj.key)
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("clips"), list):
-            log.warning("%s: not a clip manifest; skipped", store.uri(obj.key))
-            continue
-        for clip in manifest["clips"]:
-            if not isinstance(clip, dict):
-                continue
-            rows.append(
-                {
-                    "session_id": manifest.get("session_id"),
-                    "test_id": manifest.get("test_id"),
-                    "clip_index": clip.get("index"),
-                    "start_seconds": clip.get("start_seconds"),
-                    "end_seconds": clip.get("end_seconds"),
-                    "requested_start_seconds": clip.get("requested_start_seconds"),
-                    "text": clip.get("text"),
-                    "pattern": manifest.get("pattern"),
-                    "transcript_source": manifest.get("transcript_source"),
-                    "storage_path": clip.get("storage_path"),
-                    "size_bytes": clip.get("size_bytes"),
-                    "sha256": clip.get("sha256"),
-                    "checked_at": manifest.get("checked_at"),
-                }
-            )
+    """One row per clip of every session, from the ``clip_matches.json`` manifests (no read of a video)."""
+    rows = [
+        {
+            "session_id": manifest.get("session_id"),
+            "test_id": manifest.get("test_id"),
+            "clip_index": clip.get("index"),
+            "start_seconds": clip.get("start_seconds"),
+            "end_seconds": clip.get("end_seconds"),
+            "requested_start_seconds": clip.get("requested_start_seconds"),
+            "text": clip.get("text"),
+            "pattern": manifest.get("pattern"),
+            "transcript_source": manifest.get("transcript_source"),
+            "storage_path": clip.get("storage_path"),
+            "size_bytes": clip.get("size_bytes"),
+            "sha256": clip.get("sha256"),
+            "checked_at": manifest.get("checked_at"),
+        }
+        for manifest, clip in manifest_entries(store, [MANIFEST_NAME], "clips")
+    ]
     rows.sort(key=lambda r: (str(r["test_id"]), str(r["session_id"]), int(r["clip_index"] or 0)))
     return rows
 
 
 def catalog_parquet(rows: list[dict[str, Any]]) -> bytes:
     """The rows as Parquet with an explicit schema (an empty catalog has the columns too)."""
-    import pyarrow as pa  # here: pyarrow is heavy, and only the catalog step needs it
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     number = pa.float64()
     types = {
@@ -788,14 +725,7 @@ def catalog_parquet(rows: list[dict[str, Any]]) -> bytes:
         "size_bytes": pa.int64(),
         "checked_at": pa.timestamp("s", tz="UTC"),
     }
-    schema = pa.schema([(name, types.get(name, pa.string())) for name in CATALOG_COLUMNS])
-    converted = [
-        {**row, "checked_at": datetime.fromisoformat(row["checked_at"]) if row.get("checked_at") else None}
-        for row in rows
-    ]
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(converted, schema=schema), buffer, compression="zstd")
-    return buffer.getvalue()
+    return manifest_parquet(rows, list(CATALOG_COLUMNS), types)
 
 
 def clip_counts(parquet: bytes) -> dict[tuple[str, str], int]:

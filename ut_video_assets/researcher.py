@@ -40,7 +40,6 @@ recorded ``conflict``). Nothing here knows about Dagster.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -58,6 +57,7 @@ import httpx
 from ut_video_assets.commit import ObjectInfo, PendingWrite, Precondition, PreconditionFailedError, StorageError
 from ut_video_assets.ids import normalize_uuid
 from ut_video_assets.ingest import IngestError, as_ingest_error
+from ut_video_assets.manifests import manifest_entries, manifest_parquet
 from ut_video_assets.media import NotAVideoError, ProbeLimits, probe_isolated
 from ut_video_assets.spool import remove_orphan_spool_files
 from ut_video_assets.storage import SHA256_LABEL, VideoStore, ascii_metadata
@@ -667,43 +667,34 @@ CATALOG_COLUMNS: dict[str, str] = {
 
 def catalog_rows(store: VideoStore) -> list[dict[str, Any]]:
     """One row per clip and reel, from the manifests (``clips.json``, ``highlight_reels.json``): no API request
-    and no read of a video. A manifest that is not JSON is skipped with a warning (the next pass rewrites it)."""
+    and no read of a video."""
     rows: list[dict[str, Any]] = []
-    for obj in store.backend.list_objects(store.prefix + "test_id="):
-        if not obj.key.endswith(("/clips.json", "/highlight_reels.json")):
-            continue
-        manifest = store.get_json(obj.key)
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("cuts"), list):
-            log.warning("%s: not a cut manifest; skipped", store.uri(obj.key))
-            continue
-        for cut in manifest["cuts"]:
-            if not isinstance(cut, dict):
-                continue
-            raw = cut.get("details")
-            details: dict[str, Any] = raw if isinstance(raw, dict) else {}
-            rows.append(
-                {
-                    "kind": cut.get("kind"),
-                    "cut_id": cut.get("cut_id"),
-                    "test_id": cut.get("test_id"),
-                    "session_id": cut.get("session_id") or "",
-                    "name": cut.get("name") or details.get("name") or "",
-                    "description": details.get("description"),
-                    "start_ms": details.get("start_ms"),
-                    "end_ms": details.get("end_ms"),
-                    "layout": details.get("layout"),
-                    "duration_ms": details.get("duration_ms"),
-                    "last_updated_ms": details.get("last_updated_ms"),
-                    "status": cut.get("status"),
-                    "reason": cut.get("reason"),
-                    "storage_path": cut.get("storage_path"),
-                    "size_bytes": cut.get("size_bytes"),
-                    "checksum": cut.get("checksum"),
-                    "checksum_algorithm": cut.get("checksum_algorithm"),
-                    "sha256": cut.get("sha256"),
-                    "checked_at": manifest.get("checked_at"),
-                }
-            )
+    for manifest, cut in manifest_entries(store, ["clips.json", "highlight_reels.json"], "cuts"):
+        raw = cut.get("details")
+        details: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        rows.append(
+            {
+                "kind": cut.get("kind"),
+                "cut_id": cut.get("cut_id"),
+                "test_id": cut.get("test_id"),
+                "session_id": cut.get("session_id") or "",
+                "name": cut.get("name") or details.get("name") or "",
+                "description": details.get("description"),
+                "start_ms": details.get("start_ms"),
+                "end_ms": details.get("end_ms"),
+                "layout": details.get("layout"),
+                "duration_ms": details.get("duration_ms"),
+                "last_updated_ms": details.get("last_updated_ms"),
+                "status": cut.get("status"),
+                "reason": cut.get("reason"),
+                "storage_path": cut.get("storage_path"),
+                "size_bytes": cut.get("size_bytes"),
+                "checksum": cut.get("checksum"),
+                "checksum_algorithm": cut.get("checksum_algorithm"),
+                "sha256": cut.get("sha256"),
+                "checked_at": manifest.get("checked_at"),
+            }
+        )
     rows.sort(key=lambda r: (str(r["test_id"]), str(r["session_id"]), str(r["kind"]), str(r["cut_id"])))
     return rows
 
@@ -747,10 +738,9 @@ def verify_rows(store: VideoStore, rows: Iterable[Mapping[str, Any]]) -> list[st
 
 def catalog_parquet(rows: list[dict[str, Any]]) -> bytes:
     """The rows as Parquet with an explicit schema (an empty catalog has the columns too)."""
-    import pyarrow as pa  # here: pyarrow is heavy, and only the catalog step needs it
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
-    text, number = pa.string(), pa.float64()
+    number = pa.float64()
     types = {
         "start_ms": number,
         "end_ms": number,
@@ -759,14 +749,7 @@ def catalog_parquet(rows: list[dict[str, Any]]) -> bytes:
         "size_bytes": pa.int64(),
         "checked_at": pa.timestamp("s", tz="UTC"),
     }
-    schema = pa.schema([(name, types.get(name, text)) for name in CATALOG_COLUMNS])
-    converted = [
-        {**row, "checked_at": datetime.fromisoformat(row["checked_at"]) if row.get("checked_at") else None}
-        for row in rows
-    ]
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(converted, schema=schema), buffer, compression="zstd")
-    return buffer.getvalue()
+    return manifest_parquet(rows, list(CATALOG_COLUMNS), types)
 
 
 __all__ = [
