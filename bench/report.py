@@ -140,6 +140,33 @@ def _commands(tools: dict[str, Any]) -> list[str]:
     return sorted(seen)
 
 
+def large_catalog_rows(large: dict[str, Any] | None) -> list[list[str]]:
+    """The catalog at ten times the leg's size (issue #16's targets at 100,000): from scratch, a refresh that lists
+    the bucket, and a refresh from the event log's change set (what ``video_catalog`` runs between full listings)."""
+    if not large:
+        return []
+    targets, n = large["targets"], f"{large['sessions']:,}"
+    rows = []
+    for key, what, target in (
+        ("cold", f"5d. catalog over {n} sessions from scratch", "cold_seconds"),
+        ("refresh", f"5e. catalog over {n}, +{large['added']} new, listing the bucket", "refresh_seconds"),
+        ("refresh_from_changes", f"5f. catalog over {n}, +{large['added']} new, change set", "refresh_seconds"),
+    ):
+        build = large.get(key)
+        if not build:
+            continue
+        ok = build["total"] <= targets[target] and build["peak_rss_mib"] <= targets["peak_rss_mib"]
+        rows.append(
+            [
+                what,
+                f"{build['total']:.1f} s, peak {build['peak_rss_mib']:.0f} MiB",
+                f"≤ {targets[target]:.0f} s, ≤ {targets['peak_rss_mib']:.0f} MiB",
+                _verdict(ok),
+            ]
+        )
+    return rows
+
+
 def _materialize(leg: dict[str, Any]) -> list[str]:
     """Section 1: every tool's runs, where a materialize run's time goes, and the daemon's run."""
     tools = leg["tools"]
@@ -423,6 +450,7 @@ def render(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> s
                 _verdict(c["median_cold_seconds"] <= c["target_seconds"]),
             ]
         )
+        summary += large_catalog_rows(c.get("large"))
     out += _table(["leg", "measured (median)", "target", "verdict"], summary)
     if materialize:
         out += _materialize(materialize)
