@@ -71,10 +71,18 @@ def test_bench_smoke(tmp_path: Path) -> None:
     added = catalog["added_per_increment"]
     assert [(b["rows"], b["records_read"]) for b in catalog["incremental"]] == [(SMOKE.catalog_objects + added, added)]
     assert _positive(catalog["median_cold_seconds"]) and _positive(catalog["median_incremental_seconds"])
+    # Ten times as many sessions: from scratch, a refresh listing the bucket, one from a change set.
+    large = catalog["large"]
+    rows, new = large["sessions"], large["added"]
+    assert (large["cold"]["rows"], large["cold"]["scan"]) == (rows, "full")
+    assert (large["refresh"]["rows"], large["refresh"]["records_read"]) == (rows + new, new)
+    changes = large["refresh_from_changes"]
+    assert (changes["scan"], changes["rows"], changes["records_read"]) == ("changes", rows + 2 * new, new)
 
     text = report.render(results)
     assert "| 1a. transfer leg of `dagster asset materialize`" in text
     assert "| 1e. through the daemon" in text
     assert "| D1. engine alone (diagnostic), transfer" in text
     assert "| 5b. catalog over" in text
+    assert "| 5f. catalog over" in text and "change set" in text
     assert "nan" not in text

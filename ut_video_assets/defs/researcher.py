@@ -303,6 +303,12 @@ def test_highlight_reels(
         raise _failure(failed, any(o.retryable for o in result.failed), "highlight reels", reasons)
 
 
+class QxScoresConfig(dg.Config):
+    spare_slot_wait_seconds: float = 60.0
+    """How long the scores request may wait for a spare budget slot; none within it, the run ends without
+    materializing and researcher_tests_sensor asks again later (videos first)."""
+
+
 @dg.asset(
     partitions_def=test_partitions,
     deps=[dg.AssetDep(usertesting_session, partition_mapping=dg.AllPartitionMapping())],
@@ -312,7 +318,10 @@ def test_highlight_reels(
     output_required=False,  # no spare budget now: the test is left for a later run
 )
 def test_qx_scores(
-    context: dg.AssetExecutionContext, api: UserTestingApiResource, storage: VideoStorageResource
+    context: dg.AssetExecutionContext,
+    config: QxScoresConfig,
+    api: UserTestingApiResource,
+    storage: VideoStorageResource,
 ) -> Iterator[dg.MaterializeResult]:
     """The test's QXscores (interaction tests): one row per QX task group, computed by UserTesting over all its
     completed sessions, as Parquet at `{prefix}catalog/qx_scores/test_id={test}.parquet` (read every test's at
@@ -322,7 +331,7 @@ def test_qx_scores(
     test_id = context.partition_key
     try:
         store = storage.store()
-        scores = spare_client(api).get_qx_scores(test_id, max_wait=60.0)
+        scores = spare_client(api).get_qx_scores(test_id, max_wait=config.spare_slot_wait_seconds)
         stored = store_qx_scores(store, test_id, scores, utc_now())
     except BudgetExhaustedError as exc:
         # Videos first: no spare slot within the wait is not a failure; researcher_tests_sensor asks again later.

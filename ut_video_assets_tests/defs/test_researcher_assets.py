@@ -2,8 +2,10 @@
 sandbox (asynchronous generation, expiring links, download faults) and the embedded store."""
 
 import io
+import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -15,6 +17,7 @@ from ut_video_assets.defs import researcher
 from ut_video_assets.defs.alerting import run_reason_codes
 from ut_video_assets.defs.researcher import researcher_tests_sensor, session_researcher_clips_sensor
 from ut_video_assets.qxscores import qx_key
+from ut_video_assets.ratelimit import SqliteBudget
 from ut_video_assets.researcher import clip_key, reel_key
 from ut_video_assets.sandbox.researcher import Cut, Cuts, CutsConfig, cuts_of
 from ut_video_assets_tests.defs.conftest import Pipeline
@@ -241,6 +244,41 @@ def test_a_dead_store_fails_the_reels_and_scores_for_the_store_outage(
     failed = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE}
     assert failed == {"test_highlight_reels", "test_qx_scores"}
     assert run_reason_codes(pipeline.instance, result.run_id) == {"store"}
+
+
+def test_without_a_spare_slot_the_scores_and_reels_wait_for_a_later_run(
+    pipeline: Pipeline, cuts: Cuts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every spare slot of the window taken: the QX scores and the reels end without materializing and without a
+    request (the slots kept for video URLs stay free); that is not a failure, the sensor asks again later."""
+    monkeypatch.setenv("UT_RATE_LIMIT_PER_MINUTE", "5")
+    monkeypatch.setenv("UT_RATE_LIMIT_WINDOW_SECONDS", "600")
+    pipeline.defs = build_defs()
+    pipeline.tick()
+    test_id = pipeline.sandbox.test_ids[0]
+    pipeline.instance.add_dynamic_partitions("test_ids", [test_id])
+    budget = SqliteBudget(Path(os.environ["UT_BUDGET_PATH"]), 5, 600)
+    try:
+        while budget.usage().used < 3:  # 5 a window, 2 kept for video URLs (default_reserve(5))
+            budget.acquire(max_wait=0)
+        pipeline.sandbox.reset_stats()
+        wait = {"spare_slot_wait_seconds": 0.5}
+        result = pipeline.run_job(
+            "test_researcher_job",
+            partition_key=test_id,
+            run_config={
+                "ops": {
+                    "test_highlight_reels": {"config": {**FAST_POLLS, **wait}},
+                    "test_qx_scores": {"config": wait},
+                }
+            },
+        )
+        assert result.success
+        assert result.get_asset_materialization_events() == []
+        assert pipeline.sandbox.stats()["requests"] == {}
+        assert budget.usage().used == 3  # the slots for video URLs are still free
+    finally:
+        budget.close()
 
 
 def test_a_range_run_stores_the_clips_of_every_session_it_covers(pipeline: Pipeline, cuts: Cuts) -> None:
