@@ -254,7 +254,8 @@ if __name__ == "__main__":
     import json
     import sys
 
-    result = large_catalog_leg(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
-    out = Path(__file__).parent / "results" / "catalog_changes.json"
+    sessions = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    result = large_catalog_leg(sessions)
+    out = Path(__file__).parent / "results" / f"catalog_changes_{sessions}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out}")
