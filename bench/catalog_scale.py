@@ -177,6 +177,7 @@ def main() -> None:
                 "rows_reused": built.reused_rows,
                 "scan": built.scan,
                 "sessions_listed": built.sessions_listed,
+                "folders_listed": built.folders_listed,
                 "row_groups": built.row_groups,
                 "catalog_bytes": info.size if info is not None else 0,
                 "baseline_rss_mib": baseline / 1024,

@@ -198,6 +198,8 @@ class CatalogFile:
     """``full`` (the whole bucket listed) or ``changes`` (the previous rows and the changed sessions' folders)."""
     sessions_listed: int = 0
     """Session folders the build went through (listed, or standing in from the previous catalog)."""
+    folders_listed: int = 0
+    """Session folders listed in the store: every one in a full scan, the changed ones in a change-set scan."""
     version: str | None = None
     """The store's version of the catalog `write_catalog` committed."""
 
@@ -345,6 +347,7 @@ def build_catalog_file(
         bad_records=totals.bad_records,
         scan=scan,
         sessions_listed=listed_sessions,
+        folders_listed=len(set(changed)) if scan == "changes" and changed is not None else listed_sessions,
     )
 
 

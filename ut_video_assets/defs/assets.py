@@ -344,7 +344,7 @@ def video_catalog(
         f"catalog: {summary.rows} sessions, {summary.videos} with a video, "
         f"{summary.total_bytes / 1048576:,.1f} MiB at {store.uri(store.catalog_key)} "
         f"({build.reused_rows} rows reused from the previous catalog, {build.records_read} records read, "
-        f"{build.sessions_listed} session folders gone through: {build.scan} scan)"
+        f"{build.folders_listed} of {build.sessions_listed} session folders listed: {build.scan} scan)"
     )
     full_scan_at = plan.full_scan_at if build.scan == "changes" and plan.full_scan_at is not None else started
     preview = build.preview
@@ -367,7 +367,7 @@ def video_catalog(
             # How the bucket was read: "full" (listed whole) or "changes" (the sessions the event log named).
             "scan": build.scan,
             "scan_reason": plan.why,
-            "sessions_listed": build.sessions_listed,
+            "folders_listed": build.folders_listed,
             # Where the next build's changes start: the event log's cursor, the catalog it wrote, the last listing.
             EVENT_CURSOR: plan.cursor,
             CATALOG_VERSION: build.version or "",

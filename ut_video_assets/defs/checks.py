@@ -106,12 +106,12 @@ def video_catalog_objects_present(
     built = latest.asset_materialization if latest is not None and latest.run_id == context.run.run_id else None
     scan = built.metadata.get("scan") if built is not None else None
     if scan is not None and scan.value == "changes":
-        listed = built.metadata.get("sessions_listed") if built is not None else None
+        listed = built.metadata.get("folders_listed") if built is not None else None
         return dg.AssetCheckResult(
             passed=True,
             description="refreshed from the event log: the changed sessions' objects were listed by the refresh; "
             "the whole bucket is compared at the next full listing, or when this check runs on its own",
-            metadata={"scope": "changed sessions", "sessions_listed": listed.value if listed is not None else 0},
+            metadata={"scope": "changed sessions", "folders_listed": listed.value if listed is not None else 0},
         )
     store = storage.store()
     listed = {
