@@ -169,9 +169,9 @@ ROW_GROUP_ROWS = 10_000
 """Rows per Parquet row group, and sessions per window of the build: about 5 MiB of Arrow per group (a row is
 ~500 bytes), so a build holds a few groups at a time whatever the catalog's size."""
 READ_WORKERS = 16
-# Folders of changed sessions listed at once in a change-set refresh (one request each, I/O-bound).
-LIST_WORKERS = 8
 """Record reads in flight at once; `ut_video_assets.defs.resources.S3ClientResource` keeps 16 connections."""
+LIST_WORKERS = 8
+"""Folders of changed sessions listed at once in a change-set refresh (one request each)."""
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _KEY_ORDER = ("test_id", "session_id")
 
@@ -309,10 +309,10 @@ def build_catalog_file(
 
     windows: deque[_Window] = deque()
     pool = ThreadPoolExecutor(max_workers=read_workers, thread_name_prefix="catalog-read")
-    scan = "full"
+    scan, wanted = "full", sorted(set(changed or ()))
     sessions: Iterator[tuple[str, str, Mapping[str, ListedFile]]] = store.iter_session_prefixes()
     if changed is not None and previous is not None:
-        scan, sessions = "changes", _changes_listing(store, previous, changed, row_group_rows)
+        scan, sessions = "changes", _changes_listing(store, previous, wanted, row_group_rows)
     elif changed is not None:
         log.info("no usable previous catalog to refresh: listing the whole bucket")
     listing = _prefetched(sessions, 4 * row_group_rows)
@@ -347,17 +347,16 @@ def build_catalog_file(
         bad_records=totals.bad_records,
         scan=scan,
         sessions_listed=listed_sessions,
-        folders_listed=len(set(changed)) if scan == "changes" and changed is not None else listed_sessions,
+        folders_listed=len(wanted) if scan == "changes" else listed_sessions,
     )
 
 
 def _changes_listing(
-    store: VideoStore, previous: Path, changed: Collection[tuple[str, str]], batch_rows: int
+    store: VideoStore, previous: Path, wanted: list[tuple[str, str]], batch_rows: int
 ) -> Iterator[tuple[str, str, Mapping[str, ListedFile]]]:
-    """What the bucket listing would say, in key order, when only ``changed`` sessions differ from the previous
-    catalog: each changed session's folder as listed now (``LIST_WORKERS`` requests at a time; an empty folder
-    drops its row), every other session as its previous row describes it (`_previous_listing`)."""
-    wanted = sorted(set(changed))
+    """What the bucket listing would say, in key order, when only the ``wanted`` sessions (sorted, distinct)
+    differ from the previous catalog: each one's folder as listed now (``LIST_WORKERS`` requests at a time; an
+    empty folder drops its row), every other session as its previous row describes it (`_previous_listing`)."""
     pool = ThreadPoolExecutor(max_workers=LIST_WORKERS, thread_name_prefix="catalog-list")
     try:
         listed = zip(wanted, pool.map(lambda key: store.list_session(*key), wanted), strict=True)
@@ -383,8 +382,9 @@ def _previous_listing(path: Path, batch_rows: int) -> Iterator[tuple[tuple[str, 
     ETag, so the row is carried over), the video when it had one, and the derived files its columns name."""
     import pyarrow.parquet as pq
 
-    columns = ["test_id", "session_id", "has_video", "size_bytes", "record_etag", "has_audio", "has_asr"]
-    columns += ["has_transcript"]
+    columns = [
+        "test_id", "session_id", "has_video", "size_bytes", "record_etag", "has_audio", "has_asr", "has_transcript"
+    ]  # fmt: skip
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
         data = batch.to_pydict()
         for test_id, session_id, video, size, etag, audio, asr, transcript in zip(

@@ -336,8 +336,8 @@ def video_catalog(
     plan = plan_scan(
         context.instance, full=config.full_scan, full_scan_every=storage.catalog_full_scan_every(), now=started
     )
-    context.log.info(f"catalog: {'a refresh from the event log' if plan.changed is not None else 'a full listing'}: "
-                     f"{plan.why}")  # fmt: skip
+    how = "a refresh from the event log" if plan.changed is not None else "a full listing"
+    context.log.info(f"catalog: {how}: {plan.why}")
     build = write_catalog(store, downloads.spool_path(), changed=plan.changed, changed_since=plan.since_version)
     summary = build.summary
     context.log.info(

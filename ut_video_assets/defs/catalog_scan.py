@@ -30,8 +30,9 @@ CATALOG_ASSET_KEY = dg.AssetKey("video_catalog")
 VIDEO_ASSET_KEY = dg.AssetKey("session_video")
 # Files stored next to a video after it, which the catalog has columns for (has_transcript, has_audio, has_asr,
 # has_clips): by key, as their modules import this layer.
+TRANSCRIPT_KEY = dg.AssetKey("session_transcript")
 CATALOGED_FILES = (
-    dg.AssetKey("session_transcript"),
+    TRANSCRIPT_KEY,
     dg.AssetKey("session_audio"),
     dg.AssetKey("session_asr"),
     dg.AssetKey("session_clips"),

@@ -104,14 +104,13 @@ def video_catalog_objects_present(
     and the other rows stand as the last full listing found them."""
     latest = context.instance.get_latest_materialization_event(CATALOG_ASSET_KEY)
     built = latest.asset_materialization if latest is not None and latest.run_id == context.run.run_id else None
-    scan = built.metadata.get("scan") if built is not None else None
-    if scan is not None and scan.value == "changes":
-        listed = built.metadata.get("folders_listed") if built is not None else None
+    shown = {name: value.value for name, value in built.metadata.items()} if built is not None else {}
+    if shown.get("scan") == "changes":
         return dg.AssetCheckResult(
             passed=True,
             description="refreshed from the event log: the changed sessions' objects were listed by the refresh; "
             "the whole bucket is compared at the next full listing, or when this check runs on its own",
-            metadata={"scope": "changed sessions", "folders_listed": listed.value if listed is not None else 0},
+            metadata={"scope": "changed sessions", "folders_listed": shown.get("folders_listed", 0)},
         )
     store = storage.store()
     listed = {

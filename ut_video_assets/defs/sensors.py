@@ -19,7 +19,6 @@ DISCOVERY_INTERVAL_SECONDS = load_time_int("UT_SENSOR_INTERVAL_SECONDS")
 TICK_TIME_LIMIT_SECONDS = 40.0
 PARTITIONS_NAME = "session_ids"
 TICK_BUDGET_WAIT_SECONDS = 5.0
-TRANSCRIPT_KEY = CATALOGED_FILES[0]  # by key: defs.transcripts imports this layer's assets
 
 session_video_job = dg.define_asset_job(
     "session_video_job",
